@@ -1,0 +1,154 @@
+"""Command-line interface: ``python -m bpnn_jax`` / ``bpnn-jax``.
+
+Each subcommand is a pair of functions registered in :data:`COMMANDS`:
+
+* ``_add_<name>_parser(subparsers)`` adds the subcommand's parser and its
+  arguments and returns the parser;
+* ``_cmd_<name>(args) -> int`` runs it and returns the exit status.
+
+To add a subcommand, write both functions and add one entry to
+:data:`COMMANDS`.  Command functions import heavy modules (JAX, Keras) inside
+their bodies so that ``--help`` stays quick.
+
+Errors that are the user's (:class:`bpnn_jax.errors.BPNNError`, unreadable
+or unwritable files) are printed as ``error: <message>`` on stderr without a
+traceback, with exit status 2; Ctrl-C gives exit status 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from .errors import BPNNError, BPNNInputError
+
+# --------------------------------------------------------------------------
+# energies
+# --------------------------------------------------------------------------
+
+
+def _parse_reference(text: str) -> tuple[str, float]:
+    """argparse type for ``--ref SYMBOL=EV``."""
+    symbol, sep, value = text.partition("=")
+    symbol = symbol.strip()
+    try:
+        energy = float(value)
+    except ValueError:
+        energy = float("nan")
+    if not sep or not symbol or energy != energy or energy in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"expected SYMBOL=ENERGY_EV (e.g. O=-432.503149303), got {text!r}")
+    return symbol, energy
+
+
+def _add_energies_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "energies",
+        help="tabulate total and cohesive energies of XSF files as CSV",
+        description=(
+            "Read XSF files (each needs a '# total energy = X eV' line) and write a CSV "
+            "with columns file, n_atoms, composition, energy_ev, energy_per_atom_ev and "
+            "cohesive_energy_per_atom_ev = (E - sum of free-atom reference energies) / N, "
+            "all in eV. Default references: aenet's TiO2 values "
+            "(O -432.503149303 eV, Ti -1604.604515075 eV)."
+        ),
+    )
+    p.add_argument("paths", nargs="+", metavar="PATH", help="XSF files or directories of *.xsf files")
+    p.add_argument("--out", "-o", required=True, metavar="FILE.csv", help="CSV file to write (atomically)")
+    p.add_argument(
+        "--skip-invalid",
+        action="store_true",
+        help="skip files that cannot be read (listed on stderr) instead of stopping at the first",
+    )
+    p.add_argument(
+        "--ref",
+        action="append",
+        type=_parse_reference,
+        default=[],
+        metavar="SYMBOL=EV",
+        help="free-atom reference energy in eV (repeatable); replaces the TiO2 defaults when given",
+    )
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="show a progress bar on stderr (default: when stderr is a terminal)",
+    )
+    return p
+
+
+def _cmd_energies(args: argparse.Namespace) -> int:
+    from .io import REFERENCE_ENERGIES_TIO2, energy_table, read_structures, write_energy_csv
+
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    references = dict(args.ref) if args.ref else dict(REFERENCE_ENERGIES_TIO2)
+    structures, skipped = read_structures(
+        args.paths, require_energy=True, skip_invalid=args.skip_invalid, progress=progress
+    )
+    for path, reason in skipped:
+        print(f"warning: skipped {path}: {reason}", file=sys.stderr)
+    if not structures:
+        raise BPNNInputError(f"no readable structures among {len(skipped)} file(s); nothing written")
+    rows = energy_table(structures, references)
+    write_energy_csv(args.out, rows)
+    msg = f"wrote {len(rows)} structure(s) to {args.out}"
+    if skipped:
+        msg += f"; skipped {len(skipped)} invalid file(s)"
+    print(msg, file=sys.stderr)
+    return 0
+
+
+# --------------------------------------------------------------------------
+# registry and entry point
+# --------------------------------------------------------------------------
+
+#: name -> (add_parser(subparsers) -> parser, run(args) -> exit status)
+COMMANDS: dict[str, tuple[Callable[..., argparse.ArgumentParser], Callable[[argparse.Namespace], int]]] = {
+    "energies": (_add_energies_parser, _cmd_energies),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with one subparser per entry of :data:`COMMANDS`."""
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="bpnn-jax",
+        description="Behler-Parrinello neural-network potentials in JAX (units: eV, Å, eV/Å).",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (add_parser, run) in COMMANDS.items():
+        sub = add_parser(subparsers)
+        sub.set_defaults(_run=run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line.
+
+    Args:
+        argv: arguments without the program name; ``sys.argv[1:]`` if None.
+
+    Returns:
+        Exit status: 0 on success, 2 for usage errors and for input errors
+        (message ``error: ...`` on stderr, no traceback), 130 on Ctrl-C.
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, usage errors
+        code = exc.code
+        return code if isinstance(code, int) else (0 if code is None else 2)
+    try:
+        return int(args._run(args))
+    except BPNNError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,74 @@
+"""Shared pytest fixtures.
+
+Data locations can be overridden with environment variables:
+
+* ``BPNN_DATA_DIR``: directory of the TiO2 XSF files
+  (default ``<repo>/../shared/data/tio2``);
+* ``BPNN_ORACLE``: reference symmetry-function file
+  (default ``<repo>/../shared/oracles/aenet_behler2011_tio2.npz``).
+
+A missing data file makes the tests that need it fail (never skip).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+#: Representative structures: all sizes, thin 6-atom cells, 95-atom cells.
+SMALL_FILE_NAMES = (
+    "structure0001.xsf",  # 24 atoms, Ti8O16
+    "structure1061.xsf",  # 6 atoms, shortest cell vector 2.97 Å
+    "structure1632.xsf",  # 6 atoms, shortest cell vector 2.36 Å
+    "structure0401.xsf",  # 22 atoms
+    "structure0652.xsf",  # 23 atoms
+    "structure7263.xsf",  # 46 atoms
+    "structure7473.xsf",  # 47 atoms
+    "structure7489.xsf",  # 94 atoms
+    "structure7513.xsf",  # 95 atoms
+    "structure7514.xsf",  # 95 atoms
+)
+
+
+def _path_from_env(var: str, default: Path, what: str) -> Path:
+    path = Path(os.environ.get(var, str(default))).expanduser()
+    if not path.exists():
+        pytest.fail(
+            f"{what} not found at {path}; set {var} to its location "
+            f"(default {default})",
+            pytrace=False,
+        )
+    return path
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """Directory of the TiO2 XSF data set (``BPNN_DATA_DIR``)."""
+    path = _path_from_env("BPNN_DATA_DIR", REPO_ROOT.parent / "shared" / "data" / "tio2", "TiO2 data directory")
+    if not path.is_dir():
+        pytest.fail(f"BPNN_DATA_DIR={path} is not a directory", pytrace=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def oracle_path() -> Path:
+    """The aenet reference symmetry-function file (``BPNN_ORACLE``)."""
+    return _path_from_env(
+        "BPNN_ORACLE",
+        REPO_ROOT.parent / "shared" / "oracles" / "aenet_behler2011_tio2.npz",
+        "aenet oracle file",
+    )
+
+
+@pytest.fixture(scope="session")
+def small_files(data_dir: Path) -> list[Path]:
+    """About 10 representative XSF files (6 to 95 atoms, thin cells)."""
+    files = [data_dir / name for name in SMALL_FILE_NAMES]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        pytest.fail(f"representative XSF files missing from {data_dir}: {', '.join(missing)}", pytrace=False)
+    return files

@@ -1,0 +1,134 @@
+"""Tests of the command line: ``bpnn-jax energies``."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bpnn_jax import cli
+from bpnn_jax.cli import main
+from bpnn_jax.io import ENERGY_CSV_COLUMNS, energy_table, read_structures, sample_data_dir
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_energies_writes_csv(tmp_path, small_files, capsys):
+    out = tmp_path / "e.csv"
+    files = [str(f) for f in small_files[:3]]
+    assert main(["energies", *files, "--out", str(out)]) == 0
+    rows = _read_csv(out)
+    assert list(rows[0]) == list(ENERGY_CSV_COLUMNS)
+    assert [r["file"] for r in rows] == files
+    expected = energy_table(read_structures(files)[0])
+    for r, e in zip(rows, expected):
+        assert int(r["n_atoms"]) == e["n_atoms"]
+        assert r["composition"] == e["composition"]
+        assert float(r["energy_ev"]) == e["energy_ev"]
+        assert float(r["cohesive_energy_per_atom_ev"]) == e["cohesive_energy_per_atom_ev"]
+    assert rows[0]["composition"] == "O16Ti8"
+    assert float(rows[0]["cohesive_energy_per_atom_ev"]) == pytest.approx(-8.490634298, abs=1e-11)
+    err = capsys.readouterr().err
+    assert "wrote 3 structure(s)" in err
+
+
+def test_energies_directory_and_references(tmp_path):
+    out = tmp_path / "s.csv"
+    d = sample_data_dir()
+    assert main(["energies", str(d), "-o", str(out), "--ref", "O=0", "--ref", "Ti=0", "--no-progress"]) == 0
+    rows = _read_csv(out)
+    assert len(rows) == len(list(d.glob("*.xsf")))
+    assert [r["file"] for r in rows] == sorted(r["file"] for r in rows)
+    for r in rows:  # zero references: cohesive energy = energy per atom
+        assert float(r["cohesive_energy_per_atom_ev"]) == pytest.approx(float(r["energy_per_atom_ev"]), rel=1e-14)
+
+
+def test_energies_bad_file_exit_2(tmp_path, small_files, capsys):
+    bad = tmp_path / "bad.xsf"
+    bad.write_text("# total energy = -1.0 eV\nCRYSTAL\nPRIMVEC\n1 0 0\n0 1 0\n")
+    out = tmp_path / "e.csv"
+    assert main(["energies", str(small_files[0]), str(bad), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ")
+    assert str(bad) in err and "PRIMVEC needs 3 rows" in err and "line 5" in err
+    assert "Traceback" not in err
+    assert not out.exists()
+
+
+def test_energies_skip_invalid(tmp_path, small_files, capsys):
+    bad = tmp_path / "bad.xsf"
+    bad.write_bytes(b"\xff\xfe garbage")
+    out = tmp_path / "e.csv"
+    assert main(["energies", str(bad), str(small_files[1]), "--skip-invalid", "--out", str(out)]) == 0
+    rows = _read_csv(out)
+    assert [r["file"] for r in rows] == [str(small_files[1])]
+    err = capsys.readouterr().err
+    assert f"skipped {bad}" in err and "UTF-8" in err
+    # nothing readable at all is an error
+    assert main(["energies", str(bad), "--skip-invalid", "--out", str(tmp_path / "n.csv")]) == 2
+    assert "no readable structures" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv_tail", "fragment"),
+    [
+        (["{tmp}/missing.xsf", "--out", "{tmp}/e.csv"], "no such file"),
+        (["{file}", "--out", "{tmp}/nodir/e.csv"], "does not exist"),
+        (["{tmp}", "--out", "{tmp}/e.csv"], "no .xsf files"),
+    ],
+)
+def test_energies_input_errors(tmp_path, small_files, capsys, argv_tail, fragment):
+    argv = ["energies"] + [a.format(tmp=tmp_path, file=small_files[0]) for a in argv_tail]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and fragment in err and "Traceback" not in err
+
+
+def test_usage_errors_and_help(capsys):
+    assert main([]) == 2
+    assert main(["energies", "x.xsf"]) == 2  # --out missing
+    assert main(["energies", "x.xsf", "--out", "e.csv", "--ref", "O"]) == 2
+    assert main(["nosuchcommand"]) == 2
+    capsys.readouterr()
+    assert main(["--help"]) == 0
+    assert "energies" in capsys.readouterr().out
+    assert main(["energies", "--help"]) == 0
+    assert "--skip-invalid" in capsys.readouterr().out
+
+
+def test_keyboard_interrupt_exit_130(monkeypatch, capsys):
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(cli.COMMANDS, "energies", (cli._add_energies_parser, interrupted))
+    assert main(["energies", "x.xsf", "--out", "e.csv"]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "Traceback" not in err
+
+
+def test_python_m_bpnn_jax_bad_file(tmp_path):
+    bad = tmp_path / "bad.xsf"
+    bad.write_text("# total energy = -1.0 eV\nATOMS\nQq 0 0 0\n")
+    out = tmp_path / "e.csv"
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    proc = subprocess.run(
+        [sys.executable, "-m", "bpnn_jax", "energies", str(bad), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        env=env,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert f"error: {bad}, line 3: unknown element 'Qq'" in proc.stderr
+    assert not out.exists()
