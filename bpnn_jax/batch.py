@@ -1,0 +1,306 @@
+"""The one batch type of bpnn_jax, and how structures are padded into it.
+
+A :class:`Batch` holds B structures padded to N atoms and M neighbour slots
+per atom.  It is a JAX pytree (``flax.struct.dataclass``), so it passes
+through ``jit``, ``vmap`` and ``grad`` as it is.  Host-side preparation
+(:func:`prepare_structures`, :func:`plan_batches`, :func:`collate`) is NumPy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterable, Sequence
+
+import numpy as np
+from flax import struct
+
+from .errors import StructureError
+from .neighbors import ATOM_BUCKETS, NeighborList, bucket_size, dense_neighbors, neighbor_list, slot_layout
+
+__all__ = ["Batch", "HostStructure", "prepare_structures", "plan_batches", "collate", "iterate_batches"]
+
+
+@struct.dataclass
+class Batch:
+    """B structures padded to N atoms and M neighbour slots.
+
+    Attributes:
+        positions: (B, N, 3) float, Cartesian positions in Å.  Padded atoms
+            sit at the origin.
+        cell: (B, 3, 3) float, lattice vectors as rows, Å.
+        species: (B, N) int32, index of each atom's element in the element
+            tuple the batch was built with (0 for padded atoms).
+        atom_mask: (B, N) bool, True for real atoms.
+        neighbors: (B, N, M) int32, index j of each neighbour slot of atom i
+            (padded slots point at i itself).  Slots are sorted by element:
+            ``slots[s]`` consecutive slots per element s, M = sum(slots).
+        shifts: (B, N, M, 3) float, integer-valued cell shift S_ij of the
+            image of j: r_ij = R[j] - R[i] + S_ij @ cell (Å).
+        neighbor_mask: (B, N, M) bool, True for real neighbours.
+        energy: (B,) float64 or None, target total energy in eV (on whatever
+            scale the caller chose, e.g. after reference subtraction).
+        forces: (B, N, 3) float or None, target forces in eV/Å.
+        slots: static tuple of per-element neighbour capacities.
+    """
+
+    positions: np.ndarray
+    cell: np.ndarray
+    species: np.ndarray
+    atom_mask: np.ndarray
+    neighbors: np.ndarray
+    shifts: np.ndarray
+    neighbor_mask: np.ndarray
+    energy: np.ndarray | None = None
+    forces: np.ndarray | None = None
+    slots: tuple[int, ...] = struct.field(pytree_node=False, default=())
+
+    @property
+    def n_atoms(self):
+        """(B,) number of real atoms per structure."""
+        return self.atom_mask.sum(axis=-1)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """Padded sizes (B, N, M)."""
+        return tuple(int(x) for x in self.neighbors.shape)  # type: ignore[return-value]
+
+    def inputs(self) -> dict:
+        """The model inputs as a dict of arrays (no targets)."""
+        return {
+            "positions": self.positions,
+            "cell": self.cell,
+            "species": self.species,
+            "atom_mask": self.atom_mask,
+            "neighbors": self.neighbors,
+            "shifts": self.shifts,
+            "neighbor_mask": self.neighbor_mask,
+        }
+
+
+@dataclasses.dataclass
+class HostStructure:
+    """One structure prepared on the host: geometry, species and neighbour list.
+
+    Attributes:
+        name: label for messages (file name).
+        positions: (N, 3) float64, Å.
+        cell: (3, 3) float64, Å (rows).
+        species: (N,) int32, index into the element tuple.
+        nl: the structure's neighbour list.
+        slots: bucketed per-element neighbour capacities.
+        energy: total energy in eV, or None.
+        forces: (N, 3) float64 eV/Å, or None.
+    """
+
+    name: str
+    positions: np.ndarray
+    cell: np.ndarray
+    species: np.ndarray
+    nl: NeighborList
+    slots: tuple[int, ...]
+    energy: float | None = None
+    forces: np.ndarray | None = None
+
+    @property
+    def n_atoms(self) -> int:
+        return len(self.positions)
+
+
+def _species_indices(symbols: Sequence[str], elements: Sequence[str], name: str) -> np.ndarray:
+    lookup = {el: k for k, el in enumerate(elements)}
+    out = np.empty(len(symbols), np.int32)
+    for a, sym in enumerate(symbols):
+        k = lookup.get(sym)
+        if k is None:
+            raise StructureError(
+                f"{name}: atom {a} is {sym}, which is not one of the elements {tuple(elements)}"
+            )
+        out[a] = k
+    return out
+
+
+def prepare_structures(
+    structures: Iterable,
+    elements: Sequence[str],
+    cutoff: float,
+    *,
+    progress: bool = False,
+    energy_offsets: dict[str, float] | None = None,
+) -> list[HostStructure]:
+    """Neighbour lists and species indices for ASE structures.
+
+    Args:
+        structures: ``ase.Atoms`` objects.  Energies and forces are taken from
+            an attached calculator's results or ``atoms.info["energy"]`` when
+            present.
+        elements: element symbols; species indices refer to this order.
+        cutoff: neighbour cut-off, Å.
+        progress: show a progress bar.
+        energy_offsets: if given, per-element energies (eV) subtracted from
+            the total energy in float64, e.g. free-atom reference energies.
+
+    Returns:
+        One :class:`HostStructure` per input, in order.
+
+    Raises:
+        StructureError: unknown element, non-finite positions, singular cell.
+    """
+    structures = list(structures)
+    it = structures
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(structures, desc="neighbour lists", unit="struct", leave=False)
+    out = []
+    for k, atoms in enumerate(it):
+        name = str(atoms.info.get("file", f"structure {k}"))
+        symbols = atoms.get_chemical_symbols()
+        species = _species_indices(symbols, elements, name)
+        nl = neighbor_list(atoms.positions, atoms.cell.array, atoms.pbc, cutoff, name=name)
+        energy, forces = _targets(atoms)
+        if energy is not None and energy_offsets is not None:
+            energy = float(np.float64(energy) - sum(np.float64(energy_offsets[s]) for s in symbols))
+        out.append(
+            HostStructure(
+                name=name,
+                positions=np.asarray(atoms.positions, np.float64),
+                cell=np.asarray(atoms.cell.array, np.float64),
+                species=species,
+                nl=nl,
+                slots=slot_layout(nl, species, len(elements)),
+                energy=energy,
+                forces=forces,
+            )
+        )
+    return out
+
+
+def _targets(atoms) -> tuple[float | None, np.ndarray | None]:
+    energy = atoms.info.get("energy")
+    forces = None
+    calc = getattr(atoms, "calc", None)
+    results = getattr(calc, "results", {}) if calc is not None else {}
+    if energy is None and results.get("energy") is not None:
+        energy = results["energy"]
+    if results.get("forces") is not None:
+        forces = np.asarray(results["forces"], np.float64)
+    return (None if energy is None else float(energy)), forces
+
+
+def plan_batches(
+    structures: Sequence[HostStructure],
+    atoms_per_batch: int = 256,
+    *,
+    batch_size: int | None = None,
+    shuffle_rng: np.random.Generator | None = None,
+) -> list[tuple[np.ndarray, int, int, int]]:
+    """Group structures by padded shape into batches.
+
+    Structures are keyed by their bucketed atom count and per-element
+    neighbour capacities (the element-wise max within a group); each
+    key gets a fixed batch size so every batch of a key has the same shape
+    (the last batch of a key is padded with empty structures).
+
+    Args:
+        structures: prepared structures.
+        atoms_per_batch: target number of padded atoms per batch, used when
+            ``batch_size`` is None (B = max(1, atoms_per_batch // N)).
+        batch_size: fixed number of structures per batch (overrides).
+        shuffle_rng: if given, shuffle members within each key and the batch
+            order (for training).
+
+    Returns:
+        List of (indices into ``structures``, B, N, slots) per batch.
+    """
+    groups: dict[tuple, list[int]] = {}
+    for k, s in enumerate(structures):
+        key = (bucket_size(s.n_atoms, ATOM_BUCKETS), s.slots)
+        groups.setdefault(key, []).append(k)
+    plan = []
+    for (n_pad, m_pad), members in sorted(groups.items()):
+        members = np.asarray(members)
+        if shuffle_rng is not None:
+            members = shuffle_rng.permutation(members)
+        b = batch_size or max(1, atoms_per_batch // n_pad)
+        for start in range(0, len(members), b):
+            plan.append((members[start : start + b], b, n_pad, m_pad))
+    if shuffle_rng is not None:
+        order = shuffle_rng.permutation(len(plan))
+        plan = [plan[i] for i in order]
+    return plan
+
+
+def collate(
+    structures: Sequence[HostStructure],
+    batch_size: int,
+    n_atoms: int,
+    slots: Sequence[int],
+    *,
+    dtype=np.float64,
+) -> Batch:
+    """Pad structures into one :class:`Batch` of shape (B, N, M = sum(slots)).
+
+    Args:
+        structures: at most ``batch_size`` prepared structures.
+        batch_size: B; missing structures are empty (all masks False).
+        n_atoms: N, padded atom count.
+        slots: per-element neighbour capacities, each at least the
+            structures' own (``HostStructure.slots``).
+        dtype: float dtype of positions, cell, shifts and targets (energies
+            are always float64 so reference subtraction stays exact).
+
+    Returns:
+        The padded batch (NumPy arrays).  ``energy``/``forces`` are None
+        unless every structure has them.
+    """
+    if len(structures) > batch_size:
+        raise ValueError(f"{len(structures)} structures do not fit a batch of {batch_size}")
+    slots = tuple(int(m) for m in slots)
+    B, N, M = batch_size, n_atoms, sum(slots)
+    pos = np.zeros((B, N, 3), dtype)
+    cell = np.broadcast_to(np.eye(3, dtype=dtype), (B, 3, 3)).copy()
+    species = np.zeros((B, N), np.int32)
+    amask = np.zeros((B, N), bool)
+    nbr = np.broadcast_to(np.arange(N, dtype=np.int32)[None, :, None], (B, N, M)).copy()
+    shifts = np.zeros((B, N, M, 3), dtype)
+    nmask = np.zeros((B, N, M), bool)
+    have_e = all(s.energy is not None for s in structures) and len(structures) > 0
+    have_f = all(s.forces is not None for s in structures) and len(structures) > 0
+    energy = np.zeros((B,), np.float64) if have_e else None
+    forces = np.zeros((B, N, 3), dtype) if have_f else None
+    for b, s in enumerate(structures):
+        n = s.n_atoms
+        if n > N:
+            raise ValueError(f"{s.name}: {n} atoms do not fit a batch padded to {N}")
+        pos[b, :n] = s.positions
+        cell[b] = s.cell
+        species[b, :n] = s.species
+        amask[b, :n] = True
+        idx, sh, m = dense_neighbors(s.nl, s.species, N, slots)
+        nbr[b], shifts[b], nmask[b] = idx, sh, m
+        if have_e:
+            energy[b] = s.energy
+        if have_f:
+            forces[b, :n] = s.forces
+    return Batch(pos, cell, species, amask, nbr, shifts, nmask, energy, forces, slots)
+
+
+def iterate_batches(
+    structures: Sequence[HostStructure],
+    atoms_per_batch: int = 256,
+    *,
+    batch_size: int | None = None,
+    dtype=np.float64,
+    shuffle_rng: np.random.Generator | None = None,
+):
+    """Yield ``(indices, Batch)`` for all structures, grouped by padded shape.
+
+    Args: see :func:`plan_batches` and :func:`collate`.
+
+    Yields:
+        (indices into ``structures`` of the batch's real members, Batch).
+    """
+    for members, b, n, m in plan_batches(
+        structures, atoms_per_batch, batch_size=batch_size, shuffle_rng=shuffle_rng
+    ):
+        yield members, collate([structures[i] for i in members], b, n, m, dtype=dtype)
