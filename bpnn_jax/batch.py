@@ -64,17 +64,40 @@ class Batch:
         """Padded sizes (B, N, M)."""
         return tuple(int(x) for x in self.neighbors.shape)  # type: ignore[return-value]
 
-    def inputs(self) -> dict:
-        """The model inputs as a dict of arrays (no targets)."""
-        return {
+    def inputs(self, elements: Sequence[str]) -> dict:
+        """The model inputs as a dict of arrays (no targets).
+
+        The neighbour mask is split into one ``neighbor_mask_<element>``
+        block (B, N, slots[s]) per element, so the slot layout travels in
+        the array shapes (static under ``jit``) rather than as a Python
+        attribute.
+
+        Args:
+            elements: element symbols in species-index order.
+        """
+        if len(elements) != len(self.slots):
+            raise ValueError(f"batch has {len(self.slots)} element slot blocks, got elements {tuple(elements)}")
+        out = {
             "positions": self.positions,
             "cell": self.cell,
             "species": self.species,
             "atom_mask": self.atom_mask,
             "neighbors": self.neighbors,
             "shifts": self.shifts,
-            "neighbor_mask": self.neighbor_mask,
         }
+        bounds = np.concatenate([[0], np.cumsum(self.slots)]).astype(int)
+        for s, el in enumerate(elements):
+            out[f"neighbor_mask_{el}"] = self.neighbor_mask[..., bounds[s] : bounds[s + 1]]
+        return out
+
+    def targets(self) -> dict:
+        """Targets dict: ``energy`` (B,) eV and, when present, ``forces`` (B, N, 3) eV/Å."""
+        out = {}
+        if self.energy is not None:
+            out["energy"] = self.energy
+        if self.forces is not None:
+            out["forces"] = self.forces
+        return out
 
 
 @dataclasses.dataclass

@@ -1,0 +1,300 @@
+"""The Behler-Parrinello model: Keras 3 on the JAX backend.
+
+positions, cell, neighbour tensors → symmetry functions (pure JAX) →
+per-element standardisation → one MLP per element → atomic energies → sum.
+The whole map is one differentiable JAX function, so forces are
+F = -dE/dR by autodiff inside ``call``, and training on forces
+differentiates through that gradient (double backprop).
+
+Energies.  The network predicts the energy *relative to the free-atom
+reference energies* (the cohesive energy, eV); references are subtracted
+from DFT totals in float64 on the host (:func:`bpnn_jax.batch.
+prepare_structures`) and added back in float64 by :func:`total_energy`, so
+float32 weights never see ~-20000 eV totals.  Each element network's output
+is scaled and shifted (``energy_scale``, ``energy_shift``), fitted on the
+training set, so the raw network output is O(1).
+
+Inputs are a dict (see :meth:`bpnn_jax.batch.Batch.inputs`):
+
+* geometry mode: ``positions`` (B, N, 3) Å, ``cell`` (B, 3, 3) Å,
+  ``species`` (B, N) int, ``atom_mask`` (B, N) bool, ``neighbors`` (B, N, M)
+  int, ``shifts`` (B, N, M, 3), and one ``neighbor_mask_<element>``
+  (B, N, M_s) per element whose shapes give the element-sorted slot layout;
+* descriptor mode (energy pre-training on cached SFs): ``sf`` (B, N, F),
+  ``species``, ``atom_mask``.  No forces in this mode.
+
+Outputs: ``{"energy": (B,) eV, "forces": (B, N, 3) eV/Å}`` (forces only in
+geometry mode with ``compute_forces=True``).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import keras
+import numpy as np
+from keras import ops
+
+from .descriptors import SymmetryFunctionSet, _atoms_descriptors
+from .errors import ModelError
+from .geometry import displacements
+from .layers import ElementMLP, MaskedRMSE
+
+__all__ = ["BPNN", "load_model", "total_energy", "PRETRAINED_DIR"]
+
+PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
+
+
+@keras.saving.register_keras_serializable(package="bpnn_jax")
+class BPNN(keras.Model):
+    """Behler-Parrinello neural-network potential.
+
+    Args:
+        descriptor: ``SymmetryFunctionSet.to_config()`` dict; its elements
+            are the model's elements, in species-index order.
+        hidden: nodes per hidden layer (same for every element).
+        activation: hidden activation (Keras name), e.g. "tanh".
+        dropout: dropout rate of the hidden layers.
+        reference_energies: {element: eV} free-atom energies subtracted from
+            the targets (added back by :func:`total_energy`).
+        compute_forces: return forces from ``call`` (geometry mode).
+        energy_weight: weight of the per-atom energy loss (eV²/atom²).
+        force_weight: weight of the force loss (eV²/Å²); 0 = energy only.
+        energy_loss: "mse" or "mae" for the per-atom energy term.
+        chunk_size: atoms per vmapped chunk in the descriptor kernel.
+        seed: seed of the dropout generator.
+    """
+
+    def __init__(
+        self,
+        descriptor: dict,
+        hidden: Sequence[int] = (64, 64),
+        activation: str = "tanh",
+        dropout: float = 0.0,
+        reference_energies: dict | None = None,
+        compute_forces: bool = True,
+        energy_weight: float = 1.0,
+        force_weight: float = 0.0,
+        energy_loss: str = "mse",
+        chunk_size: int = 8,
+        seed: int = 0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.spec = SymmetryFunctionSet.from_config(descriptor)
+        self.elements = self.spec.elements
+        self.hidden = tuple(int(h) for h in hidden)
+        self.activation = activation
+        self.dropout = float(dropout)
+        self.reference_energies = {str(k): float(v) for k, v in (reference_energies or {}).items()}
+        self.compute_forces = bool(compute_forces)
+        self.energy_weight = float(energy_weight)
+        self.force_weight = float(force_weight)
+        if energy_loss not in ("mse", "mae"):
+            raise ValueError(f"energy_loss must be 'mse' or 'mae', got {energy_loss!r}")
+        self.energy_loss = energy_loss
+        self.chunk_size = int(chunk_size)
+        self.seed = int(seed)
+        S, F = len(self.elements), self.spec.n_functions
+        self.nets = [
+            ElementMLP(self.hidden, activation, self.dropout, name=f"net_{el}") for el in self.elements
+        ]
+        # Statistics fitted on the training set; saved with the weights.
+        self.sf_mean = self.add_weight(shape=(S, F), initializer="zeros", trainable=False, name="sf_mean")
+        self.sf_std = self.add_weight(shape=(S, F), initializer="ones", trainable=False, name="sf_std")
+        self.sf_min = self.add_weight(shape=(S, F), initializer="zeros", trainable=False, name="sf_min")
+        self.sf_max = self.add_weight(shape=(S, F), initializer="zeros", trainable=False, name="sf_max")
+        self.energy_shift = self.add_weight(shape=(S,), initializer="zeros", trainable=False, name="energy_shift")
+        self.energy_scale = self.add_weight(shape=(), initializer="ones", trainable=False, name="energy_scale")
+        self.seed_generator = keras.random.SeedGenerator(self.seed, name="dropout_seed")
+        self.energy_rmse = MaskedRMSE(name="energy_rmse_mev_atom", scale=1000.0)
+        self.force_rmse = MaskedRMSE(name="force_rmse_ev_a")
+        for net in self.nets:
+            net.build((None, F))
+
+    # ------------------------------------------------------------ utilities
+    @property
+    def n_functions(self) -> int:
+        return self.spec.n_functions
+
+    def set_statistics(self, sf_mean, sf_std, sf_min, sf_max, energy_shift, energy_scale) -> None:
+        """Store training-set statistics (arrays (S, F), (S, F), (S, F), (S, F), (S,), scalar)."""
+        std = np.where(np.asarray(sf_std) > 1e-12, sf_std, 1.0)
+        self.sf_mean.assign(np.asarray(sf_mean, np.float32))
+        self.sf_std.assign(np.asarray(std, np.float32))
+        self.sf_min.assign(np.asarray(sf_min, np.float32))
+        self.sf_max.assign(np.asarray(sf_max, np.float32))
+        self.energy_shift.assign(np.asarray(energy_shift, np.float32))
+        self.energy_scale.assign(np.float32(energy_scale))
+
+    def _dtype(self):
+        return self.compute_dtype or "float32"
+
+    # --------------------------------------------------------------- forward
+    def atomic_energies(self, sf, species, atom_mask, masks=None):
+        """Atomic energies (B, N) in eV relative to the references; 0 for padding."""
+        dtype = self._dtype()
+        sf = ops.cast(sf, dtype)
+        e = ops.zeros(ops.shape(species), dtype)
+        for s, net in enumerate(self.nets):
+            x = (sf - self.sf_mean[s]) / self.sf_std[s]
+            out = net(x, None if masks is None else masks[s])
+            e_s = self.energy_shift[s] + self.energy_scale * out
+            e = ops.where(species == s, e_s, e)
+        return ops.where(atom_mask, e, ops.zeros_like(e))
+
+    def _slots(self, inputs) -> tuple[int, ...]:
+        try:
+            return tuple(int(inputs[f"neighbor_mask_{el}"].shape[-1]) for el in self.elements)
+        except KeyError as exc:
+            raise ModelError(
+                f"model inputs lack {exc.args[0]!r}; build inputs with Batch.inputs() for elements {self.elements}"
+            ) from None
+
+    def descriptors(self, positions, cell, inputs):
+        """Symmetry functions (B, N, F) from geometry inputs."""
+        slots = self._slots(inputs)
+        nmask = jnp.concatenate([inputs[f"neighbor_mask_{el}"] for el in self.elements], axis=-1)
+        B, N, M = inputs["neighbors"].shape
+        disp = jax.vmap(displacements)(positions, cell, inputs["neighbors"], inputs["shifts"])
+        g = _atoms_descriptors(disp.reshape(B * N, M, 3), nmask.reshape(B * N, M), self.spec, slots, self.chunk_size)
+        return g.reshape(B, N, -1)
+
+    def structure_energies(self, positions, cell, inputs, masks=None):
+        """Energies (B,) in eV (relative to the references) from geometry."""
+        sf = self.descriptors(positions, cell, inputs)
+        e = self.atomic_energies(sf, inputs["species"], inputs["atom_mask"], masks)
+        return ops.sum(e, axis=-1)
+
+    def _dropout_masks(self, shape_prefix, training):
+        if not training or self.dropout <= 0:
+            return None
+        return [net.dropout_masks(shape_prefix, self.seed_generator, self._dtype()) for net in self.nets]
+
+    def call(self, inputs, training=False):
+        species = inputs["species"]
+        masks = self._dropout_masks(tuple(species.shape), training)
+        if "sf" in inputs:
+            e = self.atomic_energies(inputs["sf"], species, inputs["atom_mask"], masks)
+            return {"energy": ops.sum(e, axis=-1)}
+        dtype = self._dtype()
+        positions = ops.cast(inputs["positions"], dtype)
+        cell = ops.cast(inputs["cell"], dtype)
+        if not self.compute_forces:
+            return {"energy": self.structure_energies(positions, cell, inputs, masks)}
+
+        def total(pos):
+            e = self.structure_energies(pos, cell, inputs, masks)
+            return jnp.sum(e), e
+
+        grad, energy = jax.grad(total, has_aux=True)(positions)
+        return {"energy": energy, "forces": -grad}
+
+    # ------------------------------------------------------------ training
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """Per-atom energy loss plus weighted force loss; padding excluded.
+
+        energy term: mean over real structures of ((E_pred - E)/n)² (or |·|);
+        force term: mean over real atoms and components of (F_pred - F)².
+        """
+        del sample_weight, training
+        n, valid = self._counts(x)
+        de = (ops.cast(y_pred["energy"], "float32") - ops.cast(y["energy"], "float32")) / ops.maximum(n, 1.0)
+        err = ops.abs(de) if self.energy_loss == "mae" else de * de
+        loss = self.energy_weight * ops.sum(err * valid) / ops.maximum(ops.sum(valid), 1.0)
+        if self.force_weight > 0 and "forces" in y_pred and y is not None and "forces" in y:
+            fmask = ops.cast(x["atom_mask"], "float32")[..., None]
+            df = ops.cast(y_pred["forces"], "float32") - ops.cast(y["forces"], "float32")
+            f_mse = ops.sum(df * df * fmask) / ops.maximum(3.0 * ops.sum(fmask), 1.0)
+            loss = loss + self.force_weight * f_mse
+        for extra in self.losses:
+            loss = loss + ops.sum(extra)
+        return loss
+
+    @staticmethod
+    def _counts(x):
+        n = ops.sum(ops.cast(x["atom_mask"], "float32"), axis=-1)
+        return n, ops.cast(n > 0, "float32")
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        n, valid = self._counts(x)
+        de = (ops.cast(y_pred["energy"], "float32") - ops.cast(y["energy"], "float32")) / ops.maximum(n, 1.0)
+        self.energy_rmse.update_state(ops.sum(de * de * valid), ops.sum(valid))
+        if "forces" in y_pred and y is not None and "forces" in y:
+            fmask = ops.cast(x["atom_mask"], "float32")[..., None]
+            df = ops.cast(y_pred["forces"], "float32") - ops.cast(y["forces"], "float32")
+            self.force_rmse.update_state(ops.sum(df * df * fmask), 3.0 * ops.sum(fmask))
+        return self.get_metrics_result()
+
+    # --------------------------------------------------------- serialisation
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            descriptor=self.spec.to_config(),
+            hidden=list(self.hidden),
+            activation=self.activation,
+            dropout=self.dropout,
+            reference_energies=dict(self.reference_energies),
+            compute_forces=self.compute_forces,
+            energy_weight=self.energy_weight,
+            force_weight=self.force_weight,
+            energy_loss=self.energy_loss,
+            chunk_size=self.chunk_size,
+            seed=self.seed,
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+def total_energy(model: BPNN, energy_ev, species_lists) -> np.ndarray:
+    """Add the reference energies back, in float64.
+
+    Args:
+        model: the model (its ``reference_energies``).
+        energy_ev: (B,) model energies (relative to references), eV.
+        species_lists: per structure, a sequence of element symbols.
+
+    Returns:
+        (B,) float64 total energies on the scale of the DFT data, eV.
+    """
+    refs = model.reference_energies
+    out = np.asarray(energy_ev, np.float64).copy()
+    for b, symbols in enumerate(species_lists):
+        out[b] += math.fsum(refs.get(s, 0.0) for s in symbols)
+    return out
+
+
+def load_model(name_or_path) -> BPNN:
+    """Load a saved model: a ``.keras`` path or a shipped name (e.g. "tio2").
+
+    Raises:
+        ModelError: the file does not exist, is not a readable Keras archive
+            or does not hold a BPNN.
+    """
+    path = Path(name_or_path)
+    if not path.exists() and not path.suffix:
+        candidate = PRETRAINED_DIR / f"{name_or_path}.keras"
+        if candidate.exists():
+            path = candidate
+        else:
+            shipped = sorted(p.stem for p in PRETRAINED_DIR.glob("*.keras"))
+            raise ModelError(
+                f"{name_or_path}: no such model file, and no shipped model of that name "
+                f"(shipped: {', '.join(shipped) or 'none'})"
+            )
+    if not path.exists():
+        raise ModelError(f"{path}: no such model file")
+    try:
+        model = keras.saving.load_model(path, compile=False)
+    except Exception as exc:  # zip, h5 or config errors all mean the same to a user
+        raise ModelError(f"{path}: not a readable bpnn_jax model ({type(exc).__name__}: {exc})") from None
+    if not isinstance(model, BPNN):
+        raise ModelError(f"{path}: holds a {type(model).__name__}, not a bpnn_jax BPNN model")
+    return model

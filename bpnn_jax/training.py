@@ -1,0 +1,569 @@
+"""Training: data split, statistics, energy pre-training, energy+force fitting.
+
+Two stages, both with Keras's stock ``fit``:
+
+1. **Energy stage** on symmetry functions computed once and cached (the
+   descriptor is fixed, so only the MLPs are evaluated): hundreds of
+   epochs in minutes on a CPU.
+2. **Force stage**: end to end from positions and cell, loss on per-atom
+   energies plus weighted forces (forces by autodiff inside the model).  On
+   a CPU each epoch can draw a random subset of the training structures
+   (``force_subset``); on a GPU use them all.
+
+Everything a run writes goes to its run directory: ``config.json``,
+``split.json``, ``checkpoints/last.keras`` (every epoch, atomic),
+``best.keras`` (best validation energy RMSE), ``history.csv``,
+``state.json`` (stage and epoch, for ``--resume``) and ``model.keras``.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+import keras
+
+from .batch import HostStructure, collate, iterate_batches, plan_batches, prepare_structures
+from .descriptors import SymmetryFunctionSet
+from .errors import BPNNInputError
+from .io import REFERENCE_ENERGIES_TIO2, atomic_write, read_structures
+from .model import BPNN
+
+__all__ = [
+    "TrainConfig",
+    "PRESETS",
+    "split_indices",
+    "fit_energy_references",
+    "compute_statistics",
+    "GeometryDataset",
+    "DescriptorDataset",
+    "build_model",
+    "train",
+    "predict_structures",
+]
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """All settings of a training run (saved as ``config.json``).
+
+    Attributes:
+        preset: symmetry-function preset name.
+        hidden: nodes per hidden layer.
+        activation: hidden activation.
+        dropout: dropout rate.
+        learning_rate: initial Adam learning rate.
+        min_learning_rate: floor of the plateau schedule.
+        batch_size: structures per batch (None: ``atoms_per_batch`` decides).
+        atoms_per_batch: padded atoms per batch when batch_size is None.
+        energy_epochs: epochs of the energy stage on cached descriptors.
+        force_epochs: epochs of the end-to-end energy+force stage.
+        force_weight: weight of the force MSE (eV²/Å²) against the per-atom
+            energy MSE (eV²/atom²) in the force stage; 0 = energies only.
+        force_subset: training structures drawn per force epoch (None: all).
+        energy_loss: "mse" or "mae".
+        max_energy: structures with cohesive energy above this (eV/atom) are
+            excluded from training and validation (aenet's MAXENERGY);
+            None keeps everything.
+        val_fraction, test_fraction: split fractions.
+        seed: split, initialisation and shuffling seed.
+        patience: early-stopping patience (epochs) per stage.
+        reference_energies: free-atom energies (eV); None = fitted by least
+            squares on composition.
+    """
+
+    preset: str = "artrith-urban"
+    hidden: tuple[int, ...] = (64, 64)
+    activation: str = "tanh"
+    dropout: float = 0.0
+    learning_rate: float = 1e-3
+    min_learning_rate: float = 1e-5
+    batch_size: int | None = None
+    atoms_per_batch: int = 256
+    energy_epochs: int = 1000
+    force_epochs: int = 0
+    force_weight: float = 0.01
+    force_subset: int | None = None
+    energy_loss: str = "mse"
+    max_energy: float | None = 1.0
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    seed: int = 0
+    patience: int = 100
+    reference_energies: dict | None = dataclasses.field(default_factory=lambda: dict(REFERENCE_ENERGIES_TIO2))
+
+    def to_json(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["hidden"] = list(self.hidden)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> "TrainConfig":
+        d = dict(d)
+        d["hidden"] = tuple(d["hidden"])
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+#: Named set-ups.  "seed" reproduces the original student study (MAE loss,
+#: Adam lr 1e-4, batch 20, 80 epochs, 5 x 64 nodes, no dropout), energies
+#: only; "default" is the most accurate set-up we found.
+PRESETS: dict[str, dict] = {
+    "seed": dict(
+        hidden=(64, 64, 64, 64, 64), learning_rate=1e-4, batch_size=20, energy_epochs=80, force_epochs=0,
+        energy_loss="mae", patience=1000, min_learning_rate=1e-4,
+    ),
+    "default": dict(),
+}
+
+
+# ------------------------------------------------------------------- split
+def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int) -> dict[str, np.ndarray]:
+    """Reproducible random split of ``range(n)`` into train/val/test."""
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(n)
+    n_test = int(round(n * test_fraction))
+    n_val = int(round(n * val_fraction))
+    return {
+        "test": np.sort(perm[:n_test]),
+        "val": np.sort(perm[n_test : n_test + n_val]),
+        "train": np.sort(perm[n_test + n_val :]),
+    }
+
+
+def fit_energy_references(structures: Sequence, elements: Sequence[str]) -> dict[str, float]:
+    """Per-element energies (eV) by least squares: E_total ≈ Σ_s n_s μ_s.
+
+    Used when no free-atom references are given; in float64.
+    """
+    comp = np.zeros((len(structures), len(elements)))
+    energy = np.zeros(len(structures))
+    for k, atoms in enumerate(structures):
+        symbols = atoms.get_chemical_symbols()
+        for s, el in enumerate(elements):
+            comp[k, s] = symbols.count(el)
+        energy[k] = atoms.info["energy"]
+    mu, *_ = np.linalg.lstsq(comp, energy, rcond=None)
+    return {el: float(m) for el, m in zip(elements, mu)}
+
+
+# --------------------------------------------------------------- datasets
+class GeometryDataset(keras.utils.PyDataset):
+    """Batches of geometry inputs and (energy, forces) targets for ``fit``.
+
+    Args:
+        structures: prepared structures (energies relative to references).
+        elements: element order of the model.
+        atoms_per_batch / batch_size: see :func:`bpnn_jax.batch.plan_batches`.
+        shuffle: reshuffle batches (and draw a new subset) every epoch.
+        subset: number of structures drawn per epoch (None: all).
+        seed: shuffling seed.
+        dtype: float dtype of positions/cell.
+        with_forces: include force targets.
+    """
+
+    def __init__(self, structures, elements, *, atoms_per_batch=256, batch_size=None, shuffle=False,
+                 subset=None, seed=0, dtype=np.float32, with_forces=True):
+        super().__init__()
+        self.structures = list(structures)
+        self.elements = tuple(elements)
+        self.atoms_per_batch = atoms_per_batch
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.subset = subset
+        self.rng = np.random.default_rng(seed)
+        self.dtype = dtype
+        self.with_forces = with_forces
+        self._plan()
+
+    def _plan(self):
+        members = np.arange(len(self.structures))
+        if self.subset is not None and self.subset < len(members):
+            members = np.sort(self.rng.choice(members, self.subset, replace=False))
+        sub = [self.structures[i] for i in members]
+        plan = plan_batches(sub, self.atoms_per_batch, batch_size=self.batch_size,
+                            shuffle_rng=self.rng if self.shuffle else None)
+        self.plan = [(members[idx], b, n, m) for idx, b, n, m in plan]
+
+    def __len__(self):
+        return len(self.plan)
+
+    def __getitem__(self, i):
+        idx, b, n, slots = self.plan[i]
+        batch = collate([self.structures[k] for k in idx], b, n, slots, dtype=self.dtype)
+        y = {"energy": batch.energy.astype(np.float32)}
+        if self.with_forces and batch.forces is not None:
+            y["forces"] = batch.forces.astype(np.float32)
+        return batch.inputs(self.elements), y
+
+    def on_epoch_end(self):
+        if self.shuffle or self.subset is not None:
+            self._plan()
+
+
+class DescriptorDataset(keras.utils.PyDataset):
+    """Batches of cached symmetry functions and energy targets (energy stage).
+
+    Args:
+        sf: list of (n_atoms, F) float32 arrays.
+        species: list of (n_atoms,) int arrays.
+        energy: (n_struct,) energies relative to references, eV.
+        batch_size: structures per batch.
+        shuffle: reshuffle every epoch.
+        seed: shuffling seed.
+    """
+
+    def __init__(self, sf, species, energy, *, batch_size=32, shuffle=False, seed=0):
+        super().__init__()
+        self.sf, self.species = sf, species
+        self.energy = np.asarray(energy, np.float64)
+        self.batch_size = int(batch_size)
+        self.shuffle = shuffle
+        self.rng = np.random.default_rng(seed)
+        self.n_max = max(len(s) for s in species)
+        # Pad every batch to the largest structure: the MLP is cheap, and one
+        # shape means one compilation.
+        self.order = np.arange(len(sf))
+        self.on_epoch_end()
+
+    def __len__(self):
+        return int(math.ceil(len(self.sf) / self.batch_size))
+
+    def __getitem__(self, i):
+        idx = self.order[i * self.batch_size : (i + 1) * self.batch_size]
+        B, N, F = self.batch_size, self.n_max, self.sf[0].shape[1]
+        sf = np.zeros((B, N, F), np.float32)
+        species = np.zeros((B, N), np.int32)
+        mask = np.zeros((B, N), bool)
+        energy = np.zeros((B,), np.float32)
+        for b, k in enumerate(idx):
+            n = len(self.species[k])
+            sf[b, :n] = self.sf[k]
+            species[b, :n] = self.species[k]
+            mask[b, :n] = True
+            energy[b] = self.energy[k]
+        return {"sf": sf, "species": species, "atom_mask": mask}, {"energy": energy}
+
+    def on_epoch_end(self):
+        if self.shuffle:
+            self.order = self.rng.permutation(len(self.sf))
+
+
+# ------------------------------------------------------------- statistics
+def compute_statistics(sf_list, species_list, energies, n_elements):
+    """Per-element SF mean/std/min/max and the energy shift/scale.
+
+    Args:
+        sf_list: per structure (n, F) descriptors.
+        species_list: per structure (n,) element indices.
+        energies: (n_struct,) energies relative to references, eV.
+        n_elements: S.
+
+    Returns:
+        dict with sf_mean, sf_std, sf_min, sf_max (S, F), energy_shift (S,)
+        eV/atom (least squares on composition), energy_scale (eV, the std of
+        the per-atom residual, at least 0.01).
+    """
+    sf = np.concatenate(sf_list).astype(np.float64)
+    sp = np.concatenate(species_list)
+    F = sf.shape[1]
+    mean = np.zeros((n_elements, F)); std = np.ones((n_elements, F))
+    lo = np.zeros((n_elements, F)); hi = np.zeros((n_elements, F))
+    for s in range(n_elements):
+        rows = sf[sp == s]
+        if len(rows):
+            mean[s], std[s] = rows.mean(0), rows.std(0)
+            lo[s], hi[s] = rows.min(0), rows.max(0)
+    comp = np.stack([np.bincount(s, minlength=n_elements) for s in species_list]).astype(np.float64)
+    shift, *_ = np.linalg.lstsq(comp, np.asarray(energies, np.float64), rcond=None)
+    resid = (np.asarray(energies) - comp @ shift) / comp.sum(1)
+    return dict(sf_mean=mean, sf_std=std, sf_min=lo, sf_max=hi, energy_shift=shift,
+                energy_scale=max(float(resid.std()), 0.01))
+
+
+def build_model(config: TrainConfig, elements: Sequence[str], reference_energies: dict) -> BPNN:
+    """A fresh, uncompiled model for ``config``."""
+    spec = SymmetryFunctionSet.preset(config.preset, elements)
+    keras.utils.set_random_seed(config.seed)
+    return BPNN(
+        spec.to_config(), hidden=config.hidden, activation=config.activation, dropout=config.dropout,
+        reference_energies=reference_energies, compute_forces=True, energy_weight=1.0,
+        force_weight=config.force_weight, energy_loss=config.energy_loss, seed=config.seed,
+    )
+
+
+# ---------------------------------------------------------------- helpers
+def _atomic_save(model: keras.Model, path: Path) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp.keras")
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+def _write_json(path: Path, obj) -> None:
+    with atomic_write(path) as fh:
+        json.dump(obj, fh, indent=2, default=float)
+
+
+class _EpochState(keras.callbacks.Callback):
+    """Checkpoint every epoch (atomically), keep the best, log history, stop on NaN.
+
+    A non-finite loss stops training and restores the last good weights, so
+    a NaN model is never saved.
+    """
+
+    def __init__(self, run_dir: Path, stage: str, monitor: str):
+        super().__init__()
+        self.run_dir = Path(run_dir)
+        self.stage = stage
+        self.monitor = monitor
+        self.best = math.inf
+        self.t0 = time.time()
+        state = self._read_state()
+        if state.get("stage") == stage:
+            self.best = state.get("best", math.inf)
+        self._good_weights = None
+
+    def _read_state(self):
+        p = self.run_dir / "state.json"
+        return json.loads(p.read_text()) if p.exists() else {}
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.t0 = time.time()
+        self._good_weights = self.model.get_weights()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = dict(logs or {})
+        if not all(math.isfinite(float(logs[k])) for k in ("loss", "val_loss") if k in logs):
+            print(f"[{self.stage}] epoch {epoch + 1}: non-finite loss or metric {logs}; "
+                  "restoring the weights of the last good epoch and stopping")
+            if self._good_weights is not None:
+                self.model.set_weights(self._good_weights)
+            self.model.stop_training = True
+            return
+        logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        logs["seconds"] = time.time() - self.t0
+        value = float(logs.get(self.monitor, logs.get("loss")))
+        ckdir = self.run_dir / "checkpoints"
+        ckdir.mkdir(parents=True, exist_ok=True)
+        if value < self.best:
+            self.best = value
+            _atomic_save(self.model, self.run_dir / "best.keras")
+        _atomic_save(self.model, ckdir / "last.keras")
+        hist = self.run_dir / "history.csv"
+        row = {"stage": self.stage, "epoch": epoch + 1, **{k: float(v) for k, v in logs.items()}}
+        rows = []
+        if hist.exists():
+            with open(hist, newline="") as fh:
+                rows = [r for r in csv.DictReader(fh) if not (r["stage"] == self.stage and int(r["epoch"]) >= epoch + 1)]
+        rows.append(row)
+        fields = list(dict.fromkeys(k for r in rows for k in r))
+        with atomic_write(hist, newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=fields)
+            w.writeheader()
+            w.writerows(rows)
+        _write_json(self.run_dir / "state.json", {"stage": self.stage, "epoch": epoch + 1, "best": self.best})
+
+
+def featurize_host(structures: Sequence[HostStructure], spec: SymmetryFunctionSet, *, atoms_per_batch=256,
+                   dtype=np.float32, progress=False) -> list[np.ndarray]:
+    """Descriptors of prepared structures: list of (n_atoms, F) arrays."""
+    import jax
+
+    from .descriptors import batch_descriptors
+
+    fn = jax.jit(lambda b: batch_descriptors(b, spec))
+    out: list = [None] * len(structures)
+    plan = plan_batches(structures, atoms_per_batch)
+    it = plan
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(plan, desc="descriptors", unit="batch", leave=False)
+    for idx, b, n, slots in it:
+        batch = collate([structures[k] for k in idx], b, n, slots, dtype=dtype)
+        g = np.asarray(fn(batch))
+        for j, k in enumerate(idx):
+            out[k] = g[j, : structures[k].n_atoms]
+    return out
+
+
+def predict_structures(model: BPNN, structures: Sequence[HostStructure], *, forces=True, atoms_per_batch=256,
+                       dtype=np.float32, progress=False):
+    """Model energies (relative to references, eV) and forces for prepared structures.
+
+    Returns:
+        (energies (n_struct,) float64, list of (n_atoms, 3) force arrays or None).
+    """
+    import jax
+
+    old = model.compute_forces
+    model.compute_forces = bool(forces)
+    fn = jax.jit(lambda x: model(x, training=False))
+    energies = np.zeros(len(structures))
+    out_f: list = [None] * len(structures)
+    plan = plan_batches(structures, atoms_per_batch)
+    it = plan
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(plan, desc="predict", unit="batch", leave=False)
+    try:
+        for idx, b, n, slots in it:
+            batch = collate([structures[k] for k in idx], b, n, slots, dtype=dtype)
+            res = fn(batch.inputs(model.elements))
+            e = np.asarray(res["energy"], np.float64)
+            for j, k in enumerate(idx):
+                energies[k] = e[j]
+                if forces:
+                    out_f[k] = np.asarray(res["forces"][j, : structures[k].n_atoms], np.float64)
+    finally:
+        model.compute_forces = old
+    return energies, (out_f if forces else None)
+
+
+# ------------------------------------------------------------------ train
+def load_training_data(paths, config: TrainConfig, *, progress=True):
+    """Read structures, choose references, filter by energy, prepare, split.
+
+    Returns:
+        dict with elements, references, structures (HostStructure, energies
+        relative to references), atoms, split (indices into the kept
+        structures), files, excluded (file names above ``max_energy``).
+    """
+    atoms, _ = read_structures(paths, require_energy=True, progress=progress)
+    elements = sorted({s for a in atoms for s in a.get_chemical_symbols()})
+    refs = config.reference_energies
+    if refs is None or any(el not in refs for el in elements):
+        missing = [el for el in elements if refs is None or el not in refs]
+        fitted = fit_energy_references(atoms, elements)
+        refs = {**(refs or {}), **{el: fitted[el] for el in missing}}
+    cohesive = np.array([
+        (a.info["energy"] - math.fsum(refs[s] for s in a.get_chemical_symbols())) / len(a) for a in atoms
+    ])
+    keep = np.ones(len(atoms), bool) if config.max_energy is None else cohesive <= config.max_energy
+    excluded = [a.info["file"] for a, k in zip(atoms, keep) if not k]
+    atoms = [a for a, k in zip(atoms, keep) if k]
+    spec = SymmetryFunctionSet.preset(config.preset, elements)
+    structures = prepare_structures(atoms, elements, spec.cutoff, progress=progress, energy_offsets=refs)
+    split = split_indices(len(structures), config.val_fraction, config.test_fraction, config.seed)
+    return dict(elements=elements, references=refs, structures=structures, atoms=atoms, split=split,
+                files=[a.info["file"] for a in atoms], excluded=excluded, spec=spec)
+
+
+def _lr_callbacks(config: TrainConfig, monitor: str):
+    return [
+        keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=0.5, patience=max(config.patience // 4, 5),
+                                          min_lr=config.min_learning_rate, mode="min", verbose=0),
+        keras.callbacks.EarlyStopping(monitor=monitor, patience=config.patience, restore_best_weights=True,
+                                      mode="min", verbose=0),
+    ]
+
+
+def train(paths, run_dir, config: TrainConfig, *, resume: bool = False, verbose: int = 1, data=None) -> BPNN:
+    """Train a model and save everything to ``run_dir`` (see module doc).
+
+    Args:
+        paths: XSF files or directories.
+        run_dir: output directory.
+        config: settings.
+        resume: continue from ``run_dir/checkpoints/last.keras`` and
+            ``state.json`` (stage and epoch) instead of starting over.
+        verbose: Keras verbosity (1 = progress bar).
+        data: optional output of :func:`load_training_data` (reuse).
+
+    Returns:
+        The trained model (also saved as ``run_dir/model.keras``).
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state = {}
+    if resume:
+        if not (run_dir / "state.json").exists():
+            raise BPNNInputError(f"{run_dir}: nothing to resume (no state.json); start without --resume")
+        state = json.loads((run_dir / "state.json").read_text())
+        config = TrainConfig.from_json(json.loads((run_dir / "config.json").read_text()))
+    else:
+        _write_json(run_dir / "config.json", config.to_json())
+        for stale in ("state.json", "history.csv"):
+            (run_dir / stale).unlink(missing_ok=True)
+    if data is None:
+        data = load_training_data(paths, config, progress=verbose > 0)
+    S = data["structures"]
+    split = data["split"]
+    elements = data["elements"]
+    spec = data["spec"]
+    if not resume:
+        _write_json(run_dir / "split.json", {
+            "seed": config.seed, "references": data["references"], "excluded_above_max_energy": data["excluded"],
+            **{k: [data["files"][i] for i in v] for k, v in split.items()},
+        })
+    train_s = [S[i] for i in split["train"]]
+    val_s = [S[i] for i in split["val"]]
+    if not train_s or not val_s:
+        raise BPNNInputError(f"too few structures ({len(S)}) for a train/validation split")
+
+    if resume and (run_dir / "checkpoints" / "last.keras").exists():
+        model = keras.saving.load_model(run_dir / "checkpoints" / "last.keras", compile=True)
+    else:
+        model = build_model(config, elements, data["references"])
+    monitor = "val_energy_rmse_mev_atom"
+    stage_done = state.get("stage")
+    epoch_done = int(state.get("epoch", 0))
+
+    # ---- stage 1: energies on cached descriptors
+    if config.energy_epochs > 0 and stage_done != "force":
+        t0 = time.time()
+        sf_train = featurize_host(train_s, spec, atoms_per_batch=config.atoms_per_batch, progress=verbose > 0)
+        sf_val = featurize_host(val_s, spec, atoms_per_batch=config.atoms_per_batch, progress=verbose > 0)
+        if not resume or stage_done is None:
+            stats = compute_statistics(sf_train, [s.species for s in train_s], [s.energy for s in train_s],
+                                       len(elements))
+            model.set_statistics(**stats)
+        if verbose:
+            print(f"descriptors of {len(train_s)} + {len(val_s)} structures: {time.time() - t0:.1f} s")
+        bs = config.batch_size or 32
+        ds_train = DescriptorDataset(sf_train, [s.species for s in train_s], [s.energy for s in train_s],
+                                     batch_size=bs, shuffle=True, seed=config.seed)
+        ds_val = DescriptorDataset(sf_val, [s.species for s in val_s], [s.energy for s in val_s], batch_size=bs)
+        if not model.compiled:
+            model.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
+        initial = epoch_done if stage_done == "energy" else 0
+        if initial < config.energy_epochs:
+            model.fit(ds_train, validation_data=ds_val, epochs=config.energy_epochs, initial_epoch=initial,
+                      verbose=verbose, callbacks=[_EpochState(run_dir, "energy", monitor), *_lr_callbacks(config, monitor)])
+        # The force stage starts from the energy stage's best weights
+        # (EarlyStopping restored them); record that stage 1 is complete.
+        _atomic_save(model, run_dir / "checkpoints" / "last.keras")
+        _write_json(run_dir / "state.json", {"stage": "force", "epoch": 0, "best": math.inf})
+        state = {"stage": "force", "epoch": 0}
+        epoch_done, stage_done = 0, "force"
+    # ---- stage 2: energies and forces, end to end
+    if config.force_epochs > 0:
+        if config.energy_epochs == 0 and not resume:
+            sf_train = featurize_host(train_s, spec, atoms_per_batch=config.atoms_per_batch)
+            model.set_statistics(**compute_statistics(sf_train, [s.species for s in train_s],
+                                                      [s.energy for s in train_s], len(elements)))
+        lr = config.learning_rate if config.energy_epochs == 0 else max(config.learning_rate * 0.3, config.min_learning_rate)
+        if not (resume and state.get("stage") == "force" and epoch_done > 0):
+            model.compile(optimizer=keras.optimizers.Adam(lr))
+        model.force_weight = config.force_weight
+        ds_train = GeometryDataset(train_s, elements, atoms_per_batch=config.atoms_per_batch,
+                                   batch_size=config.batch_size, shuffle=True, subset=config.force_subset,
+                                   seed=config.seed + 1)
+        ds_val = GeometryDataset(val_s, elements, atoms_per_batch=config.atoms_per_batch,
+                                 batch_size=config.batch_size)
+        initial = epoch_done if state.get("stage") == "force" else 0
+        if initial < config.force_epochs:
+            model.fit(ds_train, validation_data=ds_val, epochs=config.force_epochs, initial_epoch=initial,
+                      verbose=verbose, callbacks=[_EpochState(run_dir, "force", monitor), *_lr_callbacks(config, monitor)])
+    _atomic_save(model, run_dir / "model.keras")
+    return model
