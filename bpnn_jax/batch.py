@@ -216,6 +216,8 @@ def plan_batches(
     *,
     batch_size: int | None = None,
     shuffle_rng: np.random.Generator | None = None,
+    merge_small: bool = True,
+    max_shapes: int | None = 8,
 ) -> list[tuple[np.ndarray, int, int, int]]:
     """Group structures by padded shape into batches.
 
@@ -231,6 +233,14 @@ def plan_batches(
         batch_size: fixed number of structures per batch (overrides).
         shuffle_rng: if given, shuffle members within each key and the batch
             order (for training).
+        merge_small: move the members of a key that fills less than one
+            batch into the smallest larger key that can hold them (more
+            atoms and at least as many slots per element).  Every distinct
+            shape costs an XLA compilation, which dwarfs a little padding.
+        max_shapes: if given, keep merging (cheapest extra padding first)
+            until at most this many shapes remain, where possible.  The
+            default 8 costs ~20 % extra pair work on the TiO2 set (19
+            shapes → 8) and saves minutes of compilation for force training.
 
     Returns:
         List of (indices into ``structures``, B, N, slots) per batch.
@@ -239,6 +249,8 @@ def plan_batches(
     for k, s in enumerate(structures):
         key = (bucket_size(s.n_atoms, ATOM_BUCKETS), s.slots)
         groups.setdefault(key, []).append(k)
+    if merge_small:
+        groups = _merge_small_groups(groups, atoms_per_batch, batch_size, max_shapes)
     plan = []
     for (n_pad, m_pad), members in sorted(groups.items()):
         members = np.asarray(members)
@@ -251,6 +263,44 @@ def plan_batches(
         order = shuffle_rng.permutation(len(plan))
         plan = [plan[i] for i in order]
     return plan
+
+
+def _merge_small_groups(groups: dict, atoms_per_batch: int, batch_size: int | None,
+                        max_shapes: int | None = None) -> dict:
+    """Fold under-filled shape groups into the cheapest group that dominates them,
+    then, while there are more than ``max_shapes`` groups, the cheapest merges."""
+    groups = {k: list(v) for k, v in groups.items()}
+
+    def volume(key):
+        n, slots = key
+        return n * sum(m * m for m in slots)  # ~ pair work per structure
+
+    def dominates(big, small):
+        return big != small and big[0] >= small[0] and all(x >= y for x, y in zip(big[1], small[1]))
+
+    for key in sorted(groups, key=volume):
+        if key not in groups:
+            continue
+        b = batch_size or max(1, atoms_per_batch // key[0])
+        if len(groups[key]) >= b:
+            continue
+        hosts = [k for k in groups if dominates(k, key)]
+        if hosts:
+            target = min(hosts, key=volume)
+            groups[target].extend(groups.pop(key))
+    while max_shapes is not None and len(groups) > max_shapes:
+        # Merge the pair (small -> dominating) that adds the least padded work.
+        best = None
+        for small in groups:
+            for big in groups:
+                if dominates(big, small):
+                    cost = len(groups[small]) * (volume(big) - volume(small))
+                    if best is None or cost < best[0]:
+                        best = (cost, small, big)
+        if best is None:
+            break
+        groups[best[2]].extend(groups.pop(best[1]))
+    return groups
 
 
 def collate(
