@@ -48,6 +48,10 @@ __all__ = ["BPNN", "load_model", "total_energy", "PRETRAINED_DIR"]
 
 PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
 
+#: Float64-preserving versions of Keras activations (used by float64 models).
+_JAX_ACTIVATIONS = {"tanh": jnp.tanh, "sigmoid": jax.nn.sigmoid, "relu": jax.nn.relu,
+                    "softplus": jax.nn.softplus, "silu": jax.nn.silu, "swish": jax.nn.silu}
+
 
 @keras.saving.register_keras_serializable(package="bpnn_jax")
 class BPNN(keras.Model):
@@ -101,8 +105,19 @@ class BPNN(keras.Model):
         self.seed = int(seed)
         S, F = len(self.elements), self.spec.n_functions
         self.nets = [
-            ElementMLP(self.hidden, activation, self.dropout, name=f"net_{el}") for el in self.elements
+            ElementMLP(self.hidden, activation, self.dropout, dtype=self.dtype_policy, name=f"net_{el}")
+            for el in self.elements
         ]
+        for net in self.nets:
+            # ElementMLP creates its Dense layers with the global policy; give
+            # them the model's (e.g. dtype="float64") before they are built.
+            for layer in (*net.dense, net.out):
+                layer.dtype_policy = self.dtype_policy
+            if self.compute_dtype == "float64" and activation in _JAX_ACTIVATIONS:
+                # Keras's unary ops (ops.tanh, ...) return float32 for float64
+                # inputs on the JAX backend; JAX's own keep float64.
+                for layer in net.dense:
+                    layer.activation = _JAX_ACTIVATIONS[activation]
         # Statistics fitted on the training set; saved with the weights.
         self.sf_mean = self.add_weight(shape=(S, F), initializer="zeros", trainable=False, name="sf_mean")
         self.sf_std = self.add_weight(shape=(S, F), initializer="ones", trainable=False, name="sf_std")
@@ -115,6 +130,9 @@ class BPNN(keras.Model):
         self.force_rmse = MaskedRMSE(name="force_rmse_ev_a")
         for net in self.nets:
             net.build((None, F))
+        # Every variable exists now, whatever the input mode: mark the model
+        # built so stateless_call and weight loading work before a first call.
+        self.built = True
 
     # ------------------------------------------------------------ utilities
     @property

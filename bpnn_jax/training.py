@@ -65,6 +65,8 @@ class TrainConfig:
         batch_size: structures per batch (None: ``atoms_per_batch`` decides).
         atoms_per_batch: padded atoms per batch when batch_size is None.
         energy_epochs: epochs of the energy stage on cached descriptors.
+        lbfgs_steps: full-batch L-BFGS iterations on energies after the
+            Adam epochs of the energy stage (0 = none).
         force_epochs: epochs of the end-to-end energy+force stage.
         force_weight: weight of the force MSE (eV²/Å²) against the per-atom
             energy MSE (eV²/atom²) in the force stage; 0 = energies only.
@@ -89,6 +91,7 @@ class TrainConfig:
     batch_size: int | None = None
     atoms_per_batch: int = 256
     energy_epochs: int = 1000
+    lbfgs_steps: int = 1000
     force_epochs: int = 0
     force_weight: float = 0.01
     force_subset: int | None = None
@@ -119,7 +122,7 @@ class TrainConfig:
 PRESETS: dict[str, dict] = {
     "seed": dict(
         hidden=(64, 64, 64, 64, 64), learning_rate=1e-4, batch_size=20, energy_epochs=80, force_epochs=0,
-        energy_loss="mae", patience=1000, min_learning_rate=1e-4,
+        energy_loss="mae", patience=1000, min_learning_rate=1e-4, lbfgs_steps=0,
     ),
     "default": dict(),
 }
@@ -518,6 +521,13 @@ def train(paths, run_dir, config: TrainConfig, *, resume: bool = False, verbose:
     monitor = "val_energy_rmse_mev_atom"
     stage_done = state.get("stage")
     epoch_done = int(state.get("epoch", 0))
+    energy_done = state.get("energy") or {}
+    if (resume and stage_done == "force" and epoch_done == 0 and energy_done
+            and config.energy_epochs > int(energy_done.get("epochs", config.energy_epochs))):
+        # Stage 1 had finished, and config.json now asks for more energy
+        # epochs: continue stage 1 where it ended.
+        stage_done, epoch_done = "energy", int(energy_done["epoch"])
+        _write_json(run_dir / "state.json", {"stage": "energy", "epoch": epoch_done, "best": energy_done["best"]})
 
     # ---- stage 1: energies on cached descriptors
     if config.energy_epochs > 0 and stage_done != "force":
@@ -540,10 +550,21 @@ def train(paths, run_dir, config: TrainConfig, *, resume: bool = False, verbose:
         if initial < config.energy_epochs:
             model.fit(ds_train, validation_data=ds_val, epochs=config.energy_epochs, initial_epoch=initial,
                       verbose=verbose, callbacks=[_EpochState(run_dir, "energy", monitor), *_lr_callbacks(config, monitor)])
+        if config.lbfgs_steps > 0:
+            result = refine_energies_lbfgs(
+                model,
+                (sf_train, [s.species for s in train_s], [s.energy for s in train_s]),
+                (sf_val, [s.species for s in val_s], [s.energy for s in val_s]),
+                steps=config.lbfgs_steps, verbose=verbose > 0,
+            )
+            _write_json(run_dir / "lbfgs.json", result)
         # The force stage starts from the energy stage's best weights
         # (EarlyStopping restored them); record that stage 1 is complete.
         _atomic_save(model, run_dir / "checkpoints" / "last.keras")
-        _write_json(run_dir / "state.json", {"stage": "force", "epoch": 0, "best": math.inf})
+        last = json.loads((run_dir / "state.json").read_text()) if (run_dir / "state.json").exists() else {}
+        energy_done = {"epoch": int(last.get("epoch", initial)) if last.get("stage") == "energy" else initial,
+                       "best": last.get("best", math.inf), "epochs": config.energy_epochs}
+        _write_json(run_dir / "state.json", {"stage": "force", "epoch": 0, "best": math.inf, "energy": energy_done})
         state = {"stage": "force", "epoch": 0}
         epoch_done, stage_done = 0, "force"
     # ---- stage 2: energies and forces, end to end
@@ -567,3 +588,96 @@ def train(paths, run_dir, config: TrainConfig, *, resume: bool = False, verbose:
                       verbose=verbose, callbacks=[_EpochState(run_dir, "force", monitor), *_lr_callbacks(config, monitor)])
     _atomic_save(model, run_dir / "model.keras")
     return model
+
+
+# ------------------------------------------------------- L-BFGS refinement
+def _size_groups(sf_list, species_list, energies):
+    """Full-batch arrays grouped by padded atom count (few shapes, little padding)."""
+    from .neighbors import ATOM_BUCKETS, bucket_size
+
+    by_n: dict[int, list[int]] = {}
+    for k, sp in enumerate(species_list):
+        by_n.setdefault(bucket_size(len(sp), ATOM_BUCKETS), []).append(k)
+    groups = []
+    F = sf_list[0].shape[1]
+    for n_pad, idx in sorted(by_n.items()):
+        sf = np.zeros((len(idx), n_pad, F), np.float32)
+        species = np.zeros((len(idx), n_pad), np.int32)
+        mask = np.zeros((len(idx), n_pad), bool)
+        for b, k in enumerate(idx):
+            n = len(species_list[k])
+            sf[b, :n], species[b, :n], mask[b, :n] = sf_list[k], species_list[k], True
+        e = np.asarray([energies[k] for k in idx], np.float32)
+        groups.append(({"sf": sf, "species": species, "atom_mask": mask}, e, mask.sum(1).astype(np.float32)))
+    return groups
+
+
+def refine_energies_lbfgs(model: BPNN, train_data, val_data, *, steps: int = 500, log_every: int = 25,
+                          verbose: bool = True) -> dict:
+    """Full-batch L-BFGS on the per-atom energy MSE over cached descriptors.
+
+    Adam on mini-batches stalls at a noise floor; a full-batch quasi-Newton
+    method (what aenet uses for energies) goes further for networks of this
+    size.  The best parameters by validation RMSE are kept.
+
+    Args:
+        model: a model whose statistics are set.
+        train_data, val_data: tuples (sf_list, species_list, energies).
+        steps: L-BFGS iterations (each a full pass plus line search).
+        log_every: validation interval in iterations.
+
+    Returns:
+        dict with ``best_val_rmse_mev_atom``, ``steps`` and ``history``
+        (list of (step, train RMSE, val RMSE) in meV/atom).
+    """
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    train_g = _size_groups(*train_data)
+    val_g = _size_groups(*val_data)
+    non_trainable = [v.value for v in model.non_trainable_variables]
+    n_train = sum(len(e) for _, e, _ in train_g)
+
+    def sq_err(params, groups):
+        total = 0.0
+        for x, e, n in groups:
+            out, _ = model.stateless_call(params, non_trainable, x, training=False)
+            de = (out["energy"] - e) / n
+            total = total + jnp.sum(de * de)
+        return total
+
+    def loss(params):
+        return sq_err(params, train_g) / n_train
+
+    opt = optax.lbfgs()
+    vg = optax.value_and_grad_from_state(loss)
+
+    @jax.jit
+    def step(params, state):
+        value, grad = vg(params, state=state)
+        updates, state = opt.update(grad, state, params, value=value, grad=grad, value_fn=loss)
+        return optax.apply_updates(params, updates), state, value
+
+    n_val = sum(len(e) for _, e, _ in val_g)
+    val_rmse = jax.jit(lambda p: 1e3 * jnp.sqrt(sq_err(p, val_g) / n_val))
+    params = [v.value for v in model.trainable_variables]
+    state = opt.init(params)
+    best = (float(val_rmse(params)), params)
+    history = [(0, float("nan"), best[0])]
+    t0 = time.time()
+    for it in range(1, steps + 1):
+        params, state, value = step(params, state)
+        if it % log_every == 0 or it == steps:
+            v = float(val_rmse(params))
+            tr = 1e3 * math.sqrt(max(float(value), 0.0))
+            history.append((it, tr, v))
+            if verbose:
+                print(f"L-BFGS {it}/{steps}: train {tr:.2f} meV/atom, val {v:.2f} meV/atom ({time.time() - t0:.0f} s)")
+            if not math.isfinite(v):
+                break
+            if v < best[0]:
+                best = (v, params)
+    for var, value in zip(model.trainable_variables, best[1]):
+        var.assign(value)
+    return {"best_val_rmse_mev_atom": best[0], "steps": steps, "history": history}

@@ -1,0 +1,211 @@
+"""Model subcommands of the command line: ``train``, ``evaluate``, ``predict``.
+
+Registered in :data:`bpnn_jax.cli.COMMANDS`; heavy imports happen inside the
+command functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+
+def _hidden(text: str) -> tuple[int, ...]:
+    try:
+        nodes = tuple(int(x) for x in text.replace("x", ",").split(",") if x.strip())
+    except ValueError:
+        nodes = ()
+    if not nodes or any(n <= 0 for n in nodes):
+        raise argparse.ArgumentTypeError(f"expected nodes per layer like 64,64 , got {text!r}")
+    return nodes
+
+
+# ------------------------------------------------------------------- train
+def add_train_parser(subparsers) -> argparse.ArgumentParser:
+    from .training import TrainConfig
+
+    d = TrainConfig()
+    p = subparsers.add_parser(
+        "train",
+        help="train a BPNN on XSF files (energies, then energies + forces)",
+        description=(
+            "Train a Behler-Parrinello network. Stage 1 fits energies on cached symmetry functions; "
+            "stage 2 fits energies and forces end to end from positions and cell. Writes config.json, "
+            "split.json, history.csv, checkpoints/last.keras (every epoch), best.keras and model.keras "
+            "to RUN_DIR; --resume continues an interrupted run."
+        ),
+    )
+    p.add_argument("paths", nargs="+", metavar="DATA", help="XSF files or directories")
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory")
+    p.add_argument("--preset", choices=["default", "seed"], default="default",
+                   help="'seed' reproduces the original study (MAE, 5x64, lr 1e-4, batch 20, 80 epochs, energies only)")
+    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR's last checkpoint")
+    p.add_argument("--hidden", type=_hidden, default=None, help=f"nodes per hidden layer (default {','.join(map(str, d.hidden))})")
+    p.add_argument("--activation", default=None, help=f"hidden activation (default {d.activation})")
+    p.add_argument("--dropout", type=float, default=None)
+    p.add_argument("--lr", type=float, default=None, dest="learning_rate", help=f"initial learning rate (default {d.learning_rate})")
+    p.add_argument("--batch-size", type=int, default=None, help="structures per batch (default: 32 in stage 1, ~256 padded atoms in stage 2)")
+    p.add_argument("--energy-epochs", type=int, default=None, help=f"stage-1 epochs (default {d.energy_epochs})")
+    p.add_argument("--lbfgs-steps", type=int, default=None,
+                   help=f"full-batch L-BFGS iterations on energies after the Adam epochs of stage 1 (default {d.lbfgs_steps})")
+    p.add_argument("--force-epochs", type=int, default=None, help=f"stage-2 epochs (default {d.force_epochs})")
+    p.add_argument("--force-weight", type=float, default=None, help=f"force loss weight in Å⁻²·atom² units (default {d.force_weight}; 0 = energies only)")
+    p.add_argument("--force-subset", type=int, default=None, help="training structures drawn per stage-2 epoch (default: all)")
+    p.add_argument("--max-energy", type=float, default=None,
+                   help=f"exclude structures with cohesive energy above this, eV/atom (default {d.max_energy}; 'none' via --keep-all)")
+    p.add_argument("--keep-all", action="store_true", help="train on every structure, whatever its energy")
+    p.add_argument("--patience", type=int, default=None, help=f"early-stopping patience, epochs (default {d.patience})")
+    p.add_argument("--seed", type=int, default=None, help=f"split/initialisation seed (default {d.seed})")
+    p.add_argument("--fit-references", action="store_true",
+                   help="fit per-element reference energies by least squares instead of aenet's free-atom values")
+    p.add_argument("--quiet", action="store_true", help="one line per epoch instead of progress bars")
+    return p
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .training import PRESETS, TrainConfig, train
+
+    config = TrainConfig(**PRESETS[args.preset])
+    overrides = {
+        k: getattr(args, k)
+        for k in ("hidden", "activation", "dropout", "learning_rate", "batch_size", "energy_epochs", "lbfgs_steps", "force_epochs",
+                  "force_weight", "force_subset", "max_energy", "patience", "seed")
+        if getattr(args, k) is not None
+    }
+    config = dataclasses.replace(config, **overrides)
+    if args.keep_all:
+        config.max_energy = None
+    if args.fit_references:
+        config.reference_energies = None
+    train(args.paths, args.out, config, resume=args.resume, verbose=2 if args.quiet else 1)
+    print(f"model saved to {args.out}/model.keras")
+    return 0
+
+
+# ---------------------------------------------------------------- evaluate
+def _read_inputs(paths, *, require_energy: bool, skip_invalid: bool):
+    import sys
+
+    from .io import read_structures
+
+    atoms, skipped = read_structures(paths, require_energy=require_energy, skip_invalid=skip_invalid)
+    for name, reason in skipped:
+        print(f"skipped {name}: {reason}", file=sys.stderr)
+    if not atoms:
+        from .errors import BPNNInputError
+
+        raise BPNNInputError("no valid structures to process")
+    return atoms
+
+
+def _check_elements(model, atoms_list):
+    from .errors import ModelError
+
+    known = set(model.elements)
+    for a in atoms_list:
+        unknown = sorted(set(a.get_chemical_symbols()) - known)
+        if unknown:
+            raise ModelError(
+                f"{a.info.get('file', 'structure')}: element(s) {', '.join(unknown)} not in the model's "
+                f"elements {model.elements}"
+            )
+
+
+def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "evaluate",
+        help="score a model on labelled XSF files (meV/atom, eV/Å) with plots",
+        description=(
+            "Energy RMSE/MAE (meV/atom), total-energy RMSE (eV), force RMSE/MAE (eV/Å), residual statistics, "
+            "on all structures and on those with cohesive energy <= --max-energy (eV/atom)."
+        ),
+    )
+    p.add_argument("model", metavar="MODEL", help="a .keras file or a shipped model name (e.g. tio2)")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="XSF files or directories")
+    p.add_argument("--json", metavar="FILE", help="write the metrics as JSON")
+    p.add_argument("--plots", metavar="DIR", help="write PNG plots to DIR")
+    p.add_argument("--no-forces", action="store_true", help="energies only (faster)")
+    p.add_argument("--max-energy", type=float, default=1.0,
+                   help="also report metrics for cohesive energy <= this, eV/atom (default 1.0, aenet's MAXENERGY)")
+    p.add_argument("--skip-invalid", action="store_true", help="skip unreadable files (listed on stderr)")
+    return p
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .evaluation import evaluate_structures, write_plots, write_report
+    from .model import load_model
+
+    model = load_model(args.model)
+    atoms = _read_inputs(args.paths, require_energy=True, skip_invalid=args.skip_invalid)
+    _check_elements(model, atoms)
+    report = evaluate_structures(model, atoms, forces=not args.no_forces, max_energy=args.max_energy, progress=True)
+    for label, key in (("all structures", "all"), (f"cohesive <= {args.max_energy} eV/atom", "within_max_energy")):
+        m = report.get(key)
+        if not m or not m.get("n_structures"):
+            continue
+        line = (f"{label}: n={m['n_structures']}  energy RMSE {m['energy_rmse_mev_atom']:.2f} meV/atom  "
+                f"MAE {m['energy_mae_mev_atom']:.2f} meV/atom  total-energy RMSE {m['energy_rmse_ev']:.4f} eV")
+        if "force_rmse_ev_a" in m:
+            line += f"  force RMSE {m['force_rmse_ev_a']:.4f} eV/Å  MAE {m['force_mae_ev_a']:.4f} eV/Å"
+        print(line)
+    if args.json:
+        write_report(report, args.json)
+    if args.plots:
+        model_path = Path(args.model)
+        history = model_path.parent / "history.csv" if model_path.exists() else None
+        for p in write_plots(report, args.plots, history):
+            print(f"wrote {p}")
+    return 0
+
+
+# ----------------------------------------------------------------- predict
+def add_predict_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "predict",
+        help="predict energies (and forces) of XSF files",
+        description="Write a CSV with file, n_atoms, energy_ev (DFT scale) and energy_per_atom_ev.",
+    )
+    p.add_argument("model", metavar="MODEL", help="a .keras file or a shipped model name (e.g. tio2)")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="XSF files or directories (energy line optional)")
+    p.add_argument("--out", required=True, metavar="FILE.csv", help="CSV to write")
+    p.add_argument("--forces", metavar="FILE.xyz", help="also write structures with predicted energy and forces (extended XYZ)")
+    p.add_argument("--skip-invalid", action="store_true", help="skip unreadable files (listed on stderr)")
+    return p
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import csv
+
+    import numpy as np
+
+    from .batch import prepare_structures
+    from .io import atomic_write
+    from .model import load_model, total_energy
+    from .training import predict_structures
+
+    model = load_model(args.model)
+    atoms = _read_inputs(args.paths, require_energy=False, skip_invalid=args.skip_invalid)
+    _check_elements(model, atoms)
+    hs = prepare_structures(atoms, model.elements, model.spec.cutoff, progress=True)
+    e_rel, forces = predict_structures(model, hs, forces=bool(args.forces), progress=True)
+    energy = total_energy(model, e_rel, [a.get_chemical_symbols() for a in atoms])
+    with atomic_write(args.out, newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["file", "n_atoms", "energy_ev", "energy_per_atom_ev"])
+        for a, e in zip(atoms, energy):
+            w.writerow([a.info.get("file", ""), len(a), f"{e:.8f}", f"{e / len(a):.8f}"])
+    if args.forces:
+        import ase.io
+        from ase.calculators.singlepoint import SinglePointCalculator
+
+        frames = []
+        for a, e, f in zip(atoms, energy, forces):
+            b = a.copy()
+            b.calc = SinglePointCalculator(b, energy=float(e), forces=np.asarray(f))
+            frames.append(b)
+        with atomic_write(args.forces) as fh:
+            ase.io.write(fh, frames, format="extxyz")
+    print(f"wrote {args.out}" + (f" and {args.forces}" if args.forces else ""))
+    return 0
