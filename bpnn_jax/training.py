@@ -182,12 +182,20 @@ class GeometryDataset(keras.utils.PyDataset):
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.subset = subset
-        self.rng = np.random.default_rng(seed)
+        self.seed = seed
+        self.epoch = 0
         self.dtype = dtype
         self.with_forces = with_forces
         self._plan()
 
+    def set_epoch(self, epoch: int) -> None:
+        """Start at ``epoch`` (resume): the order of each epoch depends only on (seed, epoch)."""
+        self.epoch = int(epoch)
+        self._plan()
+
     def _plan(self):
+        # A fresh generator per epoch, so a resumed run sees the same batches.
+        self.rng = np.random.default_rng([self.seed, self.epoch])
         members = np.arange(len(self.structures))
         if self.subset is not None and self.subset < len(members):
             members = np.sort(self.rng.choice(members, self.subset, replace=False))
@@ -208,6 +216,7 @@ class GeometryDataset(keras.utils.PyDataset):
         return batch.inputs(self.elements), y
 
     def on_epoch_end(self):
+        self.epoch += 1
         if self.shuffle or self.subset is not None:
             self._plan()
 
@@ -230,12 +239,17 @@ class DescriptorDataset(keras.utils.PyDataset):
         self.energy = np.asarray(energy, np.float64)
         self.batch_size = int(batch_size)
         self.shuffle = shuffle
-        self.rng = np.random.default_rng(seed)
+        self.seed = seed
         self.n_max = max(len(s) for s in species)
         # Pad every batch to the largest structure: the MLP is cheap, and one
         # shape means one compilation.
-        self.order = np.arange(len(sf))
-        self.on_epoch_end()
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start at ``epoch`` (resume): the order of each epoch depends only on (seed, epoch)."""
+        self.epoch = int(epoch)
+        rng = np.random.default_rng([self.seed, self.epoch])
+        self.order = rng.permutation(len(self.sf)) if self.shuffle else np.arange(len(self.sf))
 
     def __len__(self):
         return int(math.ceil(len(self.sf) / self.batch_size))
@@ -256,8 +270,7 @@ class DescriptorDataset(keras.utils.PyDataset):
         return {"sf": sf, "species": species, "atom_mask": mask}, {"energy": energy}
 
     def on_epoch_end(self):
-        if self.shuffle:
-            self.order = self.rng.permutation(len(self.sf))
+        self.set_epoch(self.epoch + 1)
 
 
 # ------------------------------------------------------------- statistics
@@ -547,6 +560,7 @@ def train(paths, run_dir, config: TrainConfig, *, resume: bool = False, verbose:
         if not model.compiled:
             model.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
         initial = epoch_done if stage_done == "energy" else 0
+        ds_train.set_epoch(initial)
         if initial < config.energy_epochs:
             model.fit(ds_train, validation_data=ds_val, epochs=config.energy_epochs, initial_epoch=initial,
                       verbose=verbose, callbacks=[_EpochState(run_dir, "energy", monitor), *_lr_callbacks(config, monitor)])
@@ -583,6 +597,7 @@ def train(paths, run_dir, config: TrainConfig, *, resume: bool = False, verbose:
         ds_val = GeometryDataset(val_s, elements, atoms_per_batch=config.atoms_per_batch,
                                  batch_size=config.batch_size)
         initial = epoch_done if state.get("stage") == "force" else 0
+        ds_train.set_epoch(initial)
         if initial < config.force_epochs:
             model.fit(ds_train, validation_data=ds_val, epochs=config.force_epochs, initial_epoch=initial,
                       verbose=verbose, callbacks=[_EpochState(run_dir, "force", monitor), *_lr_callbacks(config, monitor)])
