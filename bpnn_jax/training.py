@@ -662,27 +662,33 @@ def refine_energies_lbfgs(model: BPNN, train_data, val_data, *, steps: int = 500
             total = total + jnp.sum(de * de)
         return total
 
-    def loss(params):
-        return sq_err(params, train_g) / n_train
-
     opt = optax.lbfgs()
-    vg = optax.value_and_grad_from_state(loss)
 
+    # The data are jit arguments, not closure constants: XLA would otherwise
+    # try to constant-fold through hundreds of MB of descriptors.
     @jax.jit
-    def step(params, state):
-        value, grad = vg(params, state=state)
+    def step(params, state, groups):
+        def loss(p):
+            return sq_err(p, groups) / n_train
+
+        value, grad = optax.value_and_grad_from_state(loss)(params, state=state)
         updates, state = opt.update(grad, state, params, value=value, grad=grad, value_fn=loss)
         return optax.apply_updates(params, updates), state, value
 
     n_val = sum(len(e) for _, e, _ in val_g)
-    val_rmse = jax.jit(lambda p: 1e3 * jnp.sqrt(sq_err(p, val_g) / n_val))
+    val_rmse_fn = jax.jit(lambda p, groups: 1e3 * jnp.sqrt(sq_err(p, groups) / n_val))
+    train_g = jax.device_put(train_g)
+    val_g = jax.device_put(val_g)
+
+    def val_rmse(p):
+        return val_rmse_fn(p, val_g)
     params = [v.value for v in model.trainable_variables]
     state = opt.init(params)
     best = (float(val_rmse(params)), params)
     history = [(0, float("nan"), best[0])]
     t0 = time.time()
     for it in range(1, steps + 1):
-        params, state, value = step(params, state)
+        params, state, value = step(params, state, train_g)
         if it % log_every == 0 or it == steps:
             v = float(val_rmse(params))
             tr = 1e3 * math.sqrt(max(float(value), 0.0))
