@@ -570,6 +570,7 @@ def train(paths, run_dir, config: TrainConfig, *, resume: bool = False, verbose:
                 (sf_train, [s.species for s in train_s], [s.energy for s in train_s]),
                 (sf_val, [s.species for s in val_s], [s.energy for s in val_s]),
                 steps=config.lbfgs_steps, verbose=verbose > 0,
+                on_improve=lambda: _atomic_save(model, run_dir / "checkpoints" / "last.keras"),
             )
             _write_json(run_dir / "lbfgs.json", result)
         # The force stage starts from the energy stage's best weights
@@ -628,7 +629,7 @@ def _size_groups(sf_list, species_list, energies):
 
 
 def refine_energies_lbfgs(model: BPNN, train_data, val_data, *, steps: int = 500, log_every: int = 25,
-                          verbose: bool = True) -> dict:
+                          verbose: bool = True, on_improve=None) -> dict:
     """Full-batch L-BFGS on the per-atom energy MSE over cached descriptors.
 
     Adam on mini-batches stalls at a noise floor; a full-batch quasi-Newton
@@ -640,6 +641,9 @@ def refine_energies_lbfgs(model: BPNN, train_data, val_data, *, steps: int = 500
         train_data, val_data: tuples (sf_list, species_list, energies).
         steps: L-BFGS iterations (each a full pass plus line search).
         log_every: validation interval in iterations.
+        on_improve: optional callable run after the model's weights are set
+            to a new best (e.g. to checkpoint, so an interruption loses
+            at most ``log_every`` iterations).
 
     Returns:
         dict with ``best_val_rmse_mev_atom``, ``steps`` and ``history``
@@ -699,6 +703,10 @@ def refine_energies_lbfgs(model: BPNN, train_data, val_data, *, steps: int = 500
                 break
             if v < best[0]:
                 best = (v, params)
+                if on_improve is not None:
+                    for var, value in zip(model.trainable_variables, params):
+                        var.assign(value)
+                    on_improve()
     for var, value in zip(model.trainable_variables, best[1]):
         var.assign(value)
     return {"best_val_rmse_mev_atom": best[0], "steps": steps, "history": history}
