@@ -23,10 +23,30 @@ from .errors import BPNNError, BPNNInputError, ModelError, StructureError, XSFEr
 __version__ = "0.1.0"
 
 __all__ = [
+    "BPNNCalculator",
     "BPNNError",
     "BPNNInputError",
     "ModelError",
     "StructureError",
     "XSFError",
     "__version__",
+    "load_model",
 ]
+
+#: Names exported lazily (their modules import Keras), name -> submodule.
+_LAZY = {"load_model": ".model", "BPNNCalculator": ".calculator"}
+
+
+def __getattr__(name: str):
+    """Import ``load_model`` and ``BPNNCalculator`` on first use (PEP 562)."""
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

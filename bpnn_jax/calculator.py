@@ -1,0 +1,317 @@
+"""An ASE calculator for BPNN models: energy, per-atom energies, forces, stress.
+
+One JAX function gives everything: the energy E(R(I+ε), C(I+ε)) of the
+structure under a homogeneous (symmetric) strain ε, differentiated once with
+respect to the positions R and the strain ε at ε = 0:
+
+    forces  F = -dE/dR                                  (eV/Å)
+    stress  σ = (1/V) dE/dε                             (eV/Å³)
+
+which is ASE's definition and sign convention (tensile stress positive, a
+compressed cell has negative diagonal stress) and is returned in ASE's Voigt
+order (xx, yy, zz, yz, xz, xy).  Energies are on the scale of the DFT data:
+the model's energy (relative to the free-atom references) plus the sum of
+``model.reference_energies`` over the atoms, added in float64.
+
+The neighbour list is built on the host with cut-off Rc + ``skin`` and reused
+until an atom has moved more than skin/2 from where it was at the last build
+(or the cell, periodicity or atoms change).  Pairs in the list that are
+farther apart than Rc add exactly zero: every term carries fc(R_ij) (and the
+angular ones fc(R_ik) fc(R_jk)), and fc(r >= Rc) = 0 with zero gradient.
+
+Structures are padded to the atom-count and neighbour-slot buckets of
+:mod:`bpnn_jax.neighbors`, and the evaluation function is compiled once per
+padded shape (XLA caches it; the model's variables are arguments, not baked-in
+constants, so a model whose weights change is not served stale results).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+import weakref
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import keras
+import numpy as np
+from ase.calculators.calculator import Calculator, all_changes
+from ase.stress import full_3x3_to_voigt_6_stress
+
+from .batch import HostStructure, collate
+from .errors import StructureError
+from .model import BPNN, load_model
+from .neighbors import ATOM_BUCKETS, bucket_size, neighbor_list, slot_layout
+
+__all__ = ["BPNNCalculator", "ExtrapolationWarning", "extrapolation_report"]
+
+
+class ExtrapolationWarning(UserWarning):
+    """Symmetry functions of some atoms lie outside the training-set range."""
+
+
+# ------------------------------------------------------------ extrapolation
+def extrapolation_report(model: BPNN, sf, species, *, tolerance: float = 0.05) -> list[tuple[int, int]]:
+    """Atoms whose symmetry functions leave the model's training range.
+
+    For an atom of element s, function f is outside when it is below
+    ``sf_min[s, f] - tolerance * (sf_max[s, f] - sf_min[s, f])`` or above
+    ``sf_max[s, f] + tolerance * (sf_max[s, f] - sf_min[s, f])`` (plus a
+    relative 1e-6 for the float32 storage of the ranges).  An element
+    whose stored ranges are all zero (statistics never set, or no atoms of it
+    in the training set) is not checked.
+
+    Args:
+        model: the model (its ``sf_min`` and ``sf_max``, shape (S, F)).
+        sf: (N, F) symmetry functions of the real atoms of one structure
+            (dimensionless, unstandardised, as from ``model.descriptors``).
+        species: (N,) int element indices into ``model.elements``.
+        tolerance: allowed excess, as a fraction of each function's range.
+
+    Returns:
+        (atom index, number of functions outside) for every atom with at
+        least one function outside, in atom order; empty when all inside.
+    """
+    sf = np.asarray(sf, np.float64)
+    species = np.asarray(species, np.int64)
+    lo = np.asarray(keras.ops.convert_to_numpy(model.sf_min), np.float64)
+    hi = np.asarray(keras.ops.convert_to_numpy(model.sf_max), np.float64)
+    if sf.ndim != 2 or sf.shape[1] != lo.shape[1] or species.shape != (sf.shape[0],):
+        raise ValueError(
+            f"expected sf (N, {lo.shape[1]}) and species (N,), got {sf.shape} and {species.shape}"
+        )
+    # The ranges are stored in float32: allow for that rounding too, so a
+    # function that was constant in training is not flagged for round-off.
+    slack = tolerance * (hi - lo) + 1e-6 * np.maximum(np.abs(lo), np.abs(hi))
+    lower, upper = lo - slack, hi + slack
+    known = np.any(lo != 0, axis=1) | np.any(hi != 0, axis=1)  # (S,)
+    outside = (sf < lower[species]) | (sf > upper[species])
+    counts = np.where(known[species], outside.sum(axis=1), 0)
+    return [(int(a), int(counts[a])) for a in np.flatnonzero(counts)]
+
+
+def _format_report(report: Sequence[tuple[int, int]], n_atoms: int, tolerance: float, name: str) -> str:
+    shown = ", ".join(f"atom {a} ({k} functions)" for a, k in report[:5])
+    more = f", and {len(report) - 5} more" if len(report) > 5 else ""
+    worst = max(k for _, k in report)
+    return (
+        f"{name}: {len(report)} of {n_atoms} atoms have symmetry functions outside the training range "
+        f"(by more than {100 * tolerance:g}% of a range; up to {worst} functions per atom): {shown}{more}. "
+        "The model is extrapolating; its energies and forces there are not reliable."
+    )
+
+
+# ------------------------------------------------------------ the function
+#: model -> jitted evaluation function (shared by all calculators of a model).
+_EVALUATORS: "weakref.WeakKeyDictionary[BPNN, object]" = weakref.WeakKeyDictionary()
+
+
+def _evaluator(model: BPNN):
+    """Jitted ``f(values, positions, cell, inputs)`` for ``model``, and its variables.
+
+    Returns ``(f, variables)``; ``values`` are the current values of
+    ``variables`` (a snapshot of ``model.variables``), in that order.  ``f``
+    returns a dict: ``energies`` (B, N) relative atomic energies (eV),
+    ``forces`` (B, N, 3) eV/Å, ``de_dstrain`` (B, 3, 3) dE/dε at ε = 0
+    (eV) and ``sf`` (B, N, F) symmetry functions.
+    """
+    try:
+        return _EVALUATORS[model]
+    except (KeyError, TypeError):
+        pass
+    variables = list(model.variables)
+    model_ref = weakref.ref(model)  # no strong reference from the cache to the model
+
+    def energy(values, positions, cell, strain, inputs):
+        m = model_ref()
+        sym = 0.5 * (strain + jnp.swapaxes(strain, -1, -2))
+        deform = jnp.eye(3, dtype=strain.dtype) + sym  # (B, 3, 3); row vectors: r -> r (I + ε)
+        pos = jnp.einsum("bni,bij->bnj", positions, deform)
+        cel = jnp.einsum("bki,bij->bkj", cell, deform)
+        with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+            sf = m.descriptors(pos, cel, inputs)
+            e = m.atomic_energies(sf, inputs["species"], inputs["atom_mask"])
+        return jnp.sum(e), (e, sf)
+
+    def evaluate(values, positions, cell, inputs):
+        strain = jnp.zeros_like(cell)
+        (g_pos, g_strain), (e, sf) = jax.grad(energy, argnums=(1, 3), has_aux=True)(
+            values, positions, cell, strain, inputs
+        )
+        return {"energies": e, "forces": -g_pos, "de_dstrain": g_strain, "sf": sf}
+
+    fn = (jax.jit(evaluate), variables)
+    try:
+        _EVALUATORS[model] = fn
+    except TypeError:  # not weak-referenceable: no sharing, still correct
+        pass
+    return fn
+
+
+# ----------------------------------------------------------------- the calc
+class BPNNCalculator(Calculator):
+    """ASE calculator for a :class:`~bpnn_jax.model.BPNN`.
+
+    Results (ASE units): ``energy`` and ``free_energy`` (eV, DFT scale),
+    ``energies`` (N,) per-atom energies (eV, summing to ``energy``),
+    ``forces`` (N, 3) eV/Å and, for cells of full rank, ``stress`` (6,)
+    eV/Å³ in Voigt order (xx, yy, zz, yz, xz, xy).
+
+    Args:
+        model: a BPNN, or a path / shipped name for :func:`~bpnn_jax.model.
+            load_model`.
+        skin: neighbour-list skin in Å; the list (cut-off Rc + skin) is
+            rebuilt only when an atom has moved more than skin/2 since the
+            last build, or the cell, pbc or atomic numbers changed.  0
+            rebuilds on every move.
+        dtype: float dtype of positions, cell and descriptors; None uses the
+            model's compute dtype.  The networks always run in the model's
+            compute dtype.
+        warn_extrapolation: issue an :class:`ExtrapolationWarning` when some
+            atom's symmetry functions leave the training range (see
+            :func:`extrapolation_report`).  One warning per structure, naming
+            the atoms; it is not repeated while consecutive calculations
+            stay outside for the same system (same atomic numbers, pbc and
+            cell), e.g. along an NVE trajectory.
+        tolerance: allowed excess beyond each function's [min, max] range,
+            as a fraction of the range.
+        **kwargs: passed to :class:`ase.calculators.calculator.Calculator`.
+
+    Attributes:
+        nl_builds: number of neighbour-list builds so far.
+        last_extrapolation: :func:`extrapolation_report` of the latest
+            calculation.
+        compiled_shapes: padded shapes (B, N, slots) evaluated so far; each
+            costs one XLA compilation.
+
+    Raises:
+        StructureError: (from a calculation) an atom of an element the model
+            does not know, non-finite positions or a singular periodic cell.
+    """
+
+    implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
+
+    def __init__(
+        self,
+        model,
+        *,
+        skin: float = 0.5,
+        dtype=None,
+        warn_extrapolation: bool = True,
+        tolerance: float = 0.05,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if not isinstance(model, BPNN):
+            model = load_model(model)
+        if not (skin >= 0 and math.isfinite(skin)):
+            raise ValueError(f"skin must be a finite length >= 0 Å, got {skin}")
+        self.model = model
+        self.skin = float(skin)
+        self.dtype = np.dtype(dtype if dtype is not None else (model.compute_dtype or "float32"))
+        self.warn_extrapolation = bool(warn_extrapolation)
+        self.tolerance = float(tolerance)
+        self.cutoff = float(model.spec.cutoff)
+        self.nl_builds = 0
+        self.last_extrapolation: list[tuple[int, int]] = []
+        self.compiled_shapes: set = set()
+        self._fn, self._variables = _evaluator(model)
+        self._nl = None  # state of the current neighbour list (dict)
+        self._warned_key = None
+
+    # ------------------------------------------------------- neighbour list
+    def _species(self, atoms) -> np.ndarray:
+        lookup = {el: k for k, el in enumerate(self.model.elements)}
+        symbols = atoms.get_chemical_symbols()
+        species = np.fromiter((lookup.get(s, -1) for s in symbols), np.int32, len(symbols))
+        if np.any(species < 0):
+            bad = sorted({s for s, k in zip(symbols, species) if k < 0})
+            first = [int(a) for a in np.flatnonzero(species < 0)[:5]]
+            raise StructureError(
+                f"{self._name(atoms)}: element{'s' if len(bad) > 1 else ''} {', '.join(bad)} "
+                f"(atom {', '.join(map(str, first))}{' ...' if (species < 0).sum() > 5 else ''}) "
+                f"not known to the model, whose elements are {', '.join(self.model.elements)}"
+            )
+        return species
+
+    @staticmethod
+    def _name(atoms) -> str:
+        return str(atoms.info.get("file", atoms.get_chemical_formula()))
+
+    def _needs_rebuild(self, atoms) -> bool:
+        st = self._nl
+        if st is None or len(atoms) != len(st["numbers"]):
+            return True
+        if not (np.array_equal(atoms.numbers, st["numbers"]) and np.array_equal(atoms.pbc, st["pbc"])
+                and np.array_equal(atoms.cell.array, st["cell"])):
+            return True
+        if len(atoms) == 0:
+            return False
+        moved = np.sqrt(np.max(np.sum((atoms.positions - st["positions"]) ** 2, axis=1)))
+        return bool(moved > 0.5 * self.skin)
+
+    def _build(self, atoms) -> None:
+        species = self._species(atoms)
+        name = self._name(atoms)
+        positions = np.array(atoms.positions, np.float64)
+        cell = np.array(atoms.cell.array, np.float64)
+        nl = neighbor_list(positions, cell, atoms.pbc, self.cutoff + self.skin, name=name)
+        slots = slot_layout(nl, species, len(self.model.elements))
+        host = HostStructure(name=name, positions=positions, cell=cell, species=species, nl=nl, slots=slots)
+        n_pad = bucket_size(len(atoms), ATOM_BUCKETS)
+        batch = collate([host], 1, n_pad, slots, dtype=self.dtype)
+        self._nl = dict(
+            numbers=atoms.numbers.copy(), pbc=atoms.pbc.copy(), cell=cell, positions=positions,
+            species=species, inputs=batch.inputs(self.model.elements), shape=(1, n_pad, slots),
+        )
+        self.nl_builds += 1
+
+    # ----------------------------------------------------------- calculate
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        """Compute all implemented properties of ``atoms`` (see class doc)."""
+        super().calculate(atoms, properties, system_changes)
+        atoms = self.atoms
+        if self._needs_rebuild(atoms):
+            self._build(atoms)
+        st = self._nl
+        n = len(atoms)
+        inputs = dict(st["inputs"])
+        positions = np.zeros_like(inputs["positions"])
+        positions[0, :n] = atoms.positions
+        inputs["positions"] = positions
+        values = [v.value for v in self._variables]
+        out = self._fn(values, positions, inputs["cell"], inputs)
+        self.compiled_shapes.add(st["shape"])
+
+        refs = self.model.reference_energies
+        ref_atoms = np.array([refs.get(s, 0.0) for s in atoms.get_chemical_symbols()], np.float64)
+        e_rel = np.asarray(out["energies"][0, :n], np.float64)
+        energy = math.fsum(e_rel) + math.fsum(ref_atoms)
+        self.results = {
+            "energy": energy,
+            "free_energy": energy,
+            "energies": e_rel + ref_atoms,
+            "forces": np.array(out["forces"][0, :n], np.float64),
+        }
+        if atoms.cell.rank == 3:
+            de_dstrain = np.asarray(out["de_dstrain"][0], np.float64)
+            self.results["stress"] = full_3x3_to_voigt_6_stress(de_dstrain / atoms.get_volume())
+
+        sf = np.asarray(out["sf"][0, :n])
+        self.last_extrapolation = extrapolation_report(self.model, sf, st["species"], tolerance=self.tolerance)
+        self._maybe_warn(atoms)
+
+    def _maybe_warn(self, atoms) -> None:
+        if not self.last_extrapolation:
+            self._warned_key = None
+            return
+        key = (atoms.numbers.tobytes(), atoms.pbc.tobytes(), np.asarray(atoms.cell.array).tobytes())
+        if not self.warn_extrapolation or key == self._warned_key:
+            return
+        self._warned_key = key
+        warnings.warn(
+            _format_report(self.last_extrapolation, len(atoms), self.tolerance, self._name(atoms)),
+            ExtrapolationWarning,
+            stacklevel=2,
+        )

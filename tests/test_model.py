@@ -1,0 +1,365 @@
+"""Tests of the BPNN model (float64, small random networks, real TiO2 structures).
+
+* forces from ``call`` equal -dE/dR by central finite differences, in a thin
+  6-atom cell (side 2.36 Å, far below the 6.5 Å cut-off) and a 24-atom cell;
+* padding (more atoms, more structures, more neighbour slots) changes
+  nothing, and padded atoms get exactly zero force;
+* the energy is invariant to permutation, translation (also wrapping atoms
+  back into the cell), rotation; forces rotate with the structure; a 2x1x1
+  supercell has twice the energy and the same atomic energies;
+* a save/load round trip reproduces the outputs; unreadable files raise
+  :class:`~bpnn_jax.errors.ModelError` naming the file;
+* a short training run lowers the loss, and ``resume`` continues interrupted
+  and extended runs at the right epoch.
+
+JAX compiles one program per padded shape (tens of seconds each on a small
+CPU), so the tests share a few shapes through module-scoped fixtures.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+import bpnn_jax  # noqa: F401  (selects the JAX backend, enables float64)
+import jax
+import keras
+
+from bpnn_jax import training
+from bpnn_jax.batch import collate, prepare_structures
+from bpnn_jax.descriptors import SymmetryFunctionSet
+from bpnn_jax.errors import ModelError
+from bpnn_jax.io import REFERENCE_ENERGIES_TIO2, read_xsf
+from bpnn_jax.model import BPNN
+from bpnn_jax.neighbors import ATOM_BUCKETS, bucket_size
+from bpnn_jax.training import TrainConfig, compute_statistics, featurize_host
+
+THIN = "structure1632.xsf"  # 6 atoms, cell 4.52 x 2.36 x 6.29 Å
+THIN2 = "structure1061.xsf"  # 6 atoms, shortest side 2.97 Å
+BULK = "structure0001.xsf"  # 24 atoms, Ti8O16
+OTHER = "structure0652.xsf"  # 23 atoms
+NAMES = (THIN, THIN2, BULK, OTHER)
+
+#: 40 six-atom structures (one padded shape) with cohesive energy below the
+#: training default ``max_energy`` = 1 eV/atom, spread over the data set.
+TRAIN_FILES = (
+    "structure1061.xsf", "structure1099.xsf", "structure1140.xsf", "structure1195.xsf", "structure1223.xsf",
+    "structure1264.xsf", "structure1328.xsf", "structure1367.xsf", "structure1398.xsf", "structure1437.xsf",
+    "structure1476.xsf", "structure1506.xsf", "structure1534.xsf", "structure1573.xsf", "structure1605.xsf",
+    "structure1655.xsf", "structure1706.xsf", "structure1738.xsf", "structure1786.xsf", "structure1813.xsf",
+    "structure1847.xsf", "structure1880.xsf", "structure1937.xsf", "structure6373.xsf", "structure6414.xsf",
+    "structure6486.xsf", "structure6527.xsf", "structure6558.xsf", "structure6590.xsf", "structure6614.xsf",
+    "structure6638.xsf", "structure6670.xsf", "structure6696.xsf", "structure6737.xsf", "structure6769.xsf",
+    "structure6798.xsf", "structure6850.xsf", "structure6871.xsf", "structure6962.xsf", "structure7000.xsf",
+)
+
+
+# ---------------------------------------------------------------- helpers
+def make_model(atoms_list, *, hidden=(8, 8), seed=0) -> BPNN:
+    """A float64 BPNN with random weights and statistics from ``atoms_list``.
+
+    The SF standard deviations are floored (by the pooled std of each
+    function and by 0.05) so that a handful of structures cannot produce
+    near-zero stds, which would make the random network wildly non-linear.
+    The energy scale is 0.5 eV, giving forces of a few tenths of an eV/Å.
+    """
+    spec = SymmetryFunctionSet.artrith_urban(("O", "Ti"))
+    keras.utils.set_random_seed(seed)
+    model = BPNN(spec.to_config(), hidden=hidden, dtype="float64", reference_energies=REFERENCE_ENERGIES_TIO2)
+    hosts = prepare_structures(atoms_list, spec.elements, spec.cutoff, energy_offsets=REFERENCE_ENERGIES_TIO2)
+    sf = featurize_host(hosts, spec, dtype=np.float64)
+    stats = compute_statistics(sf, [h.species for h in hosts], [h.energy for h in hosts], len(spec.elements))
+    pooled = np.concatenate(sf).std(axis=0)
+    stats["sf_std"] = np.maximum(np.maximum(stats["sf_std"], pooled[None, :]), 0.05)
+    stats["energy_scale"] = 0.5
+    model.set_statistics(**stats)
+    return model
+
+
+def host(model: BPNN, atoms):
+    """The prepared structure (neighbour list at the model's cut-off)."""
+    return prepare_structures([atoms], model.elements, model.spec.cutoff)[0]
+
+
+def single_inputs(model: BPNN, h) -> dict:
+    """Inputs of a batch holding only ``h``, padded to its own buckets."""
+    return collate([h], 1, bucket_size(h.n_atoms, ATOM_BUCKETS), h.slots, dtype=np.float64).inputs(model.elements)
+
+
+def random_rotation(rng) -> np.ndarray:
+    """A random proper rotation matrix (3, 3)."""
+    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
+    q = q * np.sign(np.diag(r))
+    if np.linalg.det(q) < 0:
+        q[:, 0] = -q[:, 0]
+    return q
+
+
+# --------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def structures(data_dir):
+    return {name: read_xsf(data_dir / name) for name in NAMES}
+
+
+@pytest.fixture(scope="module")
+def model(structures) -> BPNN:
+    return make_model([structures[n] for n in NAMES])
+
+
+@pytest.fixture(scope="module")
+def call(model):
+    """Jitted ``model(inputs)``: {"energy": (B,), "forces": (B, N, 3)}."""
+    return jax.jit(lambda x: model(x, training=False))
+
+
+@pytest.fixture(scope="module")
+def atomic(model):
+    """Jitted atomic energies (B, N) from geometry inputs."""
+
+    def fn(x):
+        sf = model.descriptors(x["positions"], x["cell"], x)
+        return model.atomic_energies(sf, x["species"], x["atom_mask"])
+
+    return jax.jit(fn)
+
+
+def predict(call, model, atoms):
+    """Energy (eV, relative to references) and (n, 3) forces of one structure."""
+    out = call(single_inputs(model, host(model, atoms)))
+    return float(out["energy"][0]), np.asarray(out["forces"][0, : len(atoms)])
+
+
+# ------------------------------------------------------------------ tests
+def test_float64_model_computes_in_float64(model, call, structures):
+    assert model.compute_dtype == "float64"
+    assert all(w.dtype == "float64" for w in model.weights)
+    # Keras's own activations would round through float32 on JAX: check the
+    # network against NumPy to float64 precision.
+    x = np.random.default_rng(1).normal(size=(5, model.n_functions))
+    net = model.nets[0]
+    h = x
+    for layer in net.dense:
+        h = np.tanh(h @ np.asarray(layer.kernel) + np.asarray(layer.bias))
+    expected = (h @ np.asarray(net.out.kernel) + np.asarray(net.out.bias))[:, 0]
+    np.testing.assert_allclose(np.asarray(net(x)), expected, rtol=0, atol=1e-13)
+    out = call(single_inputs(model, host(model, structures[THIN])))
+    assert out["energy"].dtype == np.float64 and out["forces"].dtype == np.float64
+
+
+@pytest.mark.parametrize("name", [THIN, BULK])
+def test_forces_are_minus_energy_gradient(model, call, structures, name):
+    atoms = structures[name]
+    n = len(atoms)
+    x = single_inputs(model, host(model, atoms))
+    forces = np.asarray(call(x)["forces"][0, :n])
+    energy = jax.jit(lambda p: model.structure_energies(p, x["cell"], x)[0])
+    step = 1e-4  # Å; truncation ~1e-8 relative, round-off ~1e-12
+    numeric = np.zeros((n, 3))
+    for a in range(n):
+        for c in range(3):
+            p = np.array(x["positions"])
+            p[0, a, c] += step
+            e_plus = float(energy(p))
+            p[0, a, c] -= 2 * step
+            e_minus = float(energy(p))
+            numeric[a, c] = -(e_plus - e_minus) / (2 * step)
+    scale = np.linalg.norm(forces)
+    assert scale > 1e-2, "forces too small for a meaningful test"
+    assert np.linalg.norm(numeric - forces) / scale <= 1e-6
+    big = np.abs(forces) > 0.05 * np.abs(forces).max()
+    np.testing.assert_allclose(numeric[big], forces[big], rtol=1e-5)
+
+
+def test_padding_changes_nothing(model, call, structures):
+    alone = {name: predict(call, model, structures[name]) for name in (THIN, BULK)}
+    members = [host(model, structures[n]) for n in (THIN2, THIN, BULK)]
+    slots = (96, 64)
+    assert all(s >= max(h.slots[k] for h in members) + 16 for k, s in enumerate(slots))
+    batch = collate(members, 4, 32, slots, dtype=np.float64)  # 4 structures, 32 atoms, more slots
+    out = call(batch.inputs(model.elements))
+    energy, forces = np.asarray(out["energy"]), np.asarray(out["forces"])
+    for b, name in ((1, THIN), (2, BULK)):
+        n = len(structures[name])
+        assert abs(energy[b] - alone[name][0]) <= 1e-10
+        np.testing.assert_allclose(forces[b, :n], alone[name][1], rtol=0, atol=1e-10)
+    for b, h in enumerate(members):
+        assert np.all(forces[b, h.n_atoms:] == 0.0)
+    assert energy[3] == 0.0 and np.all(forces[3] == 0.0)  # the empty structure
+
+
+def test_permutation_translation_rotation(model, call, structures):
+    atoms = structures[THIN]
+    e0, f0 = predict(call, model, atoms)
+    rng = np.random.default_rng(7)
+
+    perm = rng.permutation(len(atoms))
+    e, f = predict(call, model, atoms[perm])
+    assert abs(e - e0) <= 1e-10
+    np.testing.assert_allclose(f, f0[perm], rtol=0, atol=1e-10)
+
+    moved = atoms.copy()
+    moved.positions += np.array([0.37, -1.21, 2.53])
+    e, f = predict(call, model, moved)
+    assert abs(e - e0) <= 1e-10
+    np.testing.assert_allclose(f, f0, rtol=0, atol=1e-10)
+
+    wrapped = atoms.copy()  # atoms moved by lattice vectors
+    wrapped.positions[[0, 3]] += atoms.cell.array[0] - 2 * atoms.cell.array[1]
+    wrapped.positions[4] -= atoms.cell.array[2]
+    e, f = predict(call, model, wrapped)
+    assert abs(e - e0) <= 1e-10
+    np.testing.assert_allclose(f, f0, rtol=0, atol=1e-10)
+
+    q = random_rotation(rng)
+    rotated = atoms.copy()
+    rotated.set_cell(atoms.cell.array @ q.T, scale_atoms=False)
+    rotated.positions = atoms.positions @ q.T
+    e, f = predict(call, model, rotated)
+    assert abs(e - e0) <= 1e-10
+    np.testing.assert_allclose(f, f0 @ q.T, rtol=0, atol=1e-10)
+
+
+def test_supercell_doubles_energy(model, call, atomic, structures):
+    atoms = structures[THIN]
+    n = len(atoms)
+    super_ = atoms.repeat((2, 1, 1))  # atom i + n is the image of atom i
+    e1, f1 = predict(call, model, atoms)
+    e2, f2 = predict(call, model, super_)
+    assert abs(e2 - 2 * e1) <= 1e-9
+    np.testing.assert_allclose(f2, np.tile(f1, (2, 1)), rtol=0, atol=1e-10)
+    per_atom = np.asarray(atomic(single_inputs(model, host(model, super_)))[0, : 2 * n])
+    np.testing.assert_allclose(per_atom[n:], per_atom[:n], rtol=0, atol=1e-11)
+    assert abs(per_atom.sum() - e2) <= 1e-10
+
+
+def test_save_load_round_trip(model, call, structures, tmp_path):
+    path = tmp_path / "m.keras"
+    model.save(path)
+    loaded = bpnn_jax.load_model(path)
+    assert isinstance(loaded, BPNN)
+    assert loaded.compute_dtype == "float64"
+    assert loaded.elements == model.elements and loaded.hidden == model.hidden
+    assert loaded.spec == model.spec
+    assert loaded.reference_energies == model.reference_energies
+    assert [w.path for w in loaded.weights] == [w.path for w in model.weights]
+    for a, b in zip(model.weights, loaded.weights):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    x = single_inputs(model, host(model, structures[THIN]))
+    ref, out = call(x), jax.jit(lambda x: loaded(x, training=False))(x)
+    np.testing.assert_allclose(np.asarray(out["energy"]), np.asarray(ref["energy"]), rtol=0, atol=1e-13)
+    np.testing.assert_allclose(np.asarray(out["forces"]), np.asarray(ref["forces"]), rtol=0, atol=1e-13)
+
+
+def test_load_model_errors_name_the_file(model, tmp_path):
+    missing = tmp_path / "missing.keras"
+    with pytest.raises(ModelError, match="missing.keras"):
+        bpnn_jax.load_model(missing)
+
+    noise = tmp_path / "noise.keras"
+    noise.write_bytes(np.random.default_rng(0).bytes(4096))
+    with pytest.raises(ModelError) as exc:
+        bpnn_jax.load_model(noise)
+    assert str(noise) in str(exc.value)
+
+    good = tmp_path / "good.keras"
+    model.save(good)
+    data = good.read_bytes()
+    truncated = tmp_path / "truncated.keras"
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelError) as exc:
+        bpnn_jax.load_model(truncated)
+    assert str(truncated) in str(exc.value)
+
+    other = tmp_path / "dense.keras"
+    keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)]).save(other)
+    with pytest.raises(ModelError, match="not a bpnn_jax BPNN"):
+        bpnn_jax.load_model(other)
+
+
+# --------------------------------------------------------------- training
+def _history(run_dir) -> list[dict]:
+    with open(run_dir / "history.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _config(**kw) -> TrainConfig:
+    """Adam on energies only (no force stage, no L-BFGS refinement)."""
+    return TrainConfig(hidden=(8, 8), force_epochs=0, lbfgs_steps=0, batch_size=8, learning_rate=1e-2,
+                       patience=100, **kw)
+
+
+@pytest.fixture(scope="module")
+def interrupted_run(data_dir, tmp_path_factory):
+    """A 15-epoch energy run killed after epoch 4, then resumed.
+
+    Returns (run_dir, captured Keras output of the resumed run).
+    """
+    files = [data_dir / f for f in TRAIN_FILES]
+    run_dir = tmp_path_factory.mktemp("run")
+    original = training._EpochState.on_epoch_end
+
+    def interrupt_after_4(self, epoch, logs=None):
+        original(self, epoch, logs)
+        if epoch + 1 == 4:
+            raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(training._EpochState, "on_epoch_end", interrupt_after_4)
+        with pytest.raises(KeyboardInterrupt):
+            training.train(files, run_dir, _config(energy_epochs=15), verbose=0)
+    state = json.loads((run_dir / "state.json").read_text())
+    assert (state["stage"], state["epoch"]) == ("energy", 4)
+    assert [int(r["epoch"]) for r in _history(run_dir)] == [1, 2, 3, 4]
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        # The config argument is ignored on resume: config.json rules.
+        training.train(files, run_dir, _config(energy_epochs=1), resume=True, verbose=2)
+    return run_dir, buf.getvalue()
+
+
+def test_training_lowers_the_loss(interrupted_run):
+    run_dir, _ = interrupted_run
+    rows = _history(run_dir)
+    assert [(r["stage"], int(r["epoch"])) for r in rows] == [("energy", e) for e in range(1, 16)]
+    loss = np.array([float(r["loss"]) for r in rows])
+    assert np.all(np.isfinite(loss))
+    assert loss[-3:].mean() < 0.5 * loss[0], loss
+    for name in ("model.keras", "best.keras", "checkpoints/last.keras", "split.json", "config.json"):
+        assert (run_dir / name).is_file(), name
+
+
+def test_resume_continues_an_interrupted_run(interrupted_run):
+    run_dir, output = interrupted_run
+    assert "Epoch 5/15" in output
+    assert "Epoch 4/15" not in output and "Epoch 1/15" not in output
+    epochs = [int(r["epoch"]) for r in _history(run_dir)]
+    assert epochs == sorted(set(epochs)) == list(range(1, 16))
+
+
+def test_resume_extends_a_finished_stage(interrupted_run, data_dir, tmp_path, capsys):
+    """Raising energy_epochs in config.json and resuming runs the extra epochs."""
+    src, _ = interrupted_run
+    run_dir = tmp_path / "run"
+    shutil.copytree(src, run_dir)
+    config = json.loads((run_dir / "config.json").read_text())
+    config["energy_epochs"] = 17
+    (run_dir / "config.json").write_text(json.dumps(config))
+    files = [data_dir / f for f in TRAIN_FILES]
+    training.train(files, run_dir, _config(energy_epochs=17), resume=True, verbose=2)
+    output = capsys.readouterr().out
+    assert "Epoch 16/17" in output and "Epoch 15/17" not in output
+    epochs = [int(r["epoch"]) for r in _history(run_dir)]
+    assert epochs == list(range(1, 18))
+    state = json.loads((run_dir / "state.json").read_text())
+    assert state["stage"] == "force" and state["energy"]["epoch"] == 17
+    # Resuming again with nothing left to do trains nothing.
+    training.train(files, run_dir, _config(energy_epochs=17), resume=True, verbose=2)
+    assert "Epoch" not in capsys.readouterr().out
+    assert len(_history(run_dir)) == 17
