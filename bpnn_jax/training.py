@@ -202,7 +202,15 @@ class GeometryDataset(keras.utils.PyDataset):
         sub = [self.structures[i] for i in members]
         plan = plan_batches(sub, self.atoms_per_batch, batch_size=self.batch_size,
                             shuffle_rng=self.rng if self.shuffle else None)
-        self.plan = [(members[idx], b, n, m) for idx, b, n, m in plan]
+        plan = [(members[idx], b, n, m) for idx, b, n, m in plan]
+        # Keras fixes the number of steps per epoch from the first epoch; a
+        # new random subset can pack into a different number of batches, so
+        # keep the count (repeat the first batches or drop the last ones).
+        if getattr(self, "n_batches", None) is None:
+            self.n_batches = len(plan)
+        while len(plan) < self.n_batches:
+            plan.extend(plan[: self.n_batches - len(plan)])
+        self.plan = plan[: self.n_batches]
 
     def __len__(self):
         return len(self.plan)
@@ -319,6 +327,7 @@ def build_model(config: TrainConfig, elements: Sequence[str], reference_energies
 # ---------------------------------------------------------------- helpers
 def _atomic_save(model: keras.Model, path: Path) -> None:
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp.keras")
     model.save(tmp)
     os.replace(tmp, path)
@@ -332,41 +341,125 @@ def _write_json(path: Path, obj) -> None:
 class _EpochState(keras.callbacks.Callback):
     """Checkpoint every epoch (atomically), keep the best, log history, stop on NaN.
 
-    A non-finite loss stops training and restores the last good weights, so
-    a NaN model is never saved.
+    A non-finite loss or metric stops training and restores the weights and
+    optimizer state of the last good epoch, so a NaN model is never saved.
+
+    The learning-rate schedule and early stopping (``schedule``, Keras
+    callbacks such as ``ReduceLROnPlateau`` and ``EarlyStopping``) run inside
+    this callback, after the NaN check and before the checkpoint, so that
+    their counters (``wait``, ``best``, ``cooldown_counter``, ``best_epoch``)
+    are saved in ``state.json`` with the epoch they belong to and restored on
+    resume; ``EarlyStopping``'s best weights are restored from
+    ``best.keras``.  A resumed run then takes the same decisions as an
+    uninterrupted one.
     """
 
-    def __init__(self, run_dir: Path, stage: str, monitor: str):
+    #: Attributes of the schedule callbacks saved in ``state.json``.
+    SCHEDULE_STATE = ("wait", "best", "cooldown_counter", "best_epoch")
+
+    def __init__(self, run_dir: Path, stage: str, monitor: str, schedule: Sequence = ()):
         super().__init__()
         self.run_dir = Path(run_dir)
         self.stage = stage
         self.monitor = monitor
+        self.schedule = list(schedule)
         self.best = math.inf
         self.t0 = time.time()
         state = self._read_state()
+        self._saved_schedule = []
         if state.get("stage") == stage:
             self.best = state.get("best", math.inf)
+            self._saved_schedule = state.get("schedule") or []
         self._good_weights = None
+        self._good_optimizer = None
 
     def _read_state(self):
         p = self.run_dir / "state.json"
         return json.loads(p.read_text()) if p.exists() else {}
 
+    def set_model(self, model):
+        super().set_model(model)
+        for cb in self.schedule:
+            cb.set_model(model)
+
+    def set_params(self, params):
+        super().set_params(params)
+        for cb in self.schedule:
+            cb.set_params(params)
+
+    def _schedule_state(self) -> list[dict]:
+        out = []
+        for cb in self.schedule:
+            d = {"class": type(cb).__name__}
+            for key in self.SCHEDULE_STATE:
+                if hasattr(cb, key):
+                    value = getattr(cb, key)
+                    d[key] = None if value is None else (int(value) if key != "best" else float(value))
+            out.append(d)
+        return out
+
+    def _restore_schedule(self) -> None:
+        saved = self._saved_schedule
+        if len(saved) != len(self.schedule) or any(d.get("class") != type(cb).__name__
+                                                   for d, cb in zip(saved, self.schedule)):
+            return
+        for d, cb in zip(saved, self.schedule):
+            for key in self.SCHEDULE_STATE:
+                if key in d and hasattr(cb, key):
+                    setattr(cb, key, d[key])
+            if getattr(cb, "restore_best_weights", False) and d.get("best") is not None:
+                best = self.run_dir / "best.keras"
+                if best.exists():
+                    cb.best_weights = keras.saving.load_model(best, compile=False).get_weights()
+
+    def on_train_begin(self, logs=None):
+        for cb in self.schedule:
+            cb.on_train_begin(logs)
+        self._restore_schedule()
+
+    def on_train_end(self, logs=None):
+        for cb in self.schedule:
+            cb.on_train_end(logs)
+
     def on_epoch_begin(self, epoch, logs=None):
         self.t0 = time.time()
         self._good_weights = self.model.get_weights()
+        opt = getattr(self.model, "optimizer", None)
+        self._good_optimizer = ([np.array(keras.ops.convert_to_numpy(v)) for v in opt.variables]
+                                if opt is not None and opt.built else None)
+
+    def _restore_good_state(self) -> None:
+        if self._good_weights is not None:
+            self.model.set_weights(self._good_weights)
+        opt = getattr(self.model, "optimizer", None)
+        if opt is None:
+            return
+        if self._good_optimizer is not None and len(self._good_optimizer) == len(opt.variables):
+            for var, value in zip(opt.variables, self._good_optimizer):
+                var.assign(value)
+        else:  # built during the bad epoch: clear what is not finite (moments -> 0)
+            for var in opt.variables:
+                value = np.asarray(keras.ops.convert_to_numpy(var))
+                if not np.all(np.isfinite(value)):
+                    var.assign(np.zeros_like(value))
 
     def on_epoch_end(self, epoch, logs=None):
         logs = dict(logs or {})
-        if not all(math.isfinite(float(logs[k])) for k in ("loss", "val_loss") if k in logs):
-            print(f"[{self.stage}] epoch {epoch + 1}: non-finite loss or metric {logs}; "
-                  "restoring the weights of the last good epoch and stopping")
-            if self._good_weights is not None:
-                self.model.set_weights(self._good_weights)
+        # (A metric with nothing to measure, e.g. force RMSE in the energy
+        # stage, is NaN by design: only the losses and the monitor count.)
+        bad = {k: logs[k] for k in dict.fromkeys(("loss", "val_loss", self.monitor))
+               if k in logs and not math.isfinite(float(logs[k]))}
+        if bad:
+            shown = ", ".join(f"{k}={float(v)}" for k, v in bad.items())
+            print(f"[{self.stage}] epoch {epoch + 1}: non-finite {shown}; restored the weights of the last good "
+                  f"epoch ({epoch}) and stopped this stage (try a lower learning rate)")
+            self._restore_good_state()
             self.model.stop_training = True
             return
         logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         logs["seconds"] = time.time() - self.t0
+        for cb in self.schedule:  # may lower the learning rate for the next epoch, or stop
+            cb.on_epoch_end(epoch, dict(logs))
         value = float(logs.get(self.monitor, logs.get("loss")))
         ckdir = self.run_dir / "checkpoints"
         ckdir.mkdir(parents=True, exist_ok=True)
@@ -386,7 +479,8 @@ class _EpochState(keras.callbacks.Callback):
             w = csv.DictWriter(fh, fieldnames=fields)
             w.writeheader()
             w.writerows(rows)
-        _write_json(self.run_dir / "state.json", {"stage": self.stage, "epoch": epoch + 1, "best": self.best})
+        _write_json(self.run_dir / "state.json", {"stage": self.stage, "epoch": epoch + 1, "best": self.best,
+                                                  "schedule": self._schedule_state()})
 
 
 def featurize_host(structures: Sequence[HostStructure], spec: SymmetryFunctionSet, *, atoms_per_batch=256,
@@ -507,12 +601,13 @@ def train(paths, run_dir, config: TrainConfig, *, resume: bool = False, verbose:
             raise BPNNInputError(f"{run_dir}: nothing to resume (no state.json); start without --resume")
         state = json.loads((run_dir / "state.json").read_text())
         config = TrainConfig.from_json(json.loads((run_dir / "config.json").read_text()))
-    else:
+    if data is None:
+        # Before anything in run_dir changes: bad input leaves an earlier run intact.
+        data = load_training_data(paths, config, progress=verbose > 0)
+    if not resume:
         _write_json(run_dir / "config.json", config.to_json())
         for stale in ("state.json", "history.csv"):
             (run_dir / stale).unlink(missing_ok=True)
-    if data is None:
-        data = load_training_data(paths, config, progress=verbose > 0)
     S = data["structures"]
     split = data["split"]
     elements = data["elements"]
@@ -528,7 +623,11 @@ def train(paths, run_dir, config: TrainConfig, *, resume: bool = False, verbose:
         raise BPNNInputError(f"too few structures ({len(S)}) for a train/validation split")
 
     if resume and (run_dir / "checkpoints" / "last.keras").exists():
-        model = keras.saving.load_model(run_dir / "checkpoints" / "last.keras", compile=True)
+        try:
+            model = keras.saving.load_model(run_dir / "checkpoints" / "last.keras", compile=True)
+        except Exception as exc:  # a checkpoint damaged outside bpnn_jax (writes are atomic)
+            raise BPNNInputError(f"{run_dir / 'checkpoints' / 'last.keras'}: cannot resume from this checkpoint "
+                                 f"({type(exc).__name__}: {exc})") from None
     else:
         model = build_model(config, elements, data["references"])
     monitor = "val_energy_rmse_mev_atom"
@@ -563,7 +662,7 @@ def train(paths, run_dir, config: TrainConfig, *, resume: bool = False, verbose:
         ds_train.set_epoch(initial)
         if initial < config.energy_epochs:
             model.fit(ds_train, validation_data=ds_val, epochs=config.energy_epochs, initial_epoch=initial,
-                      verbose=verbose, callbacks=[_EpochState(run_dir, "energy", monitor), *_lr_callbacks(config, monitor)])
+                      verbose=verbose, callbacks=[_EpochState(run_dir, "energy", monitor, _lr_callbacks(config, monitor))])
         if config.lbfgs_steps > 0:
             result = refine_energies_lbfgs(
                 model,
@@ -601,7 +700,7 @@ def train(paths, run_dir, config: TrainConfig, *, resume: bool = False, verbose:
         ds_train.set_epoch(initial)
         if initial < config.force_epochs:
             model.fit(ds_train, validation_data=ds_val, epochs=config.force_epochs, initial_epoch=initial,
-                      verbose=verbose, callbacks=[_EpochState(run_dir, "force", monitor), *_lr_callbacks(config, monitor)])
+                      verbose=verbose, callbacks=[_EpochState(run_dir, "force", monitor, _lr_callbacks(config, monitor))])
     _atomic_save(model, run_dir / "model.keras")
     return model
 
