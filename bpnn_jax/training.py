@@ -70,6 +70,11 @@ class TrainConfig:
         force_epochs: epochs of the end-to-end energy+force stage.
         force_weight: weight of the force MSE (eV²/Å²) against the per-atom
             energy MSE (eV²/atom²) in the force stage; 0 = energies only.
+            With energy errors ~0.01 eV/atom and force errors ~0.5 eV/Å,
+            3e-4 gives the two terms similar size; 1e-2 let forces swamp
+            the energies.
+        force_lr_factor: learning rate of the force stage relative to
+            ``learning_rate`` when it follows an energy stage.
         force_subset: training structures drawn per force epoch (None: all).
         energy_loss: "mse" or "mae".
         max_energy: structures with cohesive energy above this (eV/atom) are
@@ -93,7 +98,8 @@ class TrainConfig:
     energy_epochs: int = 1000
     lbfgs_steps: int = 1000
     force_epochs: int = 0
-    force_weight: float = 0.01
+    force_weight: float = 3e-4
+    force_lr_factor: float = 0.05
     force_subset: int | None = None
     energy_loss: str = "mse"
     max_energy: float | None = 1.0
@@ -662,7 +668,8 @@ def train(paths, run_dir, config: TrainConfig, *, resume: bool = False, verbose:
         ds_train.set_epoch(initial)
         if initial < config.energy_epochs:
             model.fit(ds_train, validation_data=ds_val, epochs=config.energy_epochs, initial_epoch=initial,
-                      verbose=verbose, callbacks=[_EpochState(run_dir, "energy", monitor, _lr_callbacks(config, monitor))])
+                      verbose=verbose, callbacks=[_EpochState(run_dir, "energy", monitor, _lr_callbacks(config, monitor))],
+                      shuffle=False)  # the dataset shuffles, seeded by epoch; Keras's own batch shuffle is not
         if config.lbfgs_steps > 0:
             result = refine_energies_lbfgs(
                 model,
@@ -675,6 +682,8 @@ def train(paths, run_dir, config: TrainConfig, *, resume: bool = False, verbose:
         # The force stage starts from the energy stage's best weights
         # (EarlyStopping restored them); record that stage 1 is complete.
         _atomic_save(model, run_dir / "checkpoints" / "last.keras")
+        # Kept apart: the force stage overwrites last/best with its own epochs.
+        _atomic_save(model, run_dir / "energy_stage.keras")
         last = json.loads((run_dir / "state.json").read_text()) if (run_dir / "state.json").exists() else {}
         energy_done = {"epoch": int(last.get("epoch", initial)) if last.get("stage") == "energy" else initial,
                        "best": last.get("best", math.inf), "epochs": config.energy_epochs}
@@ -687,7 +696,9 @@ def train(paths, run_dir, config: TrainConfig, *, resume: bool = False, verbose:
             sf_train = featurize_host(train_s, spec, atoms_per_batch=config.atoms_per_batch)
             model.set_statistics(**compute_statistics(sf_train, [s.species for s in train_s],
                                                       [s.energy for s in train_s], len(elements)))
-        lr = config.learning_rate if config.energy_epochs == 0 else max(config.learning_rate * 0.3, config.min_learning_rate)
+        # Fine-tuning a converged energy fit: a fresh Adam at the stage-1 rate
+        # throws the energies far off (seen: 9 -> 100 meV/atom in one epoch).
+        lr = config.learning_rate if config.energy_epochs == 0 else config.learning_rate * config.force_lr_factor
         if not (resume and state.get("stage") == "force" and epoch_done > 0):
             model.compile(optimizer=keras.optimizers.Adam(lr))
         model.force_weight = config.force_weight
@@ -700,7 +711,8 @@ def train(paths, run_dir, config: TrainConfig, *, resume: bool = False, verbose:
         ds_train.set_epoch(initial)
         if initial < config.force_epochs:
             model.fit(ds_train, validation_data=ds_val, epochs=config.force_epochs, initial_epoch=initial,
-                      verbose=verbose, callbacks=[_EpochState(run_dir, "force", monitor, _lr_callbacks(config, monitor))])
+                      verbose=verbose, callbacks=[_EpochState(run_dir, "force", monitor, _lr_callbacks(config, monitor))],
+                      shuffle=False)  # the dataset shuffles, seeded by epoch; Keras's own batch shuffle is not
     _atomic_save(model, run_dir / "model.keras")
     return model
 
