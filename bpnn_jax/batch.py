@@ -15,7 +15,15 @@ import numpy as np
 from flax import struct
 
 from .errors import StructureError
-from .neighbors import ATOM_BUCKETS, NeighborList, bucket_size, dense_neighbors, neighbor_list, slot_layout
+from .neighbors import (
+    ATOM_BUCKETS,
+    MIN_DISTANCE,
+    NeighborList,
+    bucket_size,
+    dense_neighbors,
+    neighbor_list,
+    slot_layout,
+)
 
 __all__ = ["Batch", "HostStructure", "prepare_structures", "plan_batches", "collate", "iterate_batches"]
 
@@ -149,24 +157,37 @@ def prepare_structures(
     *,
     progress: bool = False,
     energy_offsets: dict[str, float] | None = None,
+    min_distance: float | None = MIN_DISTANCE,
 ) -> list[HostStructure]:
     """Neighbour lists and species indices for ASE structures.
+
+    Every structure is checked on the way (see :func:`bpnn_jax.neighbors.
+    neighbor_list`): known elements, finite positions, a usable cell, no two
+    atoms closer than ``min_distance``, finite targets.  Structures larger
+    than the largest atom bucket are fine (the buckets grow, see
+    :func:`bpnn_jax.neighbors.bucket_size`).
 
     Args:
         structures: ``ase.Atoms`` objects.  Energies and forces are taken from
             an attached calculator's results or ``atoms.info["energy"]`` when
-            present.
+            present.  ``atoms.info["file"]`` names the structure in messages.
         elements: element symbols; species indices refer to this order.
         cutoff: neighbour cut-off, Å.
         progress: show a progress bar.
         energy_offsets: if given, per-element energies (eV) subtracted from
             the total energy in float64, e.g. free-atom reference energies.
+        min_distance: smallest accepted interatomic distance, Å, periodic
+            images included (default
+            :data:`~bpnn_jax.neighbors.MIN_DISTANCE`, 0.5 Å; None: no check).
 
     Returns:
         One :class:`HostStructure` per input, in order.
 
     Raises:
-        StructureError: unknown element, non-finite positions, singular cell.
+        StructureError: unknown element, non-finite positions, singular or
+            degenerate cell, atoms closer than ``min_distance``, a non-finite
+            energy or force, forces of the wrong shape.  The message starts
+            with the structure's file name.
     """
     structures = list(structures)
     it = structures
@@ -179,8 +200,9 @@ def prepare_structures(
         name = str(atoms.info.get("file", f"structure {k}"))
         symbols = atoms.get_chemical_symbols()
         species = _species_indices(symbols, elements, name)
-        nl = neighbor_list(atoms.positions, atoms.cell.array, atoms.pbc, cutoff, name=name)
-        energy, forces = _targets(atoms)
+        nl = neighbor_list(atoms.positions, atoms.cell.array, atoms.pbc, cutoff, name=name,
+                           min_distance=min_distance, symbols=symbols)
+        energy, forces = _targets(atoms, name)
         if energy is not None and energy_offsets is not None:
             energy = float(np.float64(energy) - sum(np.float64(energy_offsets[s]) for s in symbols))
         out.append(
@@ -198,15 +220,22 @@ def prepare_structures(
     return out
 
 
-def _targets(atoms) -> tuple[float | None, np.ndarray | None]:
+def _targets(atoms, name: str = "structure") -> tuple[float | None, np.ndarray | None]:
     energy = atoms.info.get("energy")
     forces = None
     calc = getattr(atoms, "calc", None)
     results = getattr(calc, "results", {}) if calc is not None else {}
     if energy is None and results.get("energy") is not None:
         energy = results["energy"]
+    if energy is not None and not np.isfinite(float(energy)):
+        raise StructureError(f"{name}: non-finite energy {energy}")
     if results.get("forces") is not None:
         forces = np.asarray(results["forces"], np.float64)
+        if forces.shape != (len(atoms), 3):
+            raise StructureError(f"{name}: forces have shape {forces.shape}, expected ({len(atoms)}, 3)")
+        if not np.all(np.isfinite(forces)):
+            bad = int(np.argwhere(~np.isfinite(forces))[0, 0])
+            raise StructureError(f"{name}: atom {bad} has a non-finite force")
     return (None if energy is None else float(energy)), forces
 
 

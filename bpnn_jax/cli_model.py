@@ -77,40 +77,109 @@ def cmd_train(args: argparse.Namespace) -> int:
         config.max_energy = None
     if args.fit_references:
         config.reference_energies = None
-    train(args.paths, args.out, config, resume=args.resume, verbose=2 if args.quiet else 1)
+    try:
+        train(args.paths, args.out, config, resume=args.resume, verbose=2 if args.quiet else 1)
+    except KeyboardInterrupt:
+        import sys
+        from pathlib import Path
+
+        if (Path(args.out) / "state.json").exists():
+            print(f"training interrupted; every finished epoch is saved in {args.out}: continue with "
+                  f"--resume", file=sys.stderr)
+        raise
     print(f"model saved to {args.out}/model.keras")
     return 0
 
 
-# ---------------------------------------------------------------- evaluate
-def _read_inputs(paths, *, require_energy: bool, skip_invalid: bool):
+# ------------------------------------------------------- input validation
+def _check_output(path) -> None:
+    """Fail before any computation if ``path`` cannot be written."""
+    from pathlib import Path
+
+    from .errors import BPNNInputError
+
+    if path is None:
+        return
+    out = Path(path)
+    if not out.parent.is_dir():
+        raise BPNNInputError(f"cannot write {out}: directory {out.parent} does not exist")
+    if out.is_dir():
+        raise BPNNInputError(f"cannot write {out}: it is a directory")
+
+
+def _structure_problem(model, model_name: str, atoms) -> str | None:
+    """Why ``atoms`` cannot be used with ``model`` (without the file name), or None."""
+    from .errors import StructureError
+    from .neighbors import check_geometry
+
+    name = str(atoms.info.get("file", "structure"))
+    symbols = atoms.get_chemical_symbols()
+    unknown = sorted(set(symbols) - set(model.elements), key=symbols.index)
+    if unknown:
+        first = symbols.index(unknown[0])
+        return (
+            f"element(s) {', '.join(unknown)} (first: atom {first}, counting from 0) not among the "
+            f"elements {', '.join(model.elements)} of model {model_name}"
+        )
+    try:
+        check_geometry(atoms.positions, atoms.cell.array, atoms.pbc, name=name, symbols=symbols)
+    except StructureError as exc:
+        text = str(exc)
+        return text[len(name) + 2 :] if text.startswith(f"{name}: ") else text
+    return None
+
+
+def _read_inputs(paths, model, model_name: str, *, require_energy: bool, skip_invalid: bool):
+    """Read every structure and check it against the model, before any output.
+
+    Every file is read and checked (XSF syntax, energy line when
+    ``require_energy``, elements known to the model, geometry), so that one
+    run reports all bad files.  Without ``skip_invalid`` any bad file stops
+    the command with the first problem (file, line, reason) and the number
+    of others; with it, bad files are listed on stderr and skipped.
+
+    Returns:
+        The valid structures, in file order.
+
+    Raises:
+        BPNNInputError: a bad file (without ``skip_invalid``), no valid
+            structure at all, a missing path or an empty directory.
+    """
     import sys
 
-    from .io import read_structures
+    from .errors import BPNNInputError, XSFError
+    from .io import find_xsf_files, read_xsf
 
-    atoms, skipped = read_structures(paths, require_energy=require_energy, skip_invalid=skip_invalid)
-    for name, reason in skipped:
-        print(f"skipped {name}: {reason}", file=sys.stderr)
-    if not atoms:
-        from .errors import BPNNInputError
+    files = find_xsf_files(paths)
+    good, bad = [], []  # bad: (file, reason without the file, full message)
+    for f in files:
+        try:
+            atoms = read_xsf(f, require_energy=require_energy)
+        except XSFError as exc:
+            reason = exc.reason if exc.line is None else f"line {exc.line}: {exc.reason}"
+            bad.append((str(f), reason, str(exc)))
+            continue
+        problem = _structure_problem(model, model_name, atoms)
+        if problem is None:
+            good.append(atoms)
+        else:
+            bad.append((str(f), problem, f"{f}: {problem}"))
+    if bad and not skip_invalid:
+        msg = bad[0][2]
+        if len(bad) > 1:
+            others = ", ".join(b[0] for b in bad[1:4]) + (", ..." if len(bad) > 4 else "")
+            msg += f" (and {len(bad) - 1} more invalid file(s): {others})"
+        raise BPNNInputError(f"{msg}; nothing written (--skip-invalid skips invalid files)")
+    for name, reason, _ in bad:
+        print(f"warning: skipped {name}: {reason}", file=sys.stderr)
+    if not good:
+        raise BPNNInputError(f"no valid structures among {len(files)} file(s); nothing written")
+    if bad:
+        print(f"skipped {len(bad)} invalid file(s) of {len(files)}", file=sys.stderr)
+    return good
 
-        raise BPNNInputError("no valid structures to process")
-    return atoms
 
-
-def _check_elements(model, atoms_list):
-    from .errors import ModelError
-
-    known = set(model.elements)
-    for a in atoms_list:
-        unknown = sorted(set(a.get_chemical_symbols()) - known)
-        if unknown:
-            raise ModelError(
-                f"{a.info.get('file', 'structure')}: element(s) {', '.join(unknown)} not in the model's "
-                f"elements {model.elements}"
-            )
-
-
+# ---------------------------------------------------------------- evaluate
 def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "evaluate",
@@ -127,7 +196,9 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--no-forces", action="store_true", help="energies only (faster)")
     p.add_argument("--max-energy", type=float, default=1.0,
                    help="also report metrics for cohesive energy <= this, eV/atom (default 1.0, aenet's MAXENERGY)")
-    p.add_argument("--skip-invalid", action="store_true", help="skip unreadable files (listed on stderr)")
+    p.add_argument("--skip-invalid", action="store_true",
+                   help="skip invalid files (unreadable, no energy line, elements the model lacks, overlapping "
+                        "atoms), listed on stderr; by default the first stops the command before any output")
     return p
 
 
@@ -137,9 +208,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import evaluate_structures, write_plots, write_report
     from .model import load_model
 
+    _check_output(args.json)
     model = load_model(args.model)
-    atoms = _read_inputs(args.paths, require_energy=True, skip_invalid=args.skip_invalid)
-    _check_elements(model, atoms)
+    atoms = _read_inputs(args.paths, model, args.model, require_energy=True, skip_invalid=args.skip_invalid)
     report = evaluate_structures(model, atoms, forces=not args.no_forces, max_energy=args.max_energy, progress=True)
     for label, key in (("all structures", "all"), (f"cohesive <= {args.max_energy} eV/atom", "within_max_energy")):
         m = report.get(key)
@@ -171,7 +242,9 @@ def add_predict_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", metavar="PATH", help="XSF files or directories (energy line optional)")
     p.add_argument("--out", required=True, metavar="FILE.csv", help="CSV to write")
     p.add_argument("--forces", metavar="FILE.xyz", help="also write structures with predicted energy and forces (extended XYZ)")
-    p.add_argument("--skip-invalid", action="store_true", help="skip unreadable files (listed on stderr)")
+    p.add_argument("--skip-invalid", action="store_true",
+                   help="skip invalid files (unreadable, elements the model lacks, overlapping atoms), listed on "
+                        "stderr; by default the first stops the command before any output")
     return p
 
 
@@ -185,9 +258,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .model import load_model, total_energy
     from .training import predict_structures
 
+    _check_output(args.out)
+    _check_output(args.forces)
     model = load_model(args.model)
-    atoms = _read_inputs(args.paths, require_energy=False, skip_invalid=args.skip_invalid)
-    _check_elements(model, atoms)
+    atoms = _read_inputs(args.paths, model, args.model, require_energy=False, skip_invalid=args.skip_invalid)
     hs = prepare_structures(atoms, model.elements, model.spec.cutoff, progress=True)
     e_rel, forces = predict_structures(model, hs, forces=bool(args.forces), progress=True)
     energy = total_energy(model, e_rel, [a.get_chemical_symbols() for a in atoms])

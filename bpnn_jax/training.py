@@ -336,6 +336,8 @@ def _atomic_save(model: keras.Model, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp.keras")
     model.save(tmp)
+    with open(tmp, "rb+") as fh:  # on disk before the rename, as io.atomic_write does
+        os.fsync(fh.fileno())
     os.replace(tmp, path)
 
 

@@ -1,0 +1,592 @@
+"""Reliability: every failure says what is wrong and where, and loses no work.
+
+The guarantees of the README ("Guarantees on bad input and interruptions"):
+
+* ``evaluate``/``predict`` with a missing, corrupt or wrong-element model, or
+  with bad files among the inputs, exit with status 2 and
+  ``error: FILE...: what`` before writing anything; ``--skip-invalid``
+  finishes and lists the skipped files with their reasons.  ``train`` on a
+  file without an energy line names the file and leaves an earlier run in
+  the same directory untouched.
+* Geometry: atoms closer than :data:`~bpnn_jax.neighbors.MIN_DISTANCE`
+  (periodic images included), singular, degenerate and too-small cells are
+  :class:`~bpnn_jax.errors.StructureError` naming the file, the atoms and
+  the distance, and fail at once; left-handed and skewed cells work; a
+  structure larger than the atom-bucket ladder works.
+* Interruptions: a run interrupted (even while writing a checkpoint) and
+  resumed ends with bit-identical weights and history, including the
+  learning-rate schedule and early stopping; a real SIGKILL (slow test)
+  too.
+* A non-finite loss never reaches a saved model.
+
+Training here is the energy stage only, on 30 six-atom structures with a
+tiny network (4 hidden nodes) and descriptors computed once per module.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ase import Atoms
+
+import bpnn_jax  # noqa: F401  (selects the JAX backend)
+import jax
+import keras
+
+from bpnn_jax import training
+from bpnn_jax.batch import collate, plan_batches, prepare_structures
+from bpnn_jax.cli import main
+from bpnn_jax.descriptors import SymmetryFunctionSet, batch_descriptors
+from bpnn_jax.errors import StructureError
+from bpnn_jax.io import REFERENCE_ENERGIES_TIO2, read_xsf, write_xsf
+from bpnn_jax.model import BPNN
+from bpnn_jax.neighbors import ATOM_BUCKETS, MIN_DISTANCE, bucket_size, check_geometry, neighbor_list
+from bpnn_jax.training import TrainConfig
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RC = 6.5
+
+#: 30 six-atom structures (one padded shape) below the default max_energy.
+TRAIN_FILES = (
+    "structure1061.xsf", "structure1099.xsf", "structure1140.xsf", "structure1195.xsf", "structure1223.xsf",
+    "structure1264.xsf", "structure1328.xsf", "structure1367.xsf", "structure1398.xsf", "structure1437.xsf",
+    "structure1476.xsf", "structure1506.xsf", "structure1534.xsf", "structure1573.xsf", "structure1605.xsf",
+    "structure1655.xsf", "structure1706.xsf", "structure1738.xsf", "structure1786.xsf", "structure1813.xsf",
+    "structure1847.xsf", "structure1880.xsf", "structure1937.xsf", "structure6373.xsf", "structure6414.xsf",
+    "structure6486.xsf", "structure6527.xsf", "structure6558.xsf", "structure6590.xsf", "structure6614.xsf",
+)
+UNIT = "structure1099.xsf"  # 6 atoms
+
+
+# ==========================================================================
+# helpers
+# ==========================================================================
+def _tiny_model(elements=("O", "Ti")) -> BPNN:
+    spec = SymmetryFunctionSet.artrith_urban(elements)
+    keras.utils.set_random_seed(0)
+    return BPNN(spec.to_config(), hidden=(4,), reference_energies=REFERENCE_ENERGIES_TIO2)
+
+
+def _run_cli(argv, capsys) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _assert_clean_error(code: int, err: str, *fragments: str) -> None:
+    """Exit status 2, no traceback, and stderr ends with ``error: ...`` holding ``fragments``."""
+    assert code == 2, err
+    assert "Traceback" not in err
+    last = err.rstrip("\n").split("\n")[-1].split("\r")[-1]  # after any warnings or progress bars
+    assert last.startswith("error: "), err
+    for fragment in fragments:
+        assert fragment in last, (fragment, err)
+
+
+def _close_atoms(base: Atoms) -> Atoms:
+    """``base`` (Ti2O4) with its atom 4 (O) moved 0.3 Å from atom 1 (Ti)."""
+    atoms = base.copy()
+    atoms.positions[4] = atoms.positions[1] + np.array([0.3, 0.0, 0.0])
+    return atoms
+
+
+def _read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+# ==========================================================================
+# 1. command line: models and inputs
+# ==========================================================================
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    """Saved tiny models: "tio2" (O, Ti) and "o_only" (O)."""
+    d = tmp_path_factory.mktemp("models")
+    out = {}
+    for key, elements in (("tio2", ("O", "Ti")), ("o_only", ("O",))):
+        path = d / f"{key}.keras"
+        _tiny_model(elements).save(path)
+        out[key] = path
+    return out
+
+
+@pytest.fixture(scope="module")
+def mixed_dir(data_dir, tmp_path_factory) -> dict:
+    """A directory with 2 good structures and 4 bad or doubtful ones.
+
+    Returns a dict of paths: dir, good (list), syntax, zr, close,
+    no_energy (fine for predict, invalid for evaluate).
+    """
+    d = tmp_path_factory.mktemp("mixed")
+    base = read_xsf(data_dir / UNIT)
+    good = []
+    for name in ("a_good.xsf", "b_good.xsf"):
+        (d / name).write_text((data_dir / (UNIT if name[0] == "a" else TRAIN_FILES[2])).read_text())
+        good.append(d / name)
+    syntax = d / "c_syntax.xsf"
+    syntax.write_text("# total energy = -1.0 eV\nCRYSTAL\nPRIMVEC\n1 0 0\n0 1 0\n")
+    zr = d / "d_zr.xsf"
+    zr_atoms = base.copy()
+    zr_atoms.symbols[3] = "Zr"
+    write_xsf(zr, zr_atoms, energy=-1000.0)
+    close = d / "e_close.xsf"
+    write_xsf(close, _close_atoms(base), energy=base.info["energy"])  # within max_energy: train reads it
+    no_energy = d / "f_no_energy.xsf"
+    text = (data_dir / UNIT).read_text()
+    no_energy.write_text("\n".join(line for line in text.splitlines() if "total energy" not in line) + "\n")
+    return dict(dir=d, good=good, syntax=syntax, zr=zr, close=close, no_energy=no_energy)
+
+
+@pytest.mark.parametrize("command", ["predict", "evaluate"])
+def test_missing_and_corrupt_model_files(command, data_dir, tmp_path, capsys, models):
+    xsf = data_dir / UNIT
+    out = tmp_path / "out.csv"
+    tail = ["--out", out] if command == "predict" else ["--json", out]
+
+    missing = tmp_path / "nope.keras"
+    code, _, err = _run_cli([command, missing, xsf, *tail], capsys)
+    _assert_clean_error(code, err, str(missing), "no such model file")
+
+    noise = tmp_path / "noise.keras"
+    noise.write_bytes(np.random.default_rng(0).bytes(2048))
+    code, _, err = _run_cli([command, noise, xsf, *tail], capsys)
+    _assert_clean_error(code, err, str(noise), "not a readable bpnn_jax model")
+
+    truncated = tmp_path / "truncated.keras"
+    data = models["tio2"].read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])
+    code, _, err = _run_cli([command, truncated, xsf, *tail], capsys)
+    _assert_clean_error(code, err, str(truncated))
+
+    code, _, err = _run_cli([command, models["tio2"], xsf, "--out" if command == "predict" else "--json",
+                             tmp_path / "no_such_dir" / "x.csv"], capsys)
+    _assert_clean_error(code, err, "no_such_dir", "does not exist")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("command", ["predict", "evaluate"])
+def test_elements_the_model_does_not_know(command, data_dir, tmp_path, capsys, models, mixed_dir):
+    out = tmp_path / "out.csv"
+    tail = ["--out", out] if command == "predict" else ["--json", out]
+    # A structure with Zr, for a Ti/O model.
+    code, _, err = _run_cli([command, models["tio2"], mixed_dir["zr"], *tail], capsys)
+    _assert_clean_error(code, err, str(mixed_dir["zr"]), "Zr", "atom 3", str(models["tio2"]), "O, Ti")
+    # A TiO2 structure, for a model of O only.
+    code, _, err = _run_cli([command, models["o_only"], data_dir / UNIT, *tail], capsys)
+    _assert_clean_error(code, err, str(data_dir / UNIT), "element(s) Ti", str(models["o_only"]))
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("command", ["predict", "evaluate"])
+def test_bad_files_stop_before_any_output(command, tmp_path, capsys, models, mixed_dir):
+    out = tmp_path / "out.csv"
+    tail = ["--out", out, "--forces", tmp_path / "f.xyz"] if command == "predict" else [
+        "--json", out, "--plots", tmp_path / "plots"]
+    code, _, err = _run_cli([command, models["tio2"], mixed_dir["dir"], *tail], capsys)
+    # The first bad file (sorted by name), with its line, and the count of others.
+    n_bad = 3 if command == "predict" else 4
+    _assert_clean_error(code, err, f"{mixed_dir['syntax']}, line 5", "PRIMVEC needs 3 rows",
+                        f"and {n_bad - 1} more invalid file(s)", "--skip-invalid", "nothing written")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_predict_skip_invalid_lists_skipped_files(tmp_path, capsys, models, mixed_dir):
+    out = tmp_path / "p.csv"
+    code, _, err = _run_cli(["predict", models["tio2"], mixed_dir["dir"], "--skip-invalid", "--out", out], capsys)
+    assert code == 0, err
+    rows = _read_csv(out)
+    expected = [*mixed_dir["good"], mixed_dir["no_energy"]]
+    assert [r["file"] for r in rows] == [str(p) for p in expected]
+    assert all(math.isfinite(float(r["energy_ev"])) for r in rows)
+    lines = [line for line in err.splitlines() if line.startswith("warning: skipped")]
+    assert len(lines) == 3, err
+    assert f"warning: skipped {mixed_dir['syntax']}: line 5: " in err and "PRIMVEC needs 3 rows" in err
+    assert f"warning: skipped {mixed_dir['zr']}: element(s) Zr" in err
+    assert (f"warning: skipped {mixed_dir['close']}: atoms 1 (Ti) and 4 (O) are 0.3 Å apart, "
+            f"closer than the minimum {MIN_DISTANCE} Å") in err
+    assert "skipped 3 invalid file(s) of 6" in err
+
+
+def test_evaluate_skip_invalid_lists_skipped_files(tmp_path, capsys, models, mixed_dir):
+    out = tmp_path / "m.json"
+    code, _, err = _run_cli(["evaluate", models["tio2"], mixed_dir["dir"], "--skip-invalid", "--no-forces",
+                             "--json", out], capsys)
+    assert code == 0, err
+    report = json.loads(out.read_text())
+    assert report["n_structures"] == 2
+    assert [r["file"] for r in report["per_structure"]] == [str(p) for p in mixed_dir["good"]]
+    assert f"warning: skipped {mixed_dir['no_energy']}: missing energy line" in err
+    for key in ("syntax", "zr", "close"):
+        assert f"warning: skipped {mixed_dir[key]}: " in err
+    # Nothing valid at all: an error, nothing written.
+    code, _, err = _run_cli(["evaluate", models["tio2"], mixed_dir["zr"], mixed_dir["close"], "--skip-invalid",
+                             "--json", tmp_path / "n.json"], capsys)
+    _assert_clean_error(code, err, "no valid structures among 2 file(s)")
+    assert not (tmp_path / "n.json").exists()
+
+
+def test_train_without_energy_line_names_the_file(data_dir, tmp_path, capsys, mixed_dir):
+    run = tmp_path / "run"
+    run.mkdir()
+    earlier = {"config.json": '{"seed": 0}', "state.json": '{"stage": "energy", "epoch": 7, "best": 1.0}',
+               "history.csv": "stage,epoch,loss\nenergy,1,0.5\n"}
+    for name, text in earlier.items():
+        (run / name).write_text(text)
+    files = [data_dir / f for f in TRAIN_FILES[:4]]
+    code, _, err = _run_cli(["train", *files, mixed_dir["no_energy"], "--out", run, "--quiet"], capsys)
+    _assert_clean_error(code, err, str(mixed_dir["no_energy"]), "missing energy line")
+    # An earlier run in the directory is left as it was.
+    assert {p.name: p.read_text() for p in run.iterdir()} == earlier
+
+    code, _, err = _run_cli(["train", *files, mixed_dir["close"], "--out", run, "--quiet"], capsys)
+    _assert_clean_error(code, err, str(mixed_dir["close"]), "atoms 1 (Ti) and 4 (O) are 0.3 Å apart")
+    assert {p.name: p.read_text() for p in run.iterdir()} == earlier
+
+
+# ==========================================================================
+# 2. geometry checks
+# ==========================================================================
+@pytest.fixture(scope="module")
+def unit(data_dir) -> Atoms:
+    return read_xsf(data_dir / UNIT)
+
+
+def _cartesian_pairs(nl, cell) -> set:
+    return {(int(i), int(j), *np.round(s @ cell, 6)) for i, j, s in zip(nl.centers, nl.neighbors, nl.shifts)}
+
+
+def test_close_atoms_name_file_atoms_and_distance(unit):
+    atoms = _close_atoms(unit)
+    atoms.info["file"] = "data/close.xsf"
+    with pytest.raises(StructureError) as info:
+        prepare_structures([atoms], ("O", "Ti"), RC)
+    msg = str(info.value)
+    assert msg.startswith("data/close.xsf: atoms 1 (Ti) and 4 (O) are 0.3 Å apart"), msg
+    assert f"minimum {MIN_DISTANCE} Å" in msg and "count from 0" in msg
+    # The same check without building the list, and with a cut-off below the minimum.
+    with pytest.raises(StructureError, match=r"x\.xsf: atoms 1 and 4 are 0\.3 Å apart"):
+        check_geometry(atoms.positions, atoms.cell.array, True, name="x.xsf")
+    with pytest.raises(StructureError, match=r"atoms 1 and 4 are 0\.3 Å apart"):
+        neighbor_list(atoms.positions, atoms.cell.array, True, 0.2)
+    # Switched off, the structure goes through.
+    assert prepare_structures([atoms], ("O", "Ti"), RC, min_distance=None)[0].n_atoms == 6
+
+
+def test_close_periodic_images_are_found():
+    cell = 5.0 * np.eye(3)
+    pos = np.array([[0.1, 2.0, 2.0], [4.85, 2.0, 2.0], [2.5, 2.5, 2.5]])  # 0 and 1: 0.25 Å across the boundary
+    with pytest.raises(StructureError) as info:
+        neighbor_list(pos, cell, True, RC, name="wrap.xsf", symbols=["O", "Ti", "O"])
+    msg = str(info.value)
+    assert "wrap.xsf: atoms 0 (O) and 1 (Ti) are 0.25 Å apart (atom 1 in the image shifted by [-1, 0, 0]" in msg
+    check_geometry(pos, cell, False)  # not periodic: 4.75 Å apart, fine
+    # An atom next to its own image: a lattice vector shorter than the minimum.
+    t0 = time.perf_counter()
+    thin = np.array([[5.0, 0.0, 0.0], [0.0, 5.0, 0.0], [1.3, 2.1, 1e-4]])
+    with pytest.raises(StructureError, match=r"thin\.xsf: the lattice vector \[[-0-9, ]+\] \(in units of the cell vectors\) is 0\.005 Å long"):
+        neighbor_list(pos[:2], thin, True, RC, name="thin.xsf")
+    assert time.perf_counter() - t0 < 2.0  # without the reduction, the search would take minutes
+
+
+def test_degenerate_cells_fail_fast_left_handed_and_skewed_cells_work(unit):
+    pos = np.array([[0.0, 0.0, 0.0], [1.0, 1.2, 0.7]])
+    t0 = time.perf_counter()
+    with pytest.raises(StructureError, match=r"flat\.xsf: the cell is singular"):
+        neighbor_list(pos, np.array([[3.0, 0, 0], [0, 3.0, 0], [3.0, 3.0, 0]]), True, RC, name="flat.xsf")
+    nearly_flat = np.array([[10.0, 0, 0], [0, 10.0, 0], [10.0, 10.0, 1e-5]])  # volume 1e-3 Å^3
+    with pytest.raises(StructureError, match=r"f\.xsf: the lattice vector \[[-0-9, ]+\] .* is 1e-05 Å long"):
+        neighbor_list(pos, nearly_flat, True, RC, name="f.xsf")
+    with pytest.raises(StructureError, match=r"f\.xsf: the cell is too small for a neighbour search"):
+        neighbor_list(pos, nearly_flat, True, RC, name="f.xsf", min_distance=None)
+    with pytest.raises(StructureError, match=r"n\.xsf: cell must be a finite"):
+        neighbor_list(pos, np.full((3, 3), np.nan), True, RC, name="n.xsf")
+    assert time.perf_counter() - t0 < 2.0
+
+    cell = unit.cell.array
+    reference = _cartesian_pairs(neighbor_list(unit.positions, cell, True, RC), cell)
+    left = cell[[0, 2, 1]]  # the same lattice, left-handed basis
+    assert np.linalg.det(left) < 0
+    assert _cartesian_pairs(neighbor_list(unit.positions, left, True, RC), left) == reference
+    skewed = cell.copy()  # the same lattice again, in a very skewed basis
+    skewed[0] += 7 * cell[2]
+    skewed[1] -= 5 * cell[0] + 3 * cell[2]
+    nl = neighbor_list(unit.positions, skewed, True, RC)
+    assert _cartesian_pairs(nl, skewed) == reference
+    assert np.all(nl.shifts == np.round(nl.shifts))
+
+
+def test_supercell_beyond_the_ladder_and_left_handed_cells_give_the_same_sfs(unit):
+    """A 300-atom supercell (bucket 384 > 256), a left-handed basis and the
+    mirror image all give the unit cell's symmetry functions (float64)."""
+    spec = SymmetryFunctionSet.artrith_urban(("O", "Ti"))
+    left = unit.copy()
+    left.set_cell(unit.cell.array[[2, 1, 0]], scale_atoms=False)
+    mirror = Atoms(unit.symbols, positions=-unit.positions, cell=-unit.cell.array, pbc=True)
+    big = unit.repeat((5, 5, 2))  # atom k of image m is atom m * 6 + k
+    assert len(big) == 300 > ATOM_BUCKETS[-1]
+    assert np.linalg.det(left.cell.array) < 0 and np.linalg.det(mirror.cell.array) < 0
+    hosts = prepare_structures([unit, left, mirror, big], spec.elements, spec.cutoff)
+    assert len({h.slots for h in hosts}) == 1
+    n_pad = bucket_size(300, ATOM_BUCKETS)
+    assert n_pad == 384
+    assert [n for _, _, n, _ in plan_batches(hosts[3:], 256)] == [384]
+    batch = collate(hosts, 4, n_pad, hosts[0].slots, dtype=np.float64)
+    g = np.asarray(jax.jit(lambda b: batch_descriptors(b, spec))(batch))
+    ref = g[0, :6]
+    assert np.abs(ref).max() > 0.1
+    np.testing.assert_allclose(g[1, :6], ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(g[2, :6], ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(g[3, :300].reshape(50, 6, -1), np.broadcast_to(ref, (50, 6, ref.shape[1])),
+                               rtol=1e-10, atol=1e-10)
+    assert np.all(g[:3, 6:] == 0.0) and np.all(g[3, 300:] == 0.0)
+
+
+# ==========================================================================
+# 3. interruptions
+# ==========================================================================
+@pytest.fixture(scope="module")
+def energy_data(data_dir):
+    """Prepared training data and their descriptors (computed once).
+
+    Returns (data for ``train(data=...)``, {structure name: (n, F) float32}).
+    """
+    files = [data_dir / f for f in TRAIN_FILES]
+    data = training.load_training_data(files, TrainConfig(), progress=False)
+    sf = training.featurize_host(data["structures"], data["spec"])
+    return data, {h.name: x for h, x in zip(data["structures"], sf)}
+
+
+@pytest.fixture
+def cached(energy_data, monkeypatch):
+    """``training.featurize_host`` served from the cache; returns the data."""
+    data, cache = energy_data
+    monkeypatch.setattr(training, "featurize_host", lambda hs, spec, **kw: [cache[h.name] for h in hs])
+    return data
+
+
+def _config(**kw) -> TrainConfig:
+    base = dict(hidden=(4,), force_epochs=0, lbfgs_steps=0, batch_size=8, learning_rate=3e-2, patience=8)
+    return TrainConfig(**{**base, **kw})
+
+
+def _history(run_dir) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in _read_csv(Path(run_dir) / "history.csv")]
+
+
+def _weights(path) -> list[np.ndarray]:
+    return [np.asarray(w) for w in keras.saving.load_model(path, compile=False).get_weights()]
+
+
+def _assert_same_weights(a, b) -> None:
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+
+
+def _interrupt_at_save(monkeypatch, name: str, call: int):
+    """Make the ``call``-th atomic save of ``name`` die half-way, like a SIGKILL.
+
+    A truncated temporary file is left behind (as a kill would), and a stray
+    temporary file of ``atomic_write`` too; then KeyboardInterrupt is raised.
+    """
+    original = training._atomic_save
+    count = {"n": 0}
+
+    def save(model, path):
+        path = Path(path)
+        if path.name == name:
+            count["n"] += 1
+            if count["n"] == call:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                (path.parent / f".{path.stem}.tmp.keras").write_bytes(b"PK\x03\x04 half a zip")
+                (path.parent.parent / ".history.csv.4242.0badc0de.tmp").write_text("stage,ep")
+                raise KeyboardInterrupt
+        original(model, path)
+
+    monkeypatch.setattr(training, "_atomic_save", save)
+
+
+def test_interrupted_run_resumes_to_identical_weights(cached, tmp_path, monkeypatch):
+    """Killed while writing epoch 12's checkpoint of 20, then resumed: the
+    same weights, history and schedule (a plateau halves the learning rate
+    and early stopping ends the run after the interruption)."""
+    config = _config(energy_epochs=20)
+    whole = training.train(None, tmp_path / "whole", config, verbose=0, data=cached)
+
+    run = tmp_path / "killed"
+    with monkeypatch.context() as mp:
+        _interrupt_at_save(mp, "last.keras", 12)
+        with pytest.raises(KeyboardInterrupt):
+            training.train(None, run, config, verbose=0, data=cached)
+    # What a kill leaves: the last complete epoch, every file readable.
+    state = json.loads((run / "state.json").read_text())
+    assert (state["stage"], state["epoch"]) == ("energy", 11)
+    assert [int(r["epoch"]) for r in _history(run)] == list(range(1, 12))
+    assert _history(run) == _history(tmp_path / "whole")[:11]
+    _weights(run / "checkpoints" / "last.keras")
+    _weights(run / "best.keras")
+    assert (run / "checkpoints" / ".last.tmp.keras").exists()
+
+    resumed = training.train(None, run, _config(energy_epochs=1), resume=True, verbose=0, data=cached)
+    _assert_same_weights([np.asarray(w) for w in resumed.get_weights()],
+                         [np.asarray(w) for w in whole.get_weights()])
+    _assert_same_weights(_weights(run / "model.keras"), _weights(tmp_path / "whole" / "model.keras"))
+    assert _history(run) == _history(tmp_path / "whole")
+    for name in ("state.json", "split.json", "config.json"):
+        assert json.loads((run / name).read_text()) == json.loads((tmp_path / "whole" / name).read_text()), name
+
+
+def test_resume_restores_plateau_and_early_stopping_counters(cached, tmp_path, monkeypatch):
+    """With a learning rate too small to change any weight, the validation
+    error never improves after epoch 1: the plateau (patience 5) halves the
+    rate at the end of epoch 6 and early stopping (patience 8) ends the run
+    at epoch 9, whether or not the run was interrupted after epoch 4."""
+    config = _config(energy_epochs=30, learning_rate=1e-20, min_learning_rate=1e-25)
+    original = training._EpochState.on_epoch_end
+
+    def stop_after_4(self, epoch, logs=None):
+        original(self, epoch, logs)
+        if epoch + 1 == 4:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as mp:
+        mp.setattr(training._EpochState, "on_epoch_end", stop_after_4)
+        with pytest.raises(KeyboardInterrupt):
+            training.train(None, tmp_path, config, verbose=0, data=cached)
+    saved = json.loads((tmp_path / "state.json").read_text())["schedule"]
+    assert [(d["class"], d["wait"]) for d in saved] == [("ReduceLROnPlateau", 3), ("EarlyStopping", 3)]
+    training.train(None, tmp_path, config, resume=True, verbose=0, data=cached)
+    rows = _history(tmp_path)
+    assert [int(r["epoch"]) for r in rows] == list(range(1, 10))
+    lr = [float(r["learning_rate"]) for r in rows]
+    assert lr[:6] == [lr[0]] * 6 and lr[6:] == [lr[0] * 0.5] * 3
+    val = {r["val_energy_rmse_mev_atom"] for r in rows}
+    assert len(val) == 1  # the weights never changed: nothing else could explain the schedule
+
+
+_KILL_HARNESS = textwrap.dedent(
+    """
+    import json, sys, time
+    import numpy as np
+    import bpnn_jax
+    from bpnn_jax import training
+
+    cache_file, run_dir, resume, sleep = sys.argv[1], sys.argv[2], sys.argv[3] == "1", float(sys.argv[4])
+    z = np.load(cache_file, allow_pickle=False)
+    cache = {str(n): z[f"sf{k}"] for k, n in enumerate(z["names"])}
+    training.featurize_host = lambda hs, spec, **kw: [cache[h.name] for h in hs]
+    original = training._EpochState.on_epoch_end
+
+    def slow(self, epoch, logs=None):
+        original(self, epoch, logs)
+        time.sleep(sleep)
+
+    training._EpochState.on_epoch_end = slow
+    config = training.TrainConfig.from_json(json.loads(sys.argv[5]))
+    training.train(list(z["names"]), run_dir, config, resume=resume, verbose=0)
+    print("finished")
+    """
+)
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_gives_identical_weights(energy_data, cached, tmp_path):
+    """A real SIGKILL of a training process (at a random point after epoch 3),
+    then --resume in a fresh process: the same final model as in one go."""
+    data, cache = energy_data
+    names = list(cache)
+    np.savez(tmp_path / "cache.npz", names=np.array(names), **{f"sf{k}": cache[n] for k, n in enumerate(names)})
+    (tmp_path / "harness.py").write_text(_KILL_HARNESS)
+    config = _config(energy_epochs=20)
+    whole = training.train(None, tmp_path / "whole", config, verbose=0, data=cached)
+
+    run = tmp_path / "killed"
+
+    def harness(resume: bool, sleep: float):
+        return [sys.executable, str(tmp_path / "harness.py"), str(tmp_path / "cache.npz"), str(run),
+                "1" if resume else "0", str(sleep), json.dumps(config.to_json())]
+
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    proc = subprocess.Popen(harness(False, 0.2), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 300
+    epoch = 0
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            epoch = json.loads((run / "state.json").read_text())["epoch"]
+        except (OSError, ValueError, KeyError):
+            epoch = 0
+        if epoch >= 3:
+            time.sleep(np.random.default_rng().uniform(0.0, 0.3))  # anywhere in the epoch, writes included
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    output = proc.communicate(timeout=60)[0].decode()
+    assert proc.returncode == -signal.SIGKILL, output
+    killed_at = json.loads((run / "state.json").read_text())["epoch"]
+    assert 3 <= killed_at < 20
+    for p in [run / "best.keras", run / "checkpoints" / "last.keras"]:
+        _weights(p)  # loadable: never half-written
+    assert len(_history(run)) == killed_at
+
+    done = subprocess.run(harness(True, 0.0), env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and "finished" in done.stdout, done.stdout + done.stderr
+    _assert_same_weights(_weights(run / "model.keras"), [np.asarray(w) for w in whole.get_weights()])
+    assert _history(run) == _history(tmp_path / "whole")
+
+
+# ==========================================================================
+# 4. a non-finite loss never reaches a saved model
+# ==========================================================================
+@pytest.mark.parametrize("bad_epoch", [1, 3])
+def test_nan_loss_never_saves_a_nan_model(bad_epoch, cached, tmp_path, monkeypatch, capsys):
+    """NaN targets from epoch ``bad_epoch`` on: training stops, says so, and
+    every saved model (model, best, last) has finite weights and optimizer
+    state."""
+    current = {"epoch": 0}
+    begin = training._EpochState.on_epoch_begin
+
+    def track(self, epoch, logs=None):
+        current["epoch"] = epoch
+        begin(self, epoch, logs)
+
+    getitem = training.DescriptorDataset.__getitem__
+
+    def poisoned(self, i):
+        x, y = getitem(self, i)
+        if self.shuffle and current["epoch"] + 1 >= bad_epoch:
+            y = {"energy": np.full_like(y["energy"], np.nan)}
+        return x, y
+
+    monkeypatch.setattr(training._EpochState, "on_epoch_begin", track)
+    monkeypatch.setattr(training.DescriptorDataset, "__getitem__", poisoned)
+    model = training.train(None, tmp_path, _config(energy_epochs=6), verbose=0, data=cached)
+    out = capsys.readouterr().out
+    assert f"[energy] epoch {bad_epoch}: non-finite loss=nan" in out
+    assert f"restored the weights of the last good epoch ({bad_epoch - 1})" in out
+    if bad_epoch > 1:
+        assert [int(r["epoch"]) for r in _history(tmp_path)] == list(range(1, bad_epoch))
+    else:
+        assert not (tmp_path / "history.csv").exists()
+    saved = [tmp_path / "model.keras", tmp_path / "checkpoints" / "last.keras"]
+    if bad_epoch > 1:
+        saved.append(tmp_path / "best.keras")
+    else:
+        assert not (tmp_path / "best.keras").exists()
+    for path in saved:
+        m = keras.saving.load_model(path, compile=True)
+        assert all(np.all(np.isfinite(np.asarray(w))) for w in m.get_weights()), path
+        assert all(np.all(np.isfinite(np.asarray(v))) for v in m.optimizer.variables), path
+    assert all(np.all(np.isfinite(np.asarray(w))) for w in model.get_weights())
+    if bad_epoch > 1:  # early stopping handed back the best epoch, which is also best.keras
+        _assert_same_weights(_weights(tmp_path / "model.keras"), _weights(tmp_path / "best.keras"))
