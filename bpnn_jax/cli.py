@@ -99,12 +99,96 @@ def _cmd_energies(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------
+# featurize
+# --------------------------------------------------------------------------
+
+
+def _add_featurize_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "featurize",
+        help="compute symmetry functions of XSF files into an .npz file",
+        description=(
+            "Compute raw (unnormalised) Behler-Parrinello symmetry functions of every atom of "
+            "the given XSF files and write them to an .npz file with arrays files, n_atoms, "
+            "atom_offset, species (element symbol per atom), sf (total_atoms x n_functions; "
+            "atoms in file order, structures in the order given, directories sorted by name), "
+            "elements, cutoff (Å) and the column description fn_center, fn_kind, fn_neighbors, "
+            "fn_eta (1/Å^2), fn_rs (Å), fn_lambda, fn_zeta, fn_rc (Å): the layout of aenet's "
+            "reference file. Load with numpy.load(FILE, allow_pickle=False)."
+        ),
+    )
+    p.add_argument("paths", nargs="+", metavar="PATH", help="XSF files or directories of *.xsf files")
+    p.add_argument(
+        "--out", "-o", required=True, metavar="FILE.npz",
+        help="output file, written atomically and exactly at this name (no suffix is added)",
+    )
+    p.add_argument(
+        "--preset", default="artrith-urban", choices=["artrith-urban"],
+        help="symmetry-function set (default: artrith-urban, the 70-function TiO2 set of aenet)",
+    )
+    p.add_argument(
+        "--elements", nargs="+", default=None, metavar="SYMBOL",
+        help="element order of the columns (default: O Ti when the data hold only those, "
+        "otherwise the elements found, sorted by symbol)",
+    )
+    p.add_argument(
+        "--dtype", default="float64", choices=["float32", "float64"],
+        help="precision of the computation and of the stored values (default: float64)",
+    )
+    p.add_argument(
+        "--skip-invalid", action="store_true",
+        help="skip files that cannot be read (listed on stderr) instead of stopping at the first",
+    )
+    p.add_argument(
+        "--progress", action=argparse.BooleanOptionalAction, default=None,
+        help="show progress bars on stderr (default: when stderr is a terminal)",
+    )
+    return p
+
+
+def _cmd_featurize(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import numpy as np
+
+    from .featurize import featurize_files, save_features
+
+    out = Path(args.out)
+    if not out.parent.is_dir():  # fail before the (long) computation
+        raise BPNNInputError(f"cannot write {out}: directory {out.parent} does not exist")
+    if out.is_dir():
+        raise BPNNInputError(f"cannot write {out}: it is a directory")
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    features = featurize_files(
+        args.paths,
+        preset=args.preset,
+        elements=args.elements,
+        dtype=np.dtype(args.dtype),
+        progress=progress,
+        skip_invalid=args.skip_invalid,
+    )
+    for path, reason in features.skipped:
+        print(f"warning: skipped {path}: {reason}", file=sys.stderr)
+    save_features(args.out, features)
+    n_atoms = int(features.n_atoms.sum())
+    msg = (
+        f"wrote {features.spec.n_functions} symmetry functions of {n_atoms} atom(s) in "
+        f"{len(features.files)} structure(s) to {args.out}"
+    )
+    if features.skipped:
+        msg += f"; skipped {len(features.skipped)} invalid file(s)"
+    print(msg, file=sys.stderr)
+    return 0
+
+
+# --------------------------------------------------------------------------
 # registry and entry point
 # --------------------------------------------------------------------------
 
 #: name -> (add_parser(subparsers) -> parser, run(args) -> exit status)
 COMMANDS: dict[str, tuple[Callable[..., argparse.ArgumentParser], Callable[[argparse.Namespace], int]]] = {
     "energies": (_add_energies_parser, _cmd_energies),
+    "featurize": (_add_featurize_parser, _cmd_featurize),
 }
 
 
