@@ -21,6 +21,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
+from . import cli_model
 from .errors import BPNNError, BPNNInputError
 
 # --------------------------------------------------------------------------
@@ -189,6 +190,9 @@ def _cmd_featurize(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, tuple[Callable[..., argparse.ArgumentParser], Callable[[argparse.Namespace], int]]] = {
     "energies": (_add_energies_parser, _cmd_energies),
     "featurize": (_add_featurize_parser, _cmd_featurize),
+    "train": (cli_model.add_train_parser, cli_model.cmd_train),
+    "evaluate": (cli_model.add_evaluate_parser, cli_model.cmd_evaluate),
+    "predict": (cli_model.add_predict_parser, cli_model.cmd_predict),
 }
 
 
