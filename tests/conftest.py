@@ -72,3 +72,38 @@ def small_files(data_dir: Path) -> list[Path]:
     if missing:
         pytest.fail(f"representative XSF files missing from {data_dir}: {', '.join(missing)}", pytrace=False)
     return files
+
+
+@pytest.fixture(scope="session")
+def make_random_model():
+    """Factory for small float64 BPNNs with random weights (model/calculator tests).
+
+    ``make_random_model(atoms_list, hidden=(8, 8), seed=0)`` sets the SF
+    statistics from ``atoms_list``; SF stds are floored (pooled std, 0.05)
+    so that a handful of structures cannot give near-zero stds, which would
+    make the random network wildly non-linear; the energy scale is 0.5 eV
+    (forces of a few tenths of an eV/Å).
+    """
+    import keras
+    import numpy as np
+
+    from bpnn_jax.batch import prepare_structures
+    from bpnn_jax.descriptors import SymmetryFunctionSet
+    from bpnn_jax.io import REFERENCE_ENERGIES_TIO2
+    from bpnn_jax.model import BPNN
+    from bpnn_jax.training import compute_statistics, featurize_host
+
+    def factory(atoms_list, *, hidden=(8, 8), seed=0):
+        spec = SymmetryFunctionSet.artrith_urban(("O", "Ti"))
+        keras.utils.set_random_seed(seed)
+        model = BPNN(spec.to_config(), hidden=hidden, dtype="float64", reference_energies=REFERENCE_ENERGIES_TIO2)
+        hosts = prepare_structures(atoms_list, spec.elements, spec.cutoff, energy_offsets=REFERENCE_ENERGIES_TIO2)
+        sf = featurize_host(hosts, spec, dtype=np.float64)
+        stats = compute_statistics(sf, [h.species for h in hosts], [h.energy for h in hosts], len(spec.elements))
+        pooled = np.concatenate(sf).std(axis=0)
+        stats["sf_std"] = np.maximum(np.maximum(stats["sf_std"], pooled[None, :]), 0.05)
+        stats["energy_scale"] = 0.5
+        model.set_statistics(**stats)
+        return model
+
+    return factory

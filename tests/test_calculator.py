@@ -23,18 +23,15 @@ import pytest
 
 import bpnn_jax  # noqa: F401  (selects the JAX backend, enables float64)
 import jax
-import keras
 from ase import units
 from ase.md.velocitydistribution import Stationary
 from ase.md.verlet import VelocityVerlet
 
 from bpnn_jax.batch import collate, prepare_structures
 from bpnn_jax.calculator import BPNNCalculator, ExtrapolationWarning, extrapolation_report
-from bpnn_jax.descriptors import SymmetryFunctionSet
 from bpnn_jax.errors import StructureError
 from bpnn_jax.io import REFERENCE_ENERGIES_TIO2, read_xsf
 from bpnn_jax.model import BPNN, total_energy
-from bpnn_jax.training import compute_statistics, featurize_host
 
 try:
     from ase.calculators.fd import calculate_numerical_stress
@@ -50,25 +47,6 @@ BULK = "structure0001.xsf"  # 24 atoms, orthorhombic 5.93 x 9.30 x 4.65 Å
 OTHER = "structure0652.xsf"  # 23 atoms
 NAMES = (THIN, THIN2, BULK, OTHER)
 SHEAR = np.array([[1.0, 0.0, 0.0], [0.25, 1.0, 0.0], [-0.15, 0.2, 1.0]])
-
-
-def make_model(atoms_list, *, hidden=(8, 8), seed=0) -> BPNN:
-    """A float64 BPNN with random weights and statistics from ``atoms_list``.
-
-    SF stds are floored (pooled std, 0.05) so that a few structures cannot
-    give near-zero stds; the energy scale is 0.5 eV (forces ~0.1-1 eV/Å).
-    """
-    spec = SymmetryFunctionSet.artrith_urban(("O", "Ti"))
-    keras.utils.set_random_seed(seed)
-    model = BPNN(spec.to_config(), hidden=hidden, dtype="float64", reference_energies=REFERENCE_ENERGIES_TIO2)
-    hosts = prepare_structures(atoms_list, spec.elements, spec.cutoff, energy_offsets=REFERENCE_ENERGIES_TIO2)
-    sf = featurize_host(hosts, spec, dtype=np.float64)
-    stats = compute_statistics(sf, [h.species for h in hosts], [h.energy for h in hosts], len(spec.elements))
-    pooled = np.concatenate(sf).std(axis=0)
-    stats["sf_std"] = np.maximum(np.maximum(stats["sf_std"], pooled[None, :]), 0.05)
-    stats["energy_scale"] = 0.5
-    model.set_statistics(**stats)
-    return model
 
 
 def bare(atoms):
@@ -108,8 +86,8 @@ def structures(data_dir):
 
 
 @pytest.fixture(scope="module")
-def model(structures) -> BPNN:
-    return make_model([structures[n] for n in NAMES])
+def model(structures, make_random_model) -> BPNN:
+    return make_random_model([structures[n] for n in NAMES])
 
 
 # ------------------------------------------------------------------ tests

@@ -33,12 +33,11 @@ import keras
 
 from bpnn_jax import training
 from bpnn_jax.batch import collate, prepare_structures
-from bpnn_jax.descriptors import SymmetryFunctionSet
 from bpnn_jax.errors import ModelError
-from bpnn_jax.io import REFERENCE_ENERGIES_TIO2, read_xsf
+from bpnn_jax.io import read_xsf
 from bpnn_jax.model import BPNN
 from bpnn_jax.neighbors import ATOM_BUCKETS, bucket_size
-from bpnn_jax.training import TrainConfig, compute_statistics, featurize_host
+from bpnn_jax.training import TrainConfig
 
 THIN = "structure1632.xsf"  # 6 atoms, cell 4.52 x 2.36 x 6.29 Å
 THIN2 = "structure1061.xsf"  # 6 atoms, shortest side 2.97 Å
@@ -61,27 +60,6 @@ TRAIN_FILES = (
 
 
 # ---------------------------------------------------------------- helpers
-def make_model(atoms_list, *, hidden=(8, 8), seed=0) -> BPNN:
-    """A float64 BPNN with random weights and statistics from ``atoms_list``.
-
-    The SF standard deviations are floored (by the pooled std of each
-    function and by 0.05) so that a handful of structures cannot produce
-    near-zero stds, which would make the random network wildly non-linear.
-    The energy scale is 0.5 eV, giving forces of a few tenths of an eV/Å.
-    """
-    spec = SymmetryFunctionSet.artrith_urban(("O", "Ti"))
-    keras.utils.set_random_seed(seed)
-    model = BPNN(spec.to_config(), hidden=hidden, dtype="float64", reference_energies=REFERENCE_ENERGIES_TIO2)
-    hosts = prepare_structures(atoms_list, spec.elements, spec.cutoff, energy_offsets=REFERENCE_ENERGIES_TIO2)
-    sf = featurize_host(hosts, spec, dtype=np.float64)
-    stats = compute_statistics(sf, [h.species for h in hosts], [h.energy for h in hosts], len(spec.elements))
-    pooled = np.concatenate(sf).std(axis=0)
-    stats["sf_std"] = np.maximum(np.maximum(stats["sf_std"], pooled[None, :]), 0.05)
-    stats["energy_scale"] = 0.5
-    model.set_statistics(**stats)
-    return model
-
-
 def host(model: BPNN, atoms):
     """The prepared structure (neighbour list at the model's cut-off)."""
     return prepare_structures([atoms], model.elements, model.spec.cutoff)[0]
@@ -108,8 +86,8 @@ def structures(data_dir):
 
 
 @pytest.fixture(scope="module")
-def model(structures) -> BPNN:
-    return make_model([structures[n] for n in NAMES])
+def model(structures, make_random_model) -> BPNN:
+    return make_random_model([structures[n] for n in NAMES])
 
 
 @pytest.fixture(scope="module")
