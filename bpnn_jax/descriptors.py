@@ -14,18 +14,22 @@ Column layout (aenet's): for each element A in ``elements`` order, the G2
 block of neighbour element A, then the G4 blocks of pairs (A, C) for every C
 at or after A.  For ("O", "Ti"): G2-O, G4 O-O, G4 O-Ti, G2-Ti, G4 Ti-Ti.
 
-How it is computed.  For one centre atom with M padded neighbour slots the
-angular sum is written as a bilinear form over ordered neighbour pairs,
+How it is computed.  Neighbour slots are sorted by element (see
+:func:`bpnn_jax.neighbors.dense_neighbors`), so for one centre atom every
+element pair (a, b) is a dense block of ordered neighbour pairs
+(j in block a, k in block b).  On that block
 
-    Q_f(a, b) = Σ_{j,k} A_f[j, a] W_f[j, k] A_f[k, b],
-    A_f[j, a] = exp(-η_f R_ij²) fc(R_ij) [species_j = a],
-    W_f[j, k] = (1 + λ_f cos θ_ijk)^ζ_f exp(-η_f R_jk²) fc(R_jk) (0 on j = k),
+    x_jk = R_ij² + R_ik² + R_jk²,   f_jk = fc(R_ij) fc(R_ik) fc(R_jk),
+    E_u[j, k] = exp(-η_u x_jk) f_jk          (one per distinct η),
+    P_l[j, k] = (1 + λ_l cos θ_ijk)^ζ_l      (one per distinct (λ, ζ)),
+    G4(a, b; η_u, λ_l, ζ_l) = 2^(1-ζ_l) Σ_jk E_u[j, k] P_l[j, k],
 
-which is two small dense contractions per function instead of gathers over
-triplet index lists; the unordered sum is Q(a, b) for a ≠ b and Q(a, a)/2.
-Padded slots have A = 0, so they add exactly zero, and every norm and
-quotient uses the double-``where`` pattern so gradients stay finite.  Atoms
-are processed with ``lax.map`` over small vmapped chunks, which keeps XLA's
+a fused multiply-reduce with no gathers over triplet index lists.  Same-
+element blocks hold both orders of each pair (the diagonal j = k is
+masked), hence a factor ½.  Padded slots have fc = 0, so they add exactly
+zero, and every norm and quotient uses the double-``where`` pattern so
+gradients stay finite.  Atoms are processed with ``lax.map`` over small
+vmapped chunks (rematerialised under differentiation), which keeps XLA's
 working set in cache.
 """
 
