@@ -36,7 +36,6 @@ working set in cache.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import math
 from typing import Sequence
 
@@ -225,7 +224,6 @@ def atom_descriptors(disp, mask, spec: SymmetryFunctionSet, slots: Sequence[int]
     bounds = np.concatenate([[0], np.cumsum(slots)]).astype(int)
     block = [slice(int(bounds[s]), int(bounds[s + 1])) for s in range(len(slots))]
 
-    g2 = None
     if spec.radial:
         eta = jnp.asarray([p[0] for p in spec.radial], dtype)
         rs = jnp.asarray([p[1] for p in spec.radial], dtype)

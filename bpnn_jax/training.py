@@ -31,7 +31,7 @@ import numpy as np
 
 import keras
 
-from .batch import HostStructure, collate, iterate_batches, plan_batches, prepare_structures
+from .batch import HostStructure, collate, plan_batches, prepare_structures
 from .descriptors import SymmetryFunctionSet
 from .errors import BPNNInputError
 from .io import REFERENCE_ENERGIES_TIO2, atomic_write, read_structures
@@ -493,25 +493,15 @@ class _EpochState(keras.callbacks.Callback):
 
 def featurize_host(structures: Sequence[HostStructure], spec: SymmetryFunctionSet, *, atoms_per_batch=256,
                    dtype=np.float32, progress=False) -> list[np.ndarray]:
-    """Descriptors of prepared structures: list of (n_atoms, F) arrays."""
-    import jax
+    """Descriptors of prepared structures: list of (n_atoms, F) arrays.
 
-    from .descriptors import batch_descriptors
+    A thin wrapper of :func:`bpnn_jax.featurize.featurize`, whose jitted
+    function is cached per spec, so the training and validation sets (and
+    later calls) share one compilation per shape.
+    """
+    from .featurize import featurize
 
-    fn = jax.jit(lambda b: batch_descriptors(b, spec))
-    out: list = [None] * len(structures)
-    plan = plan_batches(structures, atoms_per_batch)
-    it = plan
-    if progress:
-        from tqdm.auto import tqdm
-
-        it = tqdm(plan, desc="descriptors", unit="batch", leave=False)
-    for idx, b, n, slots in it:
-        batch = collate([structures[k] for k in idx], b, n, slots, dtype=dtype)
-        g = np.asarray(fn(batch))
-        for j, k in enumerate(idx):
-            out[k] = g[j, : structures[k].n_atoms]
-    return out
+    return featurize(structures, spec, dtype=dtype, atoms_per_batch=atoms_per_batch, progress=progress)
 
 
 def predict_structures(model: BPNN, structures: Sequence[HostStructure], *, forces=True, atoms_per_batch=256,
