@@ -107,3 +107,23 @@ def make_random_model():
         return model
 
     return factory
+
+
+#: 40 six-atom structures (one padded shape) with cohesive energy below the
+#: training default ``max_energy`` = 1 eV/atom, spread over the data set.
+SIX_ATOM_FILES = (
+    "structure1061.xsf", "structure1099.xsf", "structure1140.xsf", "structure1195.xsf", "structure1223.xsf",
+    "structure1264.xsf", "structure1328.xsf", "structure1367.xsf", "structure1398.xsf", "structure1437.xsf",
+    "structure1476.xsf", "structure1506.xsf", "structure1534.xsf", "structure1573.xsf", "structure1605.xsf",
+    "structure1655.xsf", "structure1706.xsf", "structure1738.xsf", "structure1786.xsf", "structure1813.xsf",
+    "structure1847.xsf", "structure1880.xsf", "structure1937.xsf", "structure6373.xsf", "structure6414.xsf",
+    "structure6486.xsf", "structure6527.xsf", "structure6558.xsf", "structure6590.xsf", "structure6614.xsf",
+    "structure6638.xsf", "structure6670.xsf", "structure6696.xsf", "structure6737.xsf", "structure6769.xsf",
+    "structure6798.xsf", "structure6850.xsf", "structure6871.xsf", "structure6962.xsf", "structure7000.xsf",
+)
+
+
+@pytest.fixture(scope="session")
+def six_atom_files(data_dir) -> list[Path]:
+    """Paths of :data:`SIX_ATOM_FILES`: small, cheap training data (one padded shape)."""
+    return [data_dir / name for name in SIX_ATOM_FILES]

@@ -45,20 +45,6 @@ BULK = "structure0001.xsf"  # 24 atoms, Ti8O16
 OTHER = "structure0652.xsf"  # 23 atoms
 NAMES = (THIN, THIN2, BULK, OTHER)
 
-#: 40 six-atom structures (one padded shape) with cohesive energy below the
-#: training default ``max_energy`` = 1 eV/atom, spread over the data set.
-TRAIN_FILES = (
-    "structure1061.xsf", "structure1099.xsf", "structure1140.xsf", "structure1195.xsf", "structure1223.xsf",
-    "structure1264.xsf", "structure1328.xsf", "structure1367.xsf", "structure1398.xsf", "structure1437.xsf",
-    "structure1476.xsf", "structure1506.xsf", "structure1534.xsf", "structure1573.xsf", "structure1605.xsf",
-    "structure1655.xsf", "structure1706.xsf", "structure1738.xsf", "structure1786.xsf", "structure1813.xsf",
-    "structure1847.xsf", "structure1880.xsf", "structure1937.xsf", "structure6373.xsf", "structure6414.xsf",
-    "structure6486.xsf", "structure6527.xsf", "structure6558.xsf", "structure6590.xsf", "structure6614.xsf",
-    "structure6638.xsf", "structure6670.xsf", "structure6696.xsf", "structure6737.xsf", "structure6769.xsf",
-    "structure6798.xsf", "structure6850.xsf", "structure6871.xsf", "structure6962.xsf", "structure7000.xsf",
-)
-
-
 # ---------------------------------------------------------------- helpers
 def host(model: BPNN, atoms):
     """The prepared structure (neighbour list at the model's cut-off)."""
@@ -273,12 +259,12 @@ def _config(**kw) -> TrainConfig:
 
 
 @pytest.fixture(scope="module")
-def interrupted_run(data_dir, tmp_path_factory):
+def interrupted_run(data_dir, tmp_path_factory, six_atom_files):
     """A 15-epoch energy run killed after epoch 4, then resumed.
 
     Returns (run_dir, captured Keras output of the resumed run).
     """
-    files = [data_dir / f for f in TRAIN_FILES]
+    files = list(six_atom_files)
     run_dir = tmp_path_factory.mktemp("run")
     original = training._EpochState.on_epoch_end
 
@@ -321,7 +307,7 @@ def test_resume_continues_an_interrupted_run(interrupted_run):
     assert epochs == sorted(set(epochs)) == list(range(1, 16))
 
 
-def test_resume_extends_a_finished_stage(interrupted_run, data_dir, tmp_path, capsys):
+def test_resume_extends_a_finished_stage(interrupted_run, data_dir, tmp_path, capsys, six_atom_files):
     """Raising energy_epochs in config.json and resuming runs the extra epochs."""
     src, _ = interrupted_run
     run_dir = tmp_path / "run"
@@ -329,7 +315,7 @@ def test_resume_extends_a_finished_stage(interrupted_run, data_dir, tmp_path, ca
     config = json.loads((run_dir / "config.json").read_text())
     config["energy_epochs"] = 17
     (run_dir / "config.json").write_text(json.dumps(config))
-    files = [data_dir / f for f in TRAIN_FILES]
+    files = list(six_atom_files)
     training.train(files, run_dir, _config(energy_epochs=17), resume=True, verbose=2)
     output = capsys.readouterr().out
     assert "Epoch 16/17" in output and "Epoch 15/17" not in output

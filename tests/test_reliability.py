@@ -57,15 +57,6 @@ from bpnn_jax.training import TrainConfig
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RC = 6.5
 
-#: 30 six-atom structures (one padded shape) below the default max_energy.
-TRAIN_FILES = (
-    "structure1061.xsf", "structure1099.xsf", "structure1140.xsf", "structure1195.xsf", "structure1223.xsf",
-    "structure1264.xsf", "structure1328.xsf", "structure1367.xsf", "structure1398.xsf", "structure1437.xsf",
-    "structure1476.xsf", "structure1506.xsf", "structure1534.xsf", "structure1573.xsf", "structure1605.xsf",
-    "structure1655.xsf", "structure1706.xsf", "structure1738.xsf", "structure1786.xsf", "structure1813.xsf",
-    "structure1847.xsf", "structure1880.xsf", "structure1937.xsf", "structure6373.xsf", "structure6414.xsf",
-    "structure6486.xsf", "structure6527.xsf", "structure6558.xsf", "structure6590.xsf", "structure6614.xsf",
-)
 UNIT = "structure1099.xsf"  # 6 atoms
 
 
@@ -122,7 +113,7 @@ def models(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def mixed_dir(data_dir, tmp_path_factory) -> dict:
+def mixed_dir(data_dir, tmp_path_factory, six_atom_files) -> dict:
     """A directory with 2 good structures and 4 bad or doubtful ones.
 
     Returns a dict of paths: dir, good (list), syntax, zr, close,
@@ -132,7 +123,7 @@ def mixed_dir(data_dir, tmp_path_factory) -> dict:
     base = read_xsf(data_dir / UNIT)
     good = []
     for name in ("a_good.xsf", "b_good.xsf"):
-        (d / name).write_text((data_dir / (UNIT if name[0] == "a" else TRAIN_FILES[2])).read_text())
+        (d / name).write_text((data_dir / UNIT if name[0] == "a" else six_atom_files[2]).read_text())
         good.append(d / name)
     syntax = d / "c_syntax.xsf"
     syntax.write_text("# total energy = -1.0 eV\nCRYSTAL\nPRIMVEC\n1 0 0\n0 1 0\n")
@@ -236,14 +227,14 @@ def test_evaluate_skip_invalid_lists_skipped_files(tmp_path, capsys, models, mix
     assert not (tmp_path / "n.json").exists()
 
 
-def test_train_without_energy_line_names_the_file(data_dir, tmp_path, capsys, mixed_dir):
+def test_train_without_energy_line_names_the_file(data_dir, tmp_path, capsys, mixed_dir, six_atom_files):
     run = tmp_path / "run"
     run.mkdir()
     earlier = {"config.json": '{"seed": 0}', "state.json": '{"stage": "energy", "epoch": 7, "best": 1.0}',
                "history.csv": "stage,epoch,loss\nenergy,1,0.5\n"}
     for name, text in earlier.items():
         (run / name).write_text(text)
-    files = [data_dir / f for f in TRAIN_FILES[:4]]
+    files = six_atom_files[:4]
     code, _, err = _run_cli(["train", *files, mixed_dir["no_energy"], "--out", run, "--quiet"], capsys)
     _assert_clean_error(code, err, str(mixed_dir["no_energy"]), "missing energy line")
     # An earlier run in the directory is left as it was.
@@ -356,12 +347,12 @@ def test_supercell_beyond_the_ladder_and_left_handed_cells_give_the_same_sfs(uni
 # 3. interruptions
 # ==========================================================================
 @pytest.fixture(scope="module")
-def energy_data(data_dir):
+def energy_data(data_dir, six_atom_files):
     """Prepared training data and their descriptors (computed once).
 
     Returns (data for ``train(data=...)``, {structure name: (n, F) float32}).
     """
-    files = [data_dir / f for f in TRAIN_FILES]
+    files = six_atom_files[:30]
     data = training.load_training_data(files, TrainConfig(), progress=False)
     sf = training.featurize_host(data["structures"], data["spec"])
     return data, {h.name: x for h, x in zip(data["structures"], sf)}
