@@ -58,6 +58,9 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help=f"split/initialisation seed (default {d.seed})")
     p.add_argument("--fit-references", action="store_true",
                    help="fit per-element reference energies by least squares instead of aenet's free-atom values")
+    p.add_argument("--data-parallel", action="store_true",
+                   help="split every batch over all local devices (keras.distribution.DataParallel); "
+                        "--batch-size must then be a multiple of the device count")
     p.add_argument("--quiet", action="store_true", help="one line per epoch instead of progress bars")
     return p
 
@@ -77,6 +80,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         config.max_energy = None
     if args.fit_references:
         config.reference_energies = None
+    config.data_parallel = args.data_parallel
     try:
         train(args.paths, args.out, config, resume=args.resume, verbose=2 if args.quiet else 1)
     except KeyboardInterrupt:

@@ -18,6 +18,7 @@ Everything a run writes goes to its run directory: ``config.json``,
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
@@ -46,6 +47,7 @@ __all__ = [
     "GeometryDataset",
     "DescriptorDataset",
     "build_model",
+    "data_parallel_distribution",
     "train",
     "predict_structures",
 ]
@@ -85,6 +87,12 @@ class TrainConfig:
         patience: early-stopping patience (epochs) per stage.
         reference_energies: free-atom energies (eV); None = fitted by least
             squares on composition.
+        data_parallel: train with ``keras.distribution.DataParallel`` over
+            all local devices (:func:`data_parallel_distribution`): weights
+            replicated, every batch split over the devices.  Batch sizes
+            must then be multiples of the device count (automatic ones are
+            rounded up).  A property of the machine, not of the model: on
+            ``resume`` the caller's value wins over the saved one.
     """
 
     preset: str = "artrith-urban"
@@ -108,6 +116,7 @@ class TrainConfig:
     seed: int = 0
     patience: int = 100
     reference_energies: dict | None = dataclasses.field(default_factory=lambda: dict(REFERENCE_ENERGIES_TIO2))
+    data_parallel: bool = False
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
@@ -177,10 +186,12 @@ class GeometryDataset(keras.utils.PyDataset):
         seed: shuffling seed.
         dtype: float dtype of positions/cell.
         with_forces: include force targets.
+        batch_multiple: batch sizes are rounded up to a multiple of this
+            (the device count of data-parallel training).
     """
 
     def __init__(self, structures, elements, *, atoms_per_batch=256, batch_size=None, shuffle=False,
-                 subset=None, seed=0, dtype=np.float32, with_forces=True):
+                 subset=None, seed=0, dtype=np.float32, with_forces=True, batch_multiple=1):
         super().__init__()
         self.structures = list(structures)
         self.elements = tuple(elements)
@@ -192,6 +203,7 @@ class GeometryDataset(keras.utils.PyDataset):
         self.epoch = 0
         self.dtype = dtype
         self.with_forces = with_forces
+        self.batch_multiple = int(batch_multiple)
         self._plan()
 
     def set_epoch(self, epoch: int) -> None:
@@ -207,7 +219,7 @@ class GeometryDataset(keras.utils.PyDataset):
             members = np.sort(self.rng.choice(members, self.subset, replace=False))
         sub = [self.structures[i] for i in members]
         plan = plan_batches(sub, self.atoms_per_batch, batch_size=self.batch_size,
-                            shuffle_rng=self.rng if self.shuffle else None)
+                            shuffle_rng=self.rng if self.shuffle else None, batch_multiple=self.batch_multiple)
         plan = [(members[idx], b, n, m) for idx, b, n, m in plan]
         # Keras fixes the number of steps per epoch from the first epoch; a
         # new random subset can pack into a different number of batches, so
@@ -576,8 +588,25 @@ def _lr_callbacks(config: TrainConfig, monitor: str):
     ]
 
 
+def data_parallel_distribution() -> keras.distribution.DataParallel:
+    """Keras's ``DataParallel`` over all local devices (``TrainConfig.data_parallel``)."""
+    return keras.distribution.DataParallel(devices=keras.distribution.list_devices())
+
+
+def _batch_multiple() -> int:
+    """Devices a batch is split over by the current Keras distribution (1 without one)."""
+    dist = keras.distribution.distribution()
+    return 1 if dist is None else int(dist.num_model_replicas)
+
+
 def train(paths, run_dir, config: TrainConfig, *, resume: bool = False, verbose: int = 1, data=None) -> BPNN:
     """Train a model and save everything to ``run_dir`` (see module doc).
+
+    With ``config.data_parallel`` the model is built (or loaded) and fitted
+    under :func:`data_parallel_distribution`: weights are replicated on
+    every local device and each batch is split over them, so the gradient
+    step is the same as on one device (up to the order of floating-point
+    sums).  The L-BFGS refinement then runs replicated, not split.
 
     Args:
         paths: XSF files or directories.
@@ -590,7 +619,17 @@ def train(paths, run_dir, config: TrainConfig, *, resume: bool = False, verbose:
 
     Returns:
         The trained model (also saved as ``run_dir/model.keras``).
+
+    Raises:
+        BPNNInputError: bad input, nothing to resume, or (data-parallel) a
+            batch size that is not a multiple of the device count.
     """
+    scope = data_parallel_distribution().scope() if config.data_parallel else contextlib.nullcontext()
+    with scope:
+        return _train(paths, run_dir, config, resume=resume, verbose=verbose, data=data)
+
+
+def _train(paths, run_dir, config: TrainConfig, *, resume: bool, verbose: int, data) -> BPNN:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     state = {}
@@ -598,7 +637,14 @@ def train(paths, run_dir, config: TrainConfig, *, resume: bool = False, verbose:
         if not (run_dir / "state.json").exists():
             raise BPNNInputError(f"{run_dir}: nothing to resume (no state.json); start without --resume")
         state = json.loads((run_dir / "state.json").read_text())
-        config = TrainConfig.from_json(json.loads((run_dir / "config.json").read_text()))
+        saved = TrainConfig.from_json(json.loads((run_dir / "config.json").read_text()))
+        config = dataclasses.replace(saved, data_parallel=config.data_parallel)
+    multiple = _batch_multiple()
+    if config.batch_size is not None and config.batch_size % multiple:
+        raise BPNNInputError(
+            f"batch size {config.batch_size} is not a multiple of the {multiple} devices that data-parallel "
+            f"training splits each batch over; choose a multiple of {multiple}, or no batch size (it is then "
+            f"rounded up to one)")
     if data is None:
         # Before anything in run_dir changes: bad input leaves an earlier run intact.
         data = load_training_data(paths, config, progress=verbose > 0)
@@ -650,7 +696,7 @@ def train(paths, run_dir, config: TrainConfig, *, resume: bool = False, verbose:
             model.set_statistics(**stats)
         if verbose:
             print(f"descriptors of {len(train_s)} + {len(val_s)} structures: {time.time() - t0:.1f} s")
-        bs = config.batch_size or 32
+        bs = config.batch_size or -(-32 // multiple) * multiple
         ds_train = DescriptorDataset(sf_train, [s.species for s in train_s], [s.energy for s in train_s],
                                      batch_size=bs, shuffle=True, seed=config.seed)
         ds_val = DescriptorDataset(sf_val, [s.species for s in val_s], [s.energy for s in val_s], batch_size=bs)
@@ -696,9 +742,9 @@ def train(paths, run_dir, config: TrainConfig, *, resume: bool = False, verbose:
         model.force_weight = config.force_weight
         ds_train = GeometryDataset(train_s, elements, atoms_per_batch=config.atoms_per_batch,
                                    batch_size=config.batch_size, shuffle=True, subset=config.force_subset,
-                                   seed=config.seed + 1)
+                                   seed=config.seed + 1, batch_multiple=multiple)
         ds_val = GeometryDataset(val_s, elements, atoms_per_batch=config.atoms_per_batch,
-                                 batch_size=config.batch_size)
+                                 batch_size=config.batch_size, batch_multiple=multiple)
         initial = epoch_done if state.get("stage") == "force" else 0
         ds_train.set_epoch(initial)
         if initial < config.force_epochs:
