@@ -2,8 +2,10 @@
 
 Importing the package selects the JAX backend for Keras 3 (unless the user
 chose one already) and enables 64-bit types in JAX, so that float64
-featurisation and float64 reference-energy subtraction are available.  All
-model weights stay float32 unless asked otherwise.
+featurisation and float64 reference-energy subtraction are available, and
+sets full float32 matmul precision (no TF32 on GPUs; set
+``BPNN_MATMUL_PRECISION=default`` to keep JAX's default).  All model weights
+stay float32 unless asked otherwise.
 """
 
 from __future__ import annotations
@@ -17,6 +19,12 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
+# On Ampere/Hopper GPUs JAX's default float32 matmuls use TF32 (10-bit
+# mantissa): forces would then no longer be the exact gradient of the
+# energy to float32 round-off, which shows as energy drift in NVE.  The
+# networks are small, so full float32 costs little.  No effect on CPU.
+if os.environ.get("BPNN_MATMUL_PRECISION", "highest") != "default":
+    jax.config.update("jax_default_matmul_precision", os.environ.get("BPNN_MATMUL_PRECISION", "highest"))
 
 from .errors import BPNNError, BPNNInputError, ModelError, StructureError, XSFError  # noqa: E402
 

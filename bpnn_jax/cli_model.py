@@ -50,6 +50,17 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                    help=f"full-batch L-BFGS iterations on energies after the Adam epochs of stage 1 (default {d.lbfgs_steps})")
     p.add_argument("--force-epochs", type=int, default=None, help=f"stage-2 epochs (default {d.force_epochs})")
     p.add_argument("--force-weight", type=float, default=None, help=f"force loss weight in Å⁻²·atom² units (default {d.force_weight}; 0 = energies only)")
+    p.add_argument("--force-loss", choices=["mse", "huber"], default=None,
+                   help=f"force loss (default {d.force_loss}); huber is quadratic up to --huber-delta and linear beyond")
+    p.add_argument("--huber-delta", type=float, default=None, help=f"eV/Å (default {d.huber_delta})")
+    p.add_argument("--atoms-per-batch", type=int, default=None,
+                   help=f"padded atoms per stage-2 batch when --batch-size is not given (default {d.atoms_per_batch}; "
+                        "larger is faster on a GPU)")
+    p.add_argument("--init", default=None, dest="init_model", metavar="MODEL",
+                   help="fine-tune this model (.keras or shipped name, e.g. tio2) instead of a fresh network; "
+                        "with --energy-epochs 0 it goes straight to energies + forces at --lr")
+    p.add_argument("--time-limit", type=float, default=None, dest="time_limit_minutes", metavar="MINUTES",
+                   help="stop after the epoch that crosses this wall time; the best epoch is kept")
     p.add_argument("--force-subset", type=int, default=None, help="training structures drawn per stage-2 epoch (default: all)")
     p.add_argument("--max-energy", type=float, default=None,
                    help=f"exclude structures with cohesive energy above this, eV/atom (default {d.max_energy}; 'none' via --keep-all)")
@@ -72,7 +83,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     overrides = {
         k: getattr(args, k)
         for k in ("hidden", "activation", "dropout", "learning_rate", "batch_size", "energy_epochs", "lbfgs_steps", "force_epochs",
-                  "force_weight", "force_subset", "max_energy", "patience", "seed")
+                  "force_weight", "force_subset", "max_energy", "patience", "seed", "force_loss", "huber_delta",
+                  "atoms_per_batch", "init_model", "time_limit_minutes")
         if getattr(args, k) is not None
     }
     config = dataclasses.replace(config, **overrides)

@@ -268,6 +268,18 @@ def atom_descriptors(disp, mask, spec: SymmetryFunctionSet, slots: Sequence[int]
     return jnp.concatenate(out)
 
 
+#: Smallest chunk on an accelerator: CPU wants cache-sized chunks (a few
+#: atoms), a GPU wants enough atoms per kernel to fill its multiprocessors.
+ACCELERATOR_MIN_CHUNK = 1024
+
+
+def effective_chunk_size(chunk_size: int) -> int:
+    """``chunk_size`` on CPU; at least :data:`ACCELERATOR_MIN_CHUNK` on GPU/TPU."""
+    if jax.default_backend() == "cpu":
+        return int(chunk_size)
+    return max(int(chunk_size), ACCELERATOR_MIN_CHUNK)
+
+
 def _atoms_descriptors(disp, mask, spec, slots, chunk_size):
     """Map :func:`atom_descriptors` over atoms (A, M, ...) in vmapped chunks.
 
@@ -282,7 +294,7 @@ def _atoms_descriptors(disp, mask, spec, slots, chunk_size):
         return atom_descriptors(*args, spec, slots)
 
     n = disp.shape[0]
-    chunk = max(1, min(int(chunk_size), n))
+    chunk = max(1, min(effective_chunk_size(chunk_size), n))
     return jax.lax.map(one, (disp, mask), batch_size=chunk)
 
 

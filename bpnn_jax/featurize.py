@@ -40,6 +40,7 @@ __all__ = [
     "DEFAULT_CHUNK_SIZE",
     "CompactStructure",
     "FeatureSet",
+    "default_atoms_per_batch",
     "default_elements",
     "descriptor_function",
     "feature_arrays",
@@ -49,9 +50,18 @@ __all__ = [
     "save_features",
 ]
 
-#: Default padded atoms per batch (benchmarked on CPU, see
+#: Default padded atoms per batch on CPU (benchmarked, see
 #: ``benchmarks/results/featurize_cpu.md``).
 DEFAULT_ATOMS_PER_BATCH = 256
+#: Default padded atoms per batch on a GPU (fewer, larger kernels).
+ACCELERATOR_ATOMS_PER_BATCH = 8192
+
+
+def default_atoms_per_batch() -> int:
+    """:data:`DEFAULT_ATOMS_PER_BATCH` on CPU, :data:`ACCELERATOR_ATOMS_PER_BATCH` on GPU/TPU."""
+    import jax
+
+    return DEFAULT_ATOMS_PER_BATCH if jax.default_backend() == "cpu" else ACCELERATOR_ATOMS_PER_BATCH
 #: Default atoms per vmapped chunk inside ``lax.map``.
 DEFAULT_CHUNK_SIZE = 8
 
@@ -232,7 +242,7 @@ def featurize(
     spec,
     *,
     dtype=np.float64,
-    atoms_per_batch: int = DEFAULT_ATOMS_PER_BATCH,
+    atoms_per_batch: int | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     progress: bool = False,
 ) -> list[np.ndarray]:
@@ -250,7 +260,8 @@ def featurize(
         dtype: float dtype of the computation and of the result
             (``np.float64`` or ``np.float32``).
         atoms_per_batch: target padded atoms per batch (B = max(1,
-            atoms_per_batch // N_pad) structures per batch).
+            atoms_per_batch // N_pad) structures per batch); None =
+            :func:`default_atoms_per_batch` (256 on CPU, 8192 on a GPU).
         chunk_size: atoms per vmapped chunk inside ``lax.map``.
         progress: show tqdm progress bars on stderr (neighbour lists,
             batches).
@@ -272,6 +283,8 @@ def featurize(
     dtype = np.dtype(dtype)
     if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
         raise BPNNInputError(f"dtype must be float32 or float64, got {dtype}")
+    if atoms_per_batch is None:
+        atoms_per_batch = default_atoms_per_batch()
     if atoms_per_batch < 1 or chunk_size < 1:
         raise BPNNInputError("atoms_per_batch and chunk_size must be >= 1")
     fn = descriptor_function(spec, chunk_size)
@@ -377,7 +390,7 @@ def featurize_files(
     dtype=np.float64,
     progress: bool = False,
     skip_invalid: bool = False,
-    atoms_per_batch: int = DEFAULT_ATOMS_PER_BATCH,
+    atoms_per_batch: int | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> FeatureSet:
     """Read XSF files and compute their symmetry functions.

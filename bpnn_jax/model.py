@@ -69,6 +69,11 @@ class BPNN(keras.Model):
         energy_weight: weight of the per-atom energy loss (eV²/atom²).
         force_weight: weight of the force loss (eV²/Å²); 0 = energy only.
         energy_loss: "mse" or "mae" for the per-atom energy term.
+        force_loss: "mse", or "huber": squared error up to ``huber_delta``
+            (eV/Å) per component and linear beyond, so that the few atoms
+            of strongly compressed structures (|F| up to ~190 eV/Å in the
+            TiO2 data) do not dominate the force term.
+        huber_delta: where the Huber force loss turns linear (eV/Å).
         chunk_size: atoms per vmapped chunk in the descriptor kernel.
         seed: seed of the dropout generator.
     """
@@ -84,6 +89,8 @@ class BPNN(keras.Model):
         energy_weight: float = 1.0,
         force_weight: float = 0.0,
         energy_loss: str = "mse",
+        force_loss: str = "mse",
+        huber_delta: float = 1.0,
         chunk_size: int = 8,
         seed: int = 0,
         **kwargs,
@@ -101,6 +108,12 @@ class BPNN(keras.Model):
         if energy_loss not in ("mse", "mae"):
             raise ValueError(f"energy_loss must be 'mse' or 'mae', got {energy_loss!r}")
         self.energy_loss = energy_loss
+        if force_loss not in ("mse", "huber"):
+            raise ValueError(f"force_loss must be 'mse' or 'huber', got {force_loss!r}")
+        if not huber_delta > 0:
+            raise ValueError(f"huber_delta must be > 0 (eV/Å), got {huber_delta!r}")
+        self.force_loss = force_loss
+        self.huber_delta = float(huber_delta)
         self.chunk_size = int(chunk_size)
         self.seed = int(seed)
         S, F = len(self.elements), self.spec.n_functions
@@ -217,7 +230,8 @@ class BPNN(keras.Model):
         """Per-atom energy loss plus weighted force loss; padding excluded.
 
         energy term: mean over real structures of ((E_pred - E)/n)² (or |·|);
-        force term: mean over real atoms and components of (F_pred - F)².
+        force term: mean over real atoms and components of (F_pred - F)²
+        (Huber: the same below ``huber_delta``, linear, 2·δ·|ΔF| - δ², above).
         """
         del sample_weight, training
         n, valid = self._counts(x)
@@ -227,7 +241,12 @@ class BPNN(keras.Model):
         if self.force_weight > 0 and "forces" in y_pred and y is not None and "forces" in y:
             fmask = ops.cast(x["atom_mask"], "float32")[..., None]
             df = ops.cast(y_pred["forces"], "float32") - ops.cast(y["forces"], "float32")
-            f_mse = ops.sum(df * df * fmask) / ops.maximum(3.0 * ops.sum(fmask), 1.0)
+            if self.force_loss == "huber":
+                a, d = ops.abs(df), self.huber_delta
+                per = ops.where(a <= d, a * a, d * (2.0 * a - d))
+            else:
+                per = df * df
+            f_mse = ops.sum(per * fmask) / ops.maximum(3.0 * ops.sum(fmask), 1.0)
             loss = loss + self.force_weight * f_mse
         for extra in self.losses:
             loss = loss + ops.sum(extra)
@@ -261,6 +280,8 @@ class BPNN(keras.Model):
             energy_weight=self.energy_weight,
             force_weight=self.force_weight,
             energy_loss=self.energy_loss,
+            force_loss=self.force_loss,
+            huber_delta=self.huber_delta,
             chunk_size=self.chunk_size,
             seed=self.seed,
         )

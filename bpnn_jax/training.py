@@ -79,6 +79,15 @@ class TrainConfig:
             ``learning_rate`` when it follows an energy stage.
         force_subset: training structures drawn per force epoch (None: all).
         energy_loss: "mse" or "mae".
+        force_loss: "mse" or "huber" (see :class:`~bpnn_jax.model.BPNN`).
+        huber_delta: eV/Å where the Huber force loss turns linear.
+        init_model: start from this trained model (a ``.keras`` path or a
+            shipped name such as "tio2") instead of a fresh network: its
+            architecture, statistics and reference energies are kept, and
+            with ``energy_epochs=0`` training goes straight to the
+            energy+force stage at ``learning_rate`` (fine-tuning).
+        time_limit_minutes: stop after the epoch that crosses this wall
+            time (whole run); the best epoch so far is kept.  None = no limit.
         max_energy: structures with cohesive energy above this (eV/atom) are
             excluded from training and validation (aenet's MAXENERGY);
             None keeps everything.
@@ -110,6 +119,10 @@ class TrainConfig:
     force_lr_factor: float = 0.05
     force_subset: int | None = None
     energy_loss: str = "mse"
+    force_loss: str = "mse"
+    huber_delta: float = 1.0
+    init_model: str | None = None
+    time_limit_minutes: float | None = None
     max_energy: float | None = 1.0
     val_fraction: float = 0.1
     test_fraction: float = 0.1
@@ -338,8 +351,23 @@ def build_model(config: TrainConfig, elements: Sequence[str], reference_energies
     return BPNN(
         spec.to_config(), hidden=config.hidden, activation=config.activation, dropout=config.dropout,
         reference_energies=reference_energies, compute_forces=True, energy_weight=1.0,
-        force_weight=config.force_weight, energy_loss=config.energy_loss, seed=config.seed,
+        force_weight=config.force_weight, energy_loss=config.energy_loss, force_loss=config.force_loss,
+        huber_delta=config.huber_delta, seed=config.seed,
     )
+
+
+def _init_model(config: TrainConfig) -> tuple[BPNN, TrainConfig]:
+    """Load ``config.init_model`` and make ``config`` describe it."""
+    from .model import load_model
+
+    model = load_model(config.init_model)
+    model.force_weight = config.force_weight
+    model.force_loss = config.force_loss
+    model.huber_delta = float(config.huber_delta)
+    model.energy_loss = config.energy_loss
+    config = dataclasses.replace(config, hidden=tuple(model.hidden), activation=model.activation,
+                                 dropout=model.dropout, reference_energies=dict(model.reference_energies))
+    return model, config
 
 
 # ---------------------------------------------------------------- helpers
@@ -377,8 +405,10 @@ class _EpochState(keras.callbacks.Callback):
     #: Attributes of the schedule callbacks saved in ``state.json``.
     SCHEDULE_STATE = ("wait", "best", "cooldown_counter", "best_epoch")
 
-    def __init__(self, run_dir: Path, stage: str, monitor: str, schedule: Sequence = ()):
+    def __init__(self, run_dir: Path, stage: str, monitor: str, schedule: Sequence = (),
+                 deadline: float | None = None):
         super().__init__()
+        self.deadline = deadline
         self.run_dir = Path(run_dir)
         self.stage = stage
         self.monitor = monitor
@@ -501,6 +531,9 @@ class _EpochState(keras.callbacks.Callback):
             w.writerows(rows)
         _write_json(self.run_dir / "state.json", {"stage": self.stage, "epoch": epoch + 1, "best": self.best,
                                                   "schedule": self._schedule_state()})
+        if self.deadline is not None and time.time() > self.deadline:
+            print(f"[{self.stage}] time limit reached after epoch {epoch + 1}; the best epoch is kept")
+            self.model.stop_training = True
 
 
 def featurize_host(structures: Sequence[HostStructure], spec: SymmetryFunctionSet, *, atoms_per_batch=256,
@@ -516,9 +549,12 @@ def featurize_host(structures: Sequence[HostStructure], spec: SymmetryFunctionSe
     return featurize(structures, spec, dtype=dtype, atoms_per_batch=atoms_per_batch, progress=progress)
 
 
-def predict_structures(model: BPNN, structures: Sequence[HostStructure], *, forces=True, atoms_per_batch=256,
+def predict_structures(model: BPNN, structures: Sequence[HostStructure], *, forces=True, atoms_per_batch=None,
                        dtype=np.float32, progress=False):
     """Model energies (relative to references, eV) and forces for prepared structures.
+
+    ``atoms_per_batch`` None: 256 on CPU, 8192 on a GPU
+    (:func:`bpnn_jax.featurize.default_atoms_per_batch`).
 
     Returns:
         (energies (n_struct,) float64, list of (n_atoms, 3) force arrays or None).
@@ -530,6 +566,10 @@ def predict_structures(model: BPNN, structures: Sequence[HostStructure], *, forc
     fn = jax.jit(lambda x: model(x, training=False))
     energies = np.zeros(len(structures))
     out_f: list = [None] * len(structures)
+    if atoms_per_batch is None:
+        from .featurize import default_atoms_per_batch
+
+        atoms_per_batch = default_atoms_per_batch()
     plan = plan_batches(structures, atoms_per_batch)
     it = plan
     if progress:
@@ -632,6 +672,7 @@ def train(paths, run_dir, config: TrainConfig, *, resume: bool = False, verbose:
 def _train(paths, run_dir, config: TrainConfig, *, resume: bool, verbose: int, data) -> BPNN:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    deadline = None if config.time_limit_minutes is None else time.time() + 60.0 * config.time_limit_minutes
     state = {}
     if resume:
         if not (run_dir / "state.json").exists():
@@ -645,6 +686,9 @@ def _train(paths, run_dir, config: TrainConfig, *, resume: bool, verbose: int, d
             f"batch size {config.batch_size} is not a multiple of the {multiple} devices that data-parallel "
             f"training splits each batch over; choose a multiple of {multiple}, or no batch size (it is then "
             f"rounded up to one)")
+    init = None
+    if config.init_model and not (resume and (run_dir / "checkpoints" / "last.keras").exists()):
+        init, config = _init_model(config)  # its references define the targets
     if data is None:
         # Before anything in run_dir changes: bad input leaves an earlier run intact.
         data = load_training_data(paths, config, progress=verbose > 0)
@@ -672,6 +716,11 @@ def _train(paths, run_dir, config: TrainConfig, *, resume: bool, verbose: int, d
         except Exception as exc:  # a checkpoint damaged outside bpnn_jax (writes are atomic)
             raise BPNNInputError(f"{run_dir / 'checkpoints' / 'last.keras'}: cannot resume from this checkpoint "
                                  f"({type(exc).__name__}: {exc})") from None
+    elif init is not None:
+        if list(init.elements) != list(elements):
+            raise BPNNInputError(f"{config.init_model}: model elements {list(init.elements)} differ from the "
+                                 f"data's {elements}")
+        model = init
     else:
         model = build_model(config, elements, data["references"])
     monitor = "val_energy_rmse_mev_atom"
@@ -690,7 +739,7 @@ def _train(paths, run_dir, config: TrainConfig, *, resume: bool, verbose: int, d
         t0 = time.time()
         sf_train = featurize_host(train_s, spec, atoms_per_batch=config.atoms_per_batch, progress=verbose > 0)
         sf_val = featurize_host(val_s, spec, atoms_per_batch=config.atoms_per_batch, progress=verbose > 0)
-        if not resume or stage_done is None:
+        if (not resume or stage_done is None) and not config.init_model:
             stats = compute_statistics(sf_train, [s.species for s in train_s], [s.energy for s in train_s],
                                        len(elements))
             model.set_statistics(**stats)
@@ -706,7 +755,8 @@ def _train(paths, run_dir, config: TrainConfig, *, resume: bool, verbose: int, d
         ds_train.set_epoch(initial)
         if initial < config.energy_epochs:
             model.fit(ds_train, validation_data=ds_val, epochs=config.energy_epochs, initial_epoch=initial,
-                      verbose=verbose, callbacks=[_EpochState(run_dir, "energy", monitor, _lr_callbacks(config, monitor))],
+                      verbose=verbose, callbacks=[_EpochState(run_dir, "energy", monitor, _lr_callbacks(config, monitor),
+                                             deadline=deadline)],
                       shuffle=False)  # the dataset shuffles, seeded by epoch; Keras's own batch shuffle is not
         if config.lbfgs_steps > 0:
             result = refine_energies_lbfgs(
@@ -730,7 +780,7 @@ def _train(paths, run_dir, config: TrainConfig, *, resume: bool, verbose: int, d
         epoch_done, stage_done = 0, "force"
     # ---- stage 2: energies and forces, end to end
     if config.force_epochs > 0:
-        if config.energy_epochs == 0 and not resume:
+        if config.energy_epochs == 0 and not resume and not config.init_model:
             sf_train = featurize_host(train_s, spec, atoms_per_batch=config.atoms_per_batch)
             model.set_statistics(**compute_statistics(sf_train, [s.species for s in train_s],
                                                       [s.energy for s in train_s], len(elements)))
@@ -747,10 +797,19 @@ def _train(paths, run_dir, config: TrainConfig, *, resume: bool, verbose: int, d
                                  batch_size=config.batch_size, batch_multiple=multiple)
         initial = epoch_done if state.get("stage") == "force" else 0
         ds_train.set_epoch(initial)
+        # The joint objective decides which epoch is best: monitoring the
+        # energy alone would keep the starting point of a fine-tune.
+        f_monitor = "val_loss" if config.force_weight > 0 else monitor
         if initial < config.force_epochs:
             model.fit(ds_train, validation_data=ds_val, epochs=config.force_epochs, initial_epoch=initial,
-                      verbose=verbose, callbacks=[_EpochState(run_dir, "force", monitor, _lr_callbacks(config, monitor))],
+                      verbose=verbose, callbacks=[_EpochState(run_dir, "force", f_monitor,
+                                                              _lr_callbacks(config, f_monitor), deadline=deadline)],
                       shuffle=False)  # the dataset shuffles, seeded by epoch; Keras's own batch shuffle is not
+        last = json.loads((run_dir / "state.json").read_text()) if (run_dir / "state.json").exists() else {}
+        if last.get("stage") == "force" and (run_dir / "best.keras").exists():
+            # Stopped by the epoch count or time limit rather than by early
+            # stopping: keep the best epoch, not the last.
+            model.set_weights(keras.saving.load_model(run_dir / "best.keras", compile=False).get_weights())
     _atomic_save(model, run_dir / "model.keras")
     return model
 

@@ -327,3 +327,45 @@ def test_resume_extends_a_finished_stage(interrupted_run, data_dir, tmp_path, ca
     training.train(files, run_dir, _config(energy_epochs=17), resume=True, verbose=2)
     assert "Epoch" not in capsys.readouterr().out
     assert len(_history(run_dir)) == 17
+
+
+def test_huber_force_loss_is_mse_below_delta_and_linear_above(model):
+    """Per component: ΔF² for |ΔF| <= δ, 2δ|ΔF| - δ² beyond (continuous, slope 2δ)."""
+    x = {"atom_mask": np.array([[1.0, 1.0, 0.0]])}
+    y = {"energy": np.zeros(1), "forces": np.zeros((1, 3, 3))}
+    df = np.array([[[0.5, -0.2, 0.0], [3.0, 0.0, -1.0], [50.0, 50.0, 50.0]]])  # third atom is padding
+    pred = {"energy": np.zeros(1), "forces": df}
+    old = (model.force_weight, model.force_loss, model.huber_delta)
+    try:
+        model.force_weight = 1.0
+        model.force_loss, model.huber_delta = "mse", 1.0
+        mse = float(model.compute_loss(x, y, pred))
+        model.force_loss = "huber"
+        huber = float(model.compute_loss(x, y, pred))
+    finally:
+        model.force_weight, model.force_loss, model.huber_delta = old
+    real = df[0, :2].ravel()
+    assert mse == pytest.approx(np.mean(real ** 2), rel=1e-6)  # the loss is accumulated in float32
+    expected = np.where(np.abs(real) <= 1.0, real ** 2, 2.0 * np.abs(real) - 1.0)
+    assert huber == pytest.approx(np.mean(expected), rel=1e-6)
+    with pytest.raises(ValueError, match="force_loss"):
+        BPNN(model.spec.to_config(), force_loss="l1")
+
+
+def test_fine_tune_starts_from_the_given_model(structures, make_random_model, six_atom_files, tmp_path):
+    """--init: architecture, statistics and references come from the model; forces are trained."""
+    start = make_random_model([read_xsf(f) for f in six_atom_files[:10]], hidden=(6,), seed=3)
+    start.save(tmp_path / "start.keras")
+    config = TrainConfig(init_model=str(tmp_path / "start.keras"), energy_epochs=0, lbfgs_steps=0, force_epochs=2,
+                         force_weight=1e-2, force_loss="huber", learning_rate=1e-3, atoms_per_batch=64,
+                         reference_energies=None)
+    model = training.train(six_atom_files[:12], tmp_path / "run", config, verbose=0)
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["hidden"] == [6] and saved["init_model"].endswith("start.keras")
+    assert saved["reference_energies"] == start.reference_energies  # not refitted
+    np.testing.assert_array_equal(np.asarray(model.sf_mean), np.asarray(start.sf_mean))
+    np.testing.assert_array_equal(np.asarray(model.energy_shift), np.asarray(start.energy_shift))
+    rows = [r for r in _history(tmp_path / "run") if r["stage"] == "force"]
+    assert len(rows) == 2 and all(np.isfinite(float(r["val_force_rmse_ev_a"])) for r in rows)
+    moved = [not np.array_equal(a, b) for a, b in zip(model.get_weights(), start.get_weights())]
+    assert any(moved)
