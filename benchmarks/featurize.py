@@ -295,8 +295,7 @@ def main(argv=None) -> int:
 
     import jax
 
-    import bpnn_jax  # noqa: F401  (x64)
-    from bpnn_jax.descriptors import SymmetryFunctionSet
+    from bpnn_jax.descriptors import SymmetryFunctionSet  # imports bpnn_jax first (x64)
     from bpnn_jax.featurize import (
         DEFAULT_ATOMS_PER_BATCH,
         DEFAULT_CHUNK_SIZE,
