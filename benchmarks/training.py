@@ -176,61 +176,92 @@ def build(args, data, res):
     return model
 
 
-def make_timer(ds, compile_log, save=None, max_seconds=None):
-    """The epoch/step timer; ``save()`` runs after every epoch; with ``max_seconds``
-    training stops after the epoch past which the next one would not fit."""
+def make_timer(ds, compile_log, save=None, max_seconds=None, save_every_s: float = 30.0):
+    """The epoch/step timer.
+
+    ``save()`` runs after every epoch and, within an epoch, every
+    ``save_every_s`` seconds (so a run cut short keeps its step timings);
+    with ``max_seconds`` training stops after the epoch past which the next
+    one would not fit.
+    """
     import keras
 
     class EpochTimer(keras.callbacks.Callback):
-        """Wall/CPU time of every epoch and step; train-step compilations per epoch.
+        """Wall/CPU time of every epoch and step; train-step compilations per epoch and per step.
 
         Having a batch-level hook makes Keras run callbacks synchronously, so a
         step's time includes waiting for its result (as with a progress bar).
+        A step during which JAX compiled the train step is a compiling step;
+        the others give the steady step time even before an epoch completes.
         """
 
         def __init__(self):
             super().__init__()
             self.epochs: list[dict] = []
+            self.in_progress: dict | None = None
+            self.stopped_for_time = None
 
         def on_train_begin(self, logs=None):
             self.fit_start = time.perf_counter()
 
         def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
             self.mark = compile_log.mark()
             self.steps: list[float] = []
+            self.compiling: list[bool] = []
             self.t0, self.c0 = time.perf_counter(), time.process_time()
+            self.last_save = self.t0
 
         def on_train_batch_begin(self, batch, logs=None):
+            self.step_mark = compile_log.mark()
             self.ts = time.perf_counter()
 
         def on_train_batch_end(self, batch, logs=None):
-            self.steps.append(time.perf_counter() - self.ts)
+            now = time.perf_counter()
+            self.steps.append(now - self.ts)
+            self.compiling.append(bool(compile_log.active
+                                       and compile_log.summary(self.step_mark)["train_step_compilations"]))
             k = len(self.steps)
             if k == 1 or k % 25 == 0:
-                log(f"  step {k}/{len(ds)}: {self.steps[-1]:.2f} s")
+                log(f"  step {k}/{len(ds)}: {self.steps[-1]:.2f} s"
+                    + (" (compiled)" if self.compiling[-1] else ""))
+            if save is not None and now - self.last_save > save_every_s:
+                self.in_progress = self._row(logs)
+                save()
+                self.last_save = time.perf_counter()
 
-        def on_epoch_end(self, epoch, logs=None):
+        def _row(self, logs) -> dict:
             wall, cpu = time.perf_counter() - self.t0, time.process_time() - self.c0
+            plain = [t for t, c in zip(self.steps, self.compiling) if not c]
+            logs = logs or {}
             row = {
-                "epoch": epoch + 1,
+                "epoch": self.epoch + 1,
                 "wall_s": round(wall, 2),
                 "cpu_s": round(cpu, 2),
                 "steps": len(self.steps),
                 "step_median_s": round(statistics.median(self.steps), 4) if self.steps else None,
                 "step_max_s": round(max(self.steps), 3) if self.steps else None,
-                "loss": float((logs or {}).get("loss", float("nan"))),
-                "energy_rmse_mev_atom": float((logs or {}).get("energy_rmse_mev_atom", float("nan"))),
-                "force_rmse_ev_a": float((logs or {}).get("force_rmse_ev_a", float("nan"))),
+                "compiling_steps": int(sum(self.compiling)),
+                "step_median_without_compile_s": round(statistics.median(plain), 4) if plain else None,
+                "loss": float(logs.get("loss", float("nan"))),
+                "energy_rmse_mev_atom": float(logs.get("energy_rmse_mev_atom", float("nan"))),
+                "force_rmse_ev_a": float(logs.get("force_rmse_ev_a", float("nan"))),
             }
             if compile_log.active:
                 row.update(compile_log.summary(self.mark))
+            return row
+
+        def on_epoch_end(self, epoch, logs=None):
+            row = self._row(logs)
             self.epochs.append(row)
-            log(f"epoch {epoch + 1}: {wall:.1f} s wall, {cpu:.1f} s CPU, {len(self.steps)} steps, "
+            self.in_progress = None
+            log(f"epoch {epoch + 1}: {row['wall_s']:.1f} s wall, {row['cpu_s']:.1f} s CPU, {row['steps']} steps, "
                 f"loss {row['loss']:.4g}, train-step compilations {row.get('train_step_compilations')}")
             if save is not None:
                 save()
             if max_seconds:
                 # Next epoch's cost: the last steady one, or the first minus its compilation.
+                wall = row["wall_s"]
                 nxt = wall if len(self.epochs) > 1 else max(wall - row.get("train_step_compile_s", 0.0), 0.0)
                 if time.perf_counter() - self.fit_start + nxt > max_seconds:
                     log(f"time budget ({max_seconds} s): stopping after epoch {epoch + 1}")
@@ -241,30 +272,50 @@ def make_timer(ds, compile_log, save=None, max_seconds=None):
 
 
 def summarise(res: dict) -> None:
-    ep = res["epochs"]
+    """Summary figures from the complete epochs (and, failing a steady one, from epoch 1's plain steps)."""
+    ep = res.get("epochs") or []
     s = res["settings"]
-    first = ep[0]
+    out: dict = {}
     steady = ep[1:]
-    out = {"first_epoch_s": first["wall_s"]}
+    if ep:
+        out["first_epoch_s"] = ep[0]["wall_s"]
     if steady:
         sw = statistics.mean(e["wall_s"] for e in steady)
         sc = statistics.mean(e["cpu_s"] for e in steady)
         out.update(
             steady_epoch_s=round(sw, 2),
             steady_epoch_cpu_s=round(sc, 2),
-            compile_s=round(max(0.0, first["wall_s"] - sw), 2),
-            step_s=round(sw / max(first["steps"], 1), 4),
+            compile_s=round(max(0.0, ep[0]["wall_s"] - sw), 2),
+            step_s=round(sw / max(ep[0]["steps"], 1), 4),
             step_median_s=round(statistics.median(e["step_median_s"] for e in steady), 4),
             structures_per_s=round(s["n_structures"] / sw, 2),
             atoms_per_s=round(s["n_atoms"] / sw, 1),
             us_per_atom=round(sw / s["n_atoms"] * 1e6, 1),
         )
     else:
-        out["note"] = "one epoch only: no steady-state figures (use --epochs >= 2)"
-    if "train_step_compilations" in first:
-        out["train_step_compilations_first_epoch"] = first["train_step_compilations"]
-        out["train_step_compilations_later_epochs"] = sum(e["train_step_compilations"] for e in steady)
-        out["jax_compile_s_first_epoch"] = first["train_step_compile_s"]
+        # No steady epoch (one epoch, or cut short): estimate one from the steps
+        # of epoch 1 during which nothing was compiled.
+        first = ep[0] if ep else res.get("epoch_in_progress")
+        n_steps = (res.get("padding") or {}).get("batches") or (first or {}).get("steps")
+        med = (first or {}).get("step_median_without_compile_s")
+        if med and n_steps:
+            est = med * n_steps
+            out.update(
+                estimated=f"from the {first['steps'] - first['compiling_steps']} steps of epoch 1 without "
+                          "compilation (median x steps per epoch); no steady epoch was measured",
+                estimated_steady_epoch_s=round(est, 2),
+                step_median_s=round(med, 4),
+                structures_per_s=round(s["n_structures"] / est, 2),
+                atoms_per_s=round(s["n_atoms"] / est, 1),
+                us_per_atom=round(est / s["n_atoms"] * 1e6, 1),
+            )
+    first = ep[0] if ep else res.get("epoch_in_progress")
+    if first and "train_step_compilations" in first:
+        key = "first_epoch" if ep else "epoch_1_so_far"
+        out[f"train_step_compilations_{key}"] = first["train_step_compilations"]
+        out[f"jax_compile_s_{key}"] = first["train_step_compile_s"]
+        if ep:
+            out["train_step_compilations_later_epochs"] = sum(e.get("train_step_compilations", 0) for e in steady)
     res["summary"] = out
 
 
@@ -292,16 +343,24 @@ def markdown(res: dict) -> str:
         f"| read XSF + neighbour lists | {fmt(t.get('load_s'))} s |",
         f"| first epoch | {fmt(sm.get('first_epoch_s'))} s |",
         f"| compile (first − steady) | {fmt(sm.get('compile_s'))} s |",
-        f"| JAX-reported train-step compile, first epoch | {fmt(sm.get('jax_compile_s_first_epoch'))} s |",
-        f"| steady epoch | {fmt(sm.get('steady_epoch_s'))} s (CPU {fmt(sm.get('steady_epoch_cpu_s'))} s) |",
+    ]
+    so_far = "epoch_1_so_far" if "jax_compile_s_epoch_1_so_far" in sm else "first_epoch"
+    label = "epoch 1 so far (cut short)" if so_far == "epoch_1_so_far" else "first epoch"
+    lines.append(f"| JAX-reported train-step compile, {label} | {fmt(sm.get('jax_compile_s_' + so_far))} s |")
+    if sm.get("estimated"):
+        lines.append(f"| steady epoch, **estimated** {sm['estimated']} | {fmt(sm['estimated_steady_epoch_s'])} s |")
+    else:
+        lines.append(f"| steady epoch | {fmt(sm.get('steady_epoch_s'))} s "
+                     f"(CPU {fmt(sm.get('steady_epoch_cpu_s'))} s) |")
+    lines += [
         f"| per step (steady, mean / median) | {fmt(sm.get('step_s'))} / {fmt(sm.get('step_median_s'))} s |",
         f"| structures/s | {fmt(sm.get('structures_per_s'))} |",
         f"| atoms/s | {fmt(sm.get('atoms_per_s'))} |",
         f"| µs per atom per epoch | {fmt(sm.get('us_per_atom'))} |",
         f"| steps per epoch | {pad.get('batches', '—')} |",
         f"| distinct batch shapes in the plan | {pad.get('shapes', '—')} |",
-        f"| train-step compilations, epoch 1 / later epochs | "
-        f"{sm.get('train_step_compilations_first_epoch', '—')} / "
+        f"| train-step compilations, {label} / later epochs | "
+        f"{sm.get('train_step_compilations_' + so_far, '—')} / "
         f"{sm.get('train_step_compilations_later_epochs', '—')} |",
     ]
     if pad:
@@ -317,15 +376,19 @@ def markdown(res: dict) -> str:
     if sm.get("peak_device_memory_mb") is not None:
         lines.append(f"| peak device memory | {sm['peak_device_memory_mb']:.0f} MB |")
     lines.append(f"| peak host RSS | {res.get('peak_rss_mb', '—')} MB |")
-    if res.get("epochs"):
-        lines += ["", "| epoch | wall s | CPU s | steps | median step s | max step s | train-step compilations | "
-                  "JAX compile s | loss | energy RMSE meV/atom | force RMSE eV/Å |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
-        for e in res["epochs"]:
+    rows = list(res.get("epochs") or [])
+    if res.get("epoch_in_progress"):
+        rows.append({**res["epoch_in_progress"], "epoch": f"{res['epoch_in_progress']['epoch']} (incomplete)"})
+    if rows:
+        lines += ["", "| epoch | wall s | CPU s | steps | median step s | median step without compile s | "
+                  "max step s | train-step compilations | JAX compile s | loss | energy RMSE meV/atom | "
+                  "force RMSE eV/Å |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for e in rows:
             lines.append(
                 f"| {e['epoch']} | {e['wall_s']} | {e['cpu_s']} | {e['steps']} | {e['step_median_s']} | "
-                f"{e['step_max_s']} | {e.get('train_step_compilations', '—')} | "
-                f"{e.get('train_step_compile_s', '—')} | "
+                f"{fmt(e.get('step_median_without_compile_s'), 4)} | {e['step_max_s']} | "
+                f"{e.get('train_step_compilations', '—')} | {e.get('train_step_compile_s', '—')} | "
                 f"{e['loss']:.4g} | {e['energy_rmse_mev_atom']:.1f} | {e['force_rmse_ev_a']:.3f} |"
             )
     if pad.get("shape_list"):
@@ -380,11 +443,15 @@ def main(argv=None) -> int:
 
     def save() -> None:
         """Write what has been measured so far (after every epoch, and at the end)."""
-        if timer is not None and timer.epochs:
+        if timer is not None and (timer.epochs or timer.in_progress):
             res["epochs"] = timer.epochs
+            if timer.in_progress:
+                res["epoch_in_progress"] = timer.in_progress
+            else:
+                res.pop("epoch_in_progress", None)
             summarise(res)
             res["summary"]["peak_device_memory_mb"] = device_peak_memory_mb()
-            if getattr(timer, "stopped_for_time", None):
+            if timer.stopped_for_time:
                 res["summary"]["stopped_by_time_budget_after_epoch"] = timer.stopped_for_time
         res["peak_rss_mb"] = rss_peak_mb()
         write_results(res, args.out_dir, stem, markdown(res))
