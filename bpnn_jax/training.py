@@ -735,7 +735,7 @@ def _train(paths, run_dir, config: TrainConfig, *, resume: bool, verbose: int, d
         _write_json(run_dir / "state.json", {"stage": "energy", "epoch": epoch_done, "best": energy_done["best"]})
 
     # ---- stage 1: energies on cached descriptors
-    if config.energy_epochs > 0 and stage_done != "force":
+    if (config.energy_epochs > 0 or config.lbfgs_steps > 0) and stage_done != "force":
         t0 = time.time()
         sf_train = featurize_host(train_s, spec, atoms_per_batch=config.atoms_per_batch, progress=verbose > 0)
         sf_val = featurize_host(val_s, spec, atoms_per_batch=config.atoms_per_batch, progress=verbose > 0)

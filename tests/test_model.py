@@ -369,3 +369,17 @@ def test_fine_tune_starts_from_the_given_model(structures, make_random_model, si
     assert len(rows) == 2 and all(np.isfinite(float(r["val_force_rmse_ev_a"])) for r in rows)
     moved = [not np.array_equal(a, b) for a, b in zip(model.get_weights(), start.get_weights())]
     assert any(moved)
+
+
+def test_lbfgs_refines_a_given_model_without_adam_epochs(make_random_model, six_atom_files, tmp_path):
+    """--init M --energy-epochs 0 --lbfgs-steps N: L-BFGS only, never worse than the start on validation."""
+    start = make_random_model([read_xsf(f) for f in six_atom_files[:10]], hidden=(6,), seed=4)
+    start.save(tmp_path / "start.keras")
+    config = TrainConfig(init_model=str(tmp_path / "start.keras"), energy_epochs=0, lbfgs_steps=6, force_epochs=0,
+                         reference_energies=None)
+    model = training.train(six_atom_files[:12], tmp_path / "run", config, verbose=0)
+    result = json.loads((tmp_path / "run" / "lbfgs.json").read_text())
+    first_val = result["history"][0][2]
+    assert result["steps"] == 6 and result["best_val_rmse_mev_atom"] <= first_val
+    assert not (tmp_path / "run" / "history.csv").exists()  # no Adam epoch ran
+    np.testing.assert_array_equal(np.asarray(model.sf_std), np.asarray(start.sf_std))
