@@ -294,3 +294,16 @@ def test_lazy_exports():
     subprocess.run([sys.executable, "-c", code], check=True)
     with pytest.raises(AttributeError):
         bpnn_jax.no_such_name  # noqa: B018
+
+
+def test_large_cells_are_padded_tightly():
+    from bpnn_jax.calculator import LARGE_CELL_PAD, calculator_padding
+    from bpnn_jax.neighbors import ATOM_BUCKETS
+
+    sizes = np.arange(1, 20000, 7)
+    padded = np.array([calculator_padding(int(n)) for n in sizes])
+    assert np.all(padded >= sizes) and np.all(np.diff(padded) >= 0)
+    large = sizes > ATOM_BUCKETS[-1]
+    assert np.all(padded[large] - sizes[large] < LARGE_CELL_PAD)
+    assert np.all(padded[large] % LARGE_CELL_PAD == 0)
+    assert calculator_padding(10200) == 10240  # the x1.5 ladder gave 15136
