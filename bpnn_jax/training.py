@@ -549,6 +549,36 @@ def featurize_host(structures: Sequence[HostStructure], spec: SymmetryFunctionSe
     return featurize(structures, spec, dtype=dtype, atoms_per_batch=atoms_per_batch, progress=progress)
 
 
+def _predict_function(model: BPNN, forces: bool):
+    """Cached ``(jit f(values, inputs) -> model outputs, variables)`` of a model.
+
+    The variable values are arguments, not constants baked into the trace,
+    so one compiled program per batch shape serves every call (also after
+    the weights change, e.g. between epochs); the cache lives on the model.
+    """
+    import weakref
+
+    import jax
+
+    cache = model.__dict__.setdefault("_bpnn_predict_fns", {})
+    if forces not in cache:
+        variables = list(model.variables)
+        ref = weakref.ref(model)
+
+        def predict(values, inputs):
+            m = ref()
+            saved = m.compute_forces
+            m.compute_forces = forces  # read while tracing
+            try:
+                with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+                    return m(inputs, training=False)
+            finally:
+                m.compute_forces = saved
+
+        cache[forces] = (jax.jit(predict), variables)
+    return cache[forces]
+
+
 def predict_structures(model: BPNN, structures: Sequence[HostStructure], *, forces=True, atoms_per_batch=None,
                        dtype=np.float32, progress=False):
     """Model energies (relative to references, eV) and forces for prepared structures.
@@ -559,11 +589,7 @@ def predict_structures(model: BPNN, structures: Sequence[HostStructure], *, forc
     Returns:
         (energies (n_struct,) float64, list of (n_atoms, 3) force arrays or None).
     """
-    import jax
-
-    old = model.compute_forces
-    model.compute_forces = bool(forces)
-    fn = jax.jit(lambda x: model(x, training=False))
+    fn, variables = _predict_function(model, bool(forces))
     energies = np.zeros(len(structures))
     out_f: list = [None] * len(structures)
     if atoms_per_batch is None:
@@ -576,17 +602,15 @@ def predict_structures(model: BPNN, structures: Sequence[HostStructure], *, forc
         from tqdm.auto import tqdm
 
         it = tqdm(plan, desc="predict", unit="batch", leave=False)
-    try:
-        for idx, b, n, slots in it:
-            batch = collate([structures[k] for k in idx], b, n, slots, dtype=dtype)
-            res = fn(batch.inputs(model.elements))
-            e = np.asarray(res["energy"], np.float64)
-            for j, k in enumerate(idx):
-                energies[k] = e[j]
-                if forces:
-                    out_f[k] = np.asarray(res["forces"][j, : structures[k].n_atoms], np.float64)
-    finally:
-        model.compute_forces = old
+    values = [v.value for v in variables]
+    for idx, b, n, slots in it:
+        batch = collate([structures[k] for k in idx], b, n, slots, dtype=dtype)
+        res = fn(values, batch.inputs(model.elements))
+        e = np.asarray(res["energy"], np.float64)
+        for j, k in enumerate(idx):
+            energies[k] = e[j]
+            if forces:
+                out_f[k] = np.asarray(res["forces"][j, : structures[k].n_atoms], np.float64)
     return energies, (out_f if forces else None)
 
 
@@ -654,7 +678,8 @@ def train(paths, run_dir, config: TrainConfig, *, resume: bool = False, verbose:
         config: settings.
         resume: continue from ``run_dir/checkpoints/last.keras`` and
             ``state.json`` (stage and epoch) instead of starting over.
-        verbose: Keras verbosity (1 = progress bar).
+        verbose: Keras verbosity (1 = progress bars, also for reading and
+            featurising; 2 = one line per epoch, no bars; 0 = silent).
         data: optional output of :func:`load_training_data` (reuse).
 
     Returns:
@@ -691,7 +716,7 @@ def _train(paths, run_dir, config: TrainConfig, *, resume: bool, verbose: int, d
         init, config = _init_model(config)  # its references define the targets
     if data is None:
         # Before anything in run_dir changes: bad input leaves an earlier run intact.
-        data = load_training_data(paths, config, progress=verbose > 0)
+        data = load_training_data(paths, config, progress=verbose == 1)
     if not resume:
         _write_json(run_dir / "config.json", config.to_json())
         for stale in ("state.json", "history.csv"):
@@ -737,8 +762,8 @@ def _train(paths, run_dir, config: TrainConfig, *, resume: bool, verbose: int, d
     # ---- stage 1: energies on cached descriptors
     if (config.energy_epochs > 0 or config.lbfgs_steps > 0) and stage_done != "force":
         t0 = time.time()
-        sf_train = featurize_host(train_s, spec, atoms_per_batch=config.atoms_per_batch, progress=verbose > 0)
-        sf_val = featurize_host(val_s, spec, atoms_per_batch=config.atoms_per_batch, progress=verbose > 0)
+        sf_train = featurize_host(train_s, spec, atoms_per_batch=config.atoms_per_batch, progress=verbose == 1)
+        sf_val = featurize_host(val_s, spec, atoms_per_batch=config.atoms_per_batch, progress=verbose == 1)
         if (not resume or stage_done is None) and not config.init_model:
             stats = compute_statistics(sf_train, [s.species for s in train_s], [s.energy for s in train_s],
                                        len(elements))

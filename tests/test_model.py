@@ -383,3 +383,22 @@ def test_lbfgs_refines_a_given_model_without_adam_epochs(make_random_model, six_
     assert result["steps"] == 6 and result["best_val_rmse_mev_atom"] <= first_val
     assert not (tmp_path / "run" / "history.csv").exists()  # no Adam epoch ran
     np.testing.assert_array_equal(np.asarray(model.sf_std), np.asarray(start.sf_std))
+
+
+def test_predict_structures_reuses_its_compilation_and_sees_new_weights(model, call, structures):
+    """predict_structures keeps one jitted function per model; weights are arguments, never stale."""
+    h = host(model, structures[THIN])
+    e1, f1 = training.predict_structures(model, [h], dtype=np.float64)
+    fn_first = training._predict_function(model, True)[0]
+    direct = predict(call, model, structures[THIN])
+    assert e1[0] == pytest.approx(direct[0], abs=1e-10)
+    np.testing.assert_allclose(f1[0], direct[1], atol=1e-10)
+    weights = model.get_weights()
+    try:
+        model.set_weights([w * 1.05 for w in weights])
+        e2, _ = training.predict_structures(model, [h], dtype=np.float64)
+        expected = float(jax.jit(lambda x: model(x, training=False))(single_inputs(model, h))["energy"][0])
+        assert e2[0] == pytest.approx(expected, abs=1e-10) and abs(e2[0] - e1[0]) > 1e-6
+    finally:
+        model.set_weights(weights)
+    assert training._predict_function(model, True)[0] is fn_first
