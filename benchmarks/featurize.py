@@ -35,22 +35,15 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import cpu_model  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
 
 
 def _rss_mb() -> float:
     """Peak resident set size of this process so far, MB."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _machine() -> dict:
@@ -65,7 +58,7 @@ def _machine() -> dict:
     return {
         "platform": platform.platform(),
         "python": platform.python_version(),
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "nproc": os.cpu_count(),
         "memory_gb": None if mem_gb is None else round(mem_gb, 1),
         "jax_backend": jax.default_backend(),
