@@ -23,8 +23,9 @@ jax.config.update("jax_enable_x64", True)
 # mantissa): forces would then no longer be the exact gradient of the
 # energy to float32 round-off, which shows as energy drift in NVE.  The
 # networks are small, so full float32 costs little.  No effect on CPU.
-if os.environ.get("BPNN_MATMUL_PRECISION", "highest") != "default":
-    jax.config.update("jax_default_matmul_precision", os.environ.get("BPNN_MATMUL_PRECISION", "highest"))
+_MATMUL_PRECISION = os.environ.get("BPNN_MATMUL_PRECISION", "highest")
+if _MATMUL_PRECISION != "default":
+    jax.config.update("jax_default_matmul_precision", _MATMUL_PRECISION)
 
 from .errors import BPNNError, BPNNInputError, ModelError, StructureError, XSFError  # noqa: E402
 

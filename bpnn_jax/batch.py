@@ -22,6 +22,7 @@ from .neighbors import (
     bucket_size,
     dense_neighbors,
     neighbor_list,
+    round_up,
     slot_layout,
 )
 
@@ -290,7 +291,7 @@ def plan_batches(
         if shuffle_rng is not None:
             members = shuffle_rng.permutation(members)
         b = batch_size or max(1, atoms_per_batch // n_pad)
-        b = -(-b // batch_multiple) * batch_multiple
+        b = round_up(b, batch_multiple)
         for start in range(0, len(members), b):
             plan.append((members[start : start + b], b, n_pad, m_pad))
     if shuffle_rng is not None:

@@ -45,7 +45,7 @@ from ase.stress import full_3x3_to_voigt_6_stress
 from .batch import HostStructure, collate
 from .errors import StructureError
 from .model import BPNN, load_model
-from .neighbors import ATOM_BUCKETS, bucket_size, neighbor_list, slot_layout
+from .neighbors import ATOM_BUCKETS, bucket_size, neighbor_list, round_up, slot_layout
 
 __all__ = ["BPNNCalculator", "ExtrapolationWarning", "extrapolation_report"]
 
@@ -166,7 +166,7 @@ def calculator_padding(n_atoms: int) -> int:
     """
     if n_atoms <= ATOM_BUCKETS[-1]:
         return bucket_size(n_atoms, ATOM_BUCKETS)
-    return -(-n_atoms // LARGE_CELL_PAD) * LARGE_CELL_PAD
+    return round_up(n_atoms, LARGE_CELL_PAD)
 
 
 class BPNNCalculator(Calculator):

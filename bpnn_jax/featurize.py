@@ -55,6 +55,8 @@ __all__ = [
 DEFAULT_ATOMS_PER_BATCH = 256
 #: Default padded atoms per batch on a GPU (fewer, larger kernels).
 ACCELERATOR_ATOMS_PER_BATCH = 8192
+#: Default atoms per vmapped chunk inside ``lax.map``.
+DEFAULT_CHUNK_SIZE = 8
 
 
 def default_atoms_per_batch() -> int:
@@ -62,8 +64,6 @@ def default_atoms_per_batch() -> int:
     import jax
 
     return DEFAULT_ATOMS_PER_BATCH if jax.default_backend() == "cpu" else ACCELERATOR_ATOMS_PER_BATCH
-#: Default atoms per vmapped chunk inside ``lax.map``.
-DEFAULT_CHUNK_SIZE = 8
 
 #: Elements the built-in presets were made for.
 _PRESET_ELEMENTS: dict[str, tuple[str, ...]] = {"artrith-urban": ("O", "Ti")}

@@ -99,6 +99,11 @@ def bucket_size(n: int, ladder: Sequence[int]) -> int:
     return size
 
 
+def round_up(n: int, multiple: int) -> int:
+    """Smallest multiple of ``multiple`` that is >= ``n``."""
+    return -(-int(n) // int(multiple)) * int(multiple)
+
+
 @dataclasses.dataclass(frozen=True)
 class NeighborList:
     """Full (both directions) neighbour list of one structure, sorted by centre.

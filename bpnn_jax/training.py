@@ -25,6 +25,7 @@ import json
 import math
 import os
 import time
+import weakref
 from pathlib import Path
 from typing import Sequence
 
@@ -37,6 +38,7 @@ from .descriptors import SymmetryFunctionSet
 from .errors import BPNNInputError
 from .io import REFERENCE_ENERGIES_TIO2, atomic_write, read_structures
 from .model import BPNN
+from .neighbors import round_up
 
 __all__ = [
     "TrainConfig",
@@ -549,18 +551,21 @@ def featurize_host(structures: Sequence[HostStructure], spec: SymmetryFunctionSe
     return featurize(structures, spec, dtype=dtype, atoms_per_batch=atoms_per_batch, progress=progress)
 
 
+#: model -> {forces: (jitted predict, variables)}; see :func:`_predict_function`.
+_PREDICT_FUNCTIONS: "weakref.WeakKeyDictionary[BPNN, dict]" = weakref.WeakKeyDictionary()
+
+
 def _predict_function(model: BPNN, forces: bool):
     """Cached ``(jit f(values, inputs) -> model outputs, variables)`` of a model.
 
     The variable values are arguments, not constants baked into the trace,
     so one compiled program per batch shape serves every call (also after
-    the weights change, e.g. between epochs); the cache lives on the model.
+    the weights change, e.g. between epochs).  Cached per model in a weak
+    dictionary, as the calculator caches its evaluators.
     """
-    import weakref
-
     import jax
 
-    cache = model.__dict__.setdefault("_bpnn_predict_fns", {})
+    cache = _PREDICT_FUNCTIONS.setdefault(model, {})
     if forces not in cache:
         variables = list(model.variables)
         ref = weakref.ref(model)
@@ -770,7 +775,7 @@ def _train(paths, run_dir, config: TrainConfig, *, resume: bool, verbose: int, d
             model.set_statistics(**stats)
         if verbose:
             print(f"descriptors of {len(train_s)} + {len(val_s)} structures: {time.time() - t0:.1f} s")
-        bs = config.batch_size or -(-32 // multiple) * multiple
+        bs = config.batch_size or round_up(32, multiple)
         ds_train = DescriptorDataset(sf_train, [s.species for s in train_s], [s.energy for s in train_s],
                                      batch_size=bs, shuffle=True, seed=config.seed)
         ds_val = DescriptorDataset(sf_val, [s.species for s in val_s], [s.energy for s in val_s], batch_size=bs)
@@ -830,10 +835,10 @@ def _train(paths, run_dir, config: TrainConfig, *, resume: bool, verbose: int, d
                       verbose=verbose, callbacks=[_EpochState(run_dir, "force", f_monitor,
                                                               _lr_callbacks(config, f_monitor), deadline=deadline)],
                       shuffle=False)  # the dataset shuffles, seeded by epoch; Keras's own batch shuffle is not
-        last = json.loads((run_dir / "state.json").read_text()) if (run_dir / "state.json").exists() else {}
-        if last.get("stage") == "force" and (run_dir / "best.keras").exists():
-            # Stopped by the epoch count or time limit rather than by early
-            # stopping: keep the best epoch, not the last.
+        if (run_dir / "best.keras").exists():
+            # best.keras holds this stage's best epoch (its first epoch
+            # overwrites any earlier one).  Stopped by the epoch count or the
+            # time limit rather than by early stopping: keep it, not the last.
             model.set_weights(keras.saving.load_model(run_dir / "best.keras", compile=False).get_weights())
     _atomic_save(model, run_dir / "model.keras")
     return model

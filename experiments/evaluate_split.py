@@ -34,6 +34,7 @@ def main(argv=None) -> int:
 
     from bpnn_jax.evaluation import evaluate_structures
     from bpnn_jax.io import atomic_write, read_xsf
+    from bpnn_jax.errors import ModelError
     from bpnn_jax.model import load_model
 
     split = json.loads((args.run_dir / "split.json").read_text())
@@ -43,10 +44,12 @@ def main(argv=None) -> int:
              for g, files in groups.items()}
     result = {"run_dir": str(args.run_dir), "n": {g: len(v) for g, v in atoms.items()}, "models": {}}
     for name in args.models:
-        if not (Path(name).exists() or not Path(name).suffix):
-            result["models"][name] = {"error": "no such model file"}
+        try:
+            model = load_model(name)
+        except ModelError as exc:  # e.g. a fine-tune that produced no model: score the others
+            result["models"][name] = {"error": str(exc)}
+            print(f"error: {exc}", flush=True)
             continue
-        model = load_model(name)
         entry = {}
         t0 = time.time()
         for g, lst in atoms.items():
