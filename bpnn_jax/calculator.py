@@ -23,8 +23,8 @@ Structures are padded to the neighbour-slot buckets of
 :mod:`bpnn_jax.neighbors` and to an atom count from
 :func:`calculator_padding` (the bucket ladder up to 256 atoms, then the next
 multiple of 64: an MD run keeps its atom count, so the x1.5 ladder would only
-waste up to a third of every step on large cells), and the evaluation function is compiled once per
-padded shape (XLA caches it; the model's variables are arguments, not baked-in
+waste up to a third of every step on large cells), and the evaluation
+function is compiled once per padded shape (XLA caches it; the model's variables are arguments, not baked-in
 constants, so a model whose weights change is not served stale results).
 """
 
