@@ -46,7 +46,15 @@ import numpy as np
 from .cutoffs import cosine_cutoff
 from .geometry import displacements, safe_norm
 
-__all__ = ["SymmetryFunctionSet", "atom_descriptors", "structure_descriptors", "batch_descriptors"]
+__all__ = [
+    "SymmetryFunctionSet",
+    "atom_descriptors",
+    "structure_descriptors",
+    "batch_descriptors",
+    "atom_descriptor_jacobian",
+    "structure_descriptor_jacobian",
+    "batch_descriptor_jacobian",
+]
 
 _PRESETS = ("artrith-urban",)
 
@@ -339,3 +347,199 @@ def batch_descriptors(batch, spec: SymmetryFunctionSet, *, chunk_size: int = 8):
         disp.reshape(B * N, M, 3), batch.neighbor_mask.reshape(B * N, M), spec, batch.slots, chunk_size
     )
     return g.reshape(B, N, -1)
+
+
+# ------------------------------------------------------------- Jacobians
+# Force training on a CPU re-differentiates the symmetry functions at every
+# step, although they do not depend on the network.  The chain rule
+# F_k = -sum_i (dE/dG_i) . dG_i/dR_k separates the two: the Jacobian
+# dG_i/dR_k is computed once per structure and a training step only needs
+# the network's input gradient (see bpnn_jax.training).  It is built pair
+# by pair: each G4 term depends on r_ij and r_ik only, so forward mode over
+# those 6 coordinates costs a few forward passes, where reverse mode over
+# the 70 outputs of the whole atom would cost ~70.
+
+
+def _cutoff_and_slope(r, rc):
+    """fc(r) and dfc/dr (elementwise, same shape as r)."""
+    return jax.jvp(lambda x: cosine_cutoff(x, rc), (r,), (jnp.ones_like(r),))
+
+
+def _safe_inverse(x):
+    ok = x > 0
+    return jnp.where(ok, 1.0 / jnp.where(ok, x, 1.0), 0.0)
+
+
+def atom_descriptor_jacobian(disp, mask, spec: SymmetryFunctionSet, slots: Sequence[int]):
+    """Derivatives of one centre atom's symmetry functions by its neighbour vectors.
+
+    Analytic, in the layout of :func:`atom_descriptors`.  Every gradient of
+    a G4 term T(r_ij, r_ik) lies in the plane of r_ij and r_ik, so per
+    ordered pair it is stored as two scalar coefficients per vector:
+    dT/dr_ij = A r_ij + B r_ik and dT/dr_ik = C r_ik + D r_ij, with
+
+        x = R_ij² + R_ik² + R_jk²,  F = fc(R_ij) fc(R_ik) fc(R_jk),
+        ∇_j x = 4 r_ij - 2 r_ik,    ∇_j cos = r_ik/(R_ij R_ik) - cos r_ij/R_ij²,
+        ∇_j fc(R) = fc'(R)/R · r for R = R_ij, and -fc'(R_jk)/R_jk · (r_ik - r_ij).
+
+    The sums over partners are then row/column sums and one small matrix
+    product per element pair.
+
+    Args:
+        disp: (M, 3) displacement vectors r_ij to the neighbour slots, Å,
+            element-sorted as for :func:`atom_descriptors`.
+        mask: (M,) bool, True for real neighbours.
+        spec: the function set.
+        slots: per-element slot counts (static), sum(slots) = M.
+
+    Returns:
+        (M, spec.n_functions, 3) array J with J[m, f] = dG_f / dr_m in Å⁻¹;
+        zero for padded slots.
+    """
+    dtype = disp.dtype
+    rc = spec.cutoff
+    M = disp.shape[0]
+    w = mask.astype(dtype)
+    r = safe_norm(disp)  # (M,)
+    inv_r = _safe_inverse(r)
+    fc, dfc = _cutoff_and_slope(r, rc)
+    bounds = np.concatenate([[0], np.cumsum(slots)]).astype(int)
+    block = [slice(int(bounds[s]), int(bounds[s + 1])) for s in range(len(slots))]
+
+    if spec.radial:
+        eta = jnp.asarray([p[0] for p in spec.radial], dtype)[:, None]
+        rs = jnp.asarray([p[1] for p in spec.radial], dtype)[:, None]
+        e = jnp.exp(-eta * (r[None] - rs) ** 2)  # (K, M)
+        # dG2/dr_m = [fc'(R) - 2 eta (R - Rs) fc(R)] e / R · r_m
+        coef = (dfc[None] - 2.0 * eta * (r[None] - rs) * fc[None]) * e * (inv_r * w)[None]
+        jr = coef.T[:, :, None] * disp[:, None, :]  # (M, K, 3)
+
+    if spec.angular:
+        etas, lz, u_idx, l_idx, scale = spec._angular_tables()
+        eta_u = jnp.asarray(etas, dtype)[u_idx][:, None, None]  # (A, 1, 1) per function
+        lam = jnp.asarray([lz[l][0] for l in l_idx], dtype)[:, None, None]
+        zeta = [lz[l][1] for l in l_idx]
+        scale = jnp.asarray(scale, dtype)[:, None, None]
+        n_ang = len(spec.angular)
+
+    out = []
+    for a in range(spec.n_elements):
+        sa = block[a]
+        if spec.radial:
+            keep = np.zeros((M, 1, 1))
+            keep[sa] = 1.0
+            out.append(jr * jnp.asarray(keep, dtype))
+        if not spec.angular:
+            continue
+        for b in range(a, spec.n_elements):
+            sb = block[b]
+            ja = jnp.zeros((M, n_ang, 3), dtype)
+            if bounds[a + 1] == bounds[a] or bounds[b + 1] == bounds[b]:
+                out.append(ja)
+                continue
+            dj, dk = disp[sa], disp[sb]  # (Ma, 3), (Mb, 3)
+            d = dk[None, :, :] - dj[:, None, :]  # (Ma, Mb, 3)
+            rjk = safe_norm(d)
+            inv_rjk = _safe_inverse(rjk)
+            fjk, dfjk = _cutoff_and_slope(rjk, rc)
+            wjk = w[sa][:, None] * w[sb][None, :]
+            if a == b:  # j != k, and both orders of each pair are present
+                wjk = 0.5 * wjk * (1.0 - jnp.eye(wjk.shape[0], dtype=dtype))
+            fj, fk = fc[sa][:, None], fc[sb][None, :]
+            gj, gk = (dfc * inv_r)[sa][:, None], (dfc * inv_r)[sb][None, :]
+            gjk = dfjk * inv_rjk
+            F = fj * fk * fjk
+            # grad_j F = Fa_j r_ij + Fb_j r_ik ;  grad_k F = Fb_k r_ik + Fa_k r_ij
+            Fa_j = fk * (fjk * gj + fj * gjk)
+            Fb_j = -fj * fk * gjk
+            Fb_k = fj * (fjk * gk + fk * gjk)
+            rj2, rk2 = (r * r)[sa][:, None], (r * r)[sb][None, :]
+            inv_rr = inv_r[sa][:, None] * inv_r[sb][None, :]
+            cos = (dj @ dk.T) * inv_rr
+            x = rj2 + rk2 + rjk * rjk
+            e = jnp.exp(-eta_u * x[None])  # (A, Ma, Mb)
+            base = 1.0 + lam * cos[None]
+            P = jnp.stack([jax.lax.integer_pow(base[f], z) for f, z in enumerate(zeta)])
+            dP = jnp.stack([z * jax.lax.integer_pow(base[f], z - 1) for f, z in enumerate(zeta)]) * lam
+            PE = P * e
+            FdP = (e * F[None]) * dP
+            sw = scale * wjk[None]
+            eF = eta_u * F[None]
+            # dT/dr_ij = A r_ij + B r_ik and dT/dr_ik = C r_ik + B r_ij: the
+            # cross coefficients agree because grad_k F and grad_k x mirror
+            # grad_j F and grad_j x.
+            A = sw * (PE * (Fa_j[None] - 4.0 * eF) - FdP * (cos * inv_r[sa][:, None] ** 2)[None])
+            B = sw * (PE * (Fb_j[None] + 2.0 * eF) + FdP * inv_rr[None])
+            C = sw * (PE * (Fb_k[None] - 4.0 * eF) - FdP * (cos * inv_r[sb][None, :] ** 2)[None])
+            # Partner sums as broadcast multiply-reduces (XLA's CPU dot is
+            # slow for a minor dimension of 3), coordinate by coordinate.
+            row_a, col_c = A.sum(axis=2), C.sum(axis=1)  # (A, Ma), (A, Mb)
+            jj = jnp.stack([row_a * dj[:, c][None] + (B * dk[:, c][None, None, :]).sum(axis=2) for c in range(3)], -1)
+            jk = jnp.stack([col_c * dk[:, c][None] + (B * dj[:, c][None, :, None]).sum(axis=1) for c in range(3)], -1)
+            ja = ja.at[sa].add(jnp.swapaxes(jj, 0, 1))  # (Ma, A, 3)
+            ja = ja.at[sb].add(jnp.swapaxes(jk, 0, 1))
+            out.append(ja)
+    return jnp.concatenate(out, axis=1)
+
+def structure_descriptor_jacobian(positions, cell, neighbors, shifts, neighbor_mask, spec, slots, *,
+                                  chunk_size: int = 8):
+    """Jacobian of every atom's symmetry functions by every atom's position.
+
+    Periodic images are folded onto their atoms: with r_ij = R[j] - R[i] +
+    S_ij @ cell, dG_i/dR_k sums the slot derivatives of every image of k
+    and subtracts all of them for k = i.
+
+    Args:
+        positions: (N, 3) positions, Å.
+        cell: (3, 3) lattice vectors as rows, Å.
+        neighbors: (N, M) int neighbour indices, element-sorted slots.
+        shifts: (N, M, 3) integer-valued cell shifts.
+        neighbor_mask: (N, M) bool.
+        spec: the function set.
+        slots: per-element slot counts (static).
+        chunk_size: atoms per vmapped chunk inside ``lax.map``.
+
+    Returns:
+        (N, N, spec.n_functions, 3) array J with J[i, k, f] = dG_{i,f} / dR_k
+        in Å⁻¹; zero rows and columns for padded atoms.
+    """
+    disp = displacements(positions, cell, neighbors, shifts)
+    js = _atoms_jacobian(disp, neighbor_mask, spec, slots, chunk_size)
+    return _fold_images(js, neighbors)
+
+
+def _atoms_jacobian(disp, mask, spec, slots, chunk_size):
+    """Map :func:`atom_descriptor_jacobian` over atoms (A, M, ...) in vmapped chunks."""
+    n = disp.shape[0]
+    chunk = max(1, min(effective_chunk_size(chunk_size), n))
+    return jax.lax.map(lambda args: atom_descriptor_jacobian(*args, spec, slots), (disp, mask), batch_size=chunk)
+
+
+def _fold_images(js, neighbors):
+    """(N, M, F, 3) slot derivatives -> (N, N, F, 3) derivatives by atom position."""
+    N = js.shape[0]
+    rows = jnp.arange(N)
+    jac = jnp.zeros((N, N) + js.shape[2:], js.dtype).at[rows[:, None], neighbors].add(js)
+    return jac.at[rows, rows].add(-js.sum(axis=1))
+
+
+def batch_descriptor_jacobian(batch, spec: SymmetryFunctionSet, *, chunk_size: int = 2):
+    """Descriptor Jacobians for a :class:`~bpnn_jax.batch.Batch`.
+
+    Args:
+        batch: Batch of shape (B, N, M); positions/cell dtype sets the
+            precision.
+        spec: the function set.
+        chunk_size: atoms per vmapped chunk (2 was fastest on CPU: the
+            per-atom pair temporaries are ~20 times those of the forward
+            pass).
+
+    Returns:
+        (B, N, N, spec.n_functions, 3) array, J[b, i, k, f] = dG_{i,f}/dR_k
+        in Å⁻¹, zero for padded atoms.
+    """
+    B, N, M = batch.neighbors.shape
+    disp = jax.vmap(displacements)(batch.positions, batch.cell, batch.neighbors, batch.shifts)
+    js = _atoms_jacobian(disp.reshape(B * N, M, 3), batch.neighbor_mask.reshape(B * N, M), spec, batch.slots,
+                         chunk_size)
+    return jax.vmap(_fold_images)(js.reshape((B, N) + js.shape[1:]), batch.neighbors)

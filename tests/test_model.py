@@ -385,6 +385,66 @@ def test_lbfgs_refines_a_given_model_without_adam_epochs(make_random_model, six_
     np.testing.assert_array_equal(np.asarray(model.sf_std), np.asarray(start.sf_std))
 
 
+def test_lbfgs_with_forces_trains_the_models_own_forces(make_random_model, six_atom_files, tmp_path):
+    """--lbfgs-force-weight: forces from cached descriptor Jacobians are the model's autodiff forces.
+
+    The validation RMSEs L-BFGS reports before its first step must equal
+    those of the model's own energies and -dE/dR; the kept parameters are
+    the best by the joint validation objective, never worse than the start.
+    """
+    files = six_atom_files[:14]
+    start = make_random_model([read_xsf(f) for f in files], hidden=(6,), seed=5)
+    start.save(tmp_path / "start.keras")
+    weight = 1e-2
+    config = TrainConfig(init_model=str(tmp_path / "start.keras"), energy_epochs=0, lbfgs_steps=12,
+                         lbfgs_force_weight=weight, force_epochs=0, reference_energies=None)
+    model = training.train(files, tmp_path / "run", config, verbose=0)
+    result = json.loads((tmp_path / "run" / "lbfgs.json").read_text())
+
+    val_files = json.loads((tmp_path / "run" / "split.json").read_text())["val"]
+    val = prepare_structures([read_xsf(f) for f in val_files], start.elements, start.spec.cutoff,
+                             energy_offsets=start.reference_energies)
+    energies, forces = training.predict_structures(start, val, dtype=np.float64)
+    e_rmse = 1e3 * np.sqrt(np.mean([((e - h.energy) / h.n_atoms) ** 2 for e, h in zip(energies, val)]))
+    f_rmse = np.sqrt(np.mean(np.concatenate([(f - h.forces).ravel() for f, h in zip(forces, val)]) ** 2))
+    step0, _, e0, f0 = result["history"][0]
+    assert step0 == 0 and f0 > 0.05
+    assert e0 == pytest.approx(e_rmse, rel=1e-4)
+    assert f0 == pytest.approx(f_rmse, rel=1e-4)
+
+    def objective(entry):
+        return (entry[2] / 1e3) ** 2 + weight * entry[3] ** 2
+
+    best = min(result["history"], key=objective)
+    assert objective(best) <= objective(result["history"][0])
+    assert (result["best_val_rmse_mev_atom"], result["best_val_force_rmse_ev_a"]) == (best[2], best[3])
+    assert result["history"][-1][1] < result["history"][1][1]  # the training objective fell
+    # The returned model is that best point.
+    energies, forces = training.predict_structures(model, val, dtype=np.float64)
+    f_best = np.sqrt(np.mean(np.concatenate([(f - h.forces).ravel() for f, h in zip(forces, val)]) ** 2))
+    assert f_best == pytest.approx(best[3], rel=1e-3)
+
+
+def test_cli_lbfgs_force_weight_reaches_the_config(monkeypatch, tmp_path):
+    from bpnn_jax.cli import main
+
+    seen = []
+    monkeypatch.setattr(training, "train", lambda paths, out, config, **kw: seen.append(config))
+    assert main(["train", "x.xsf", "--out", str(tmp_path), "--quiet"]) == 0
+    assert main(["train", "x.xsf", "--out", str(tmp_path), "--lbfgs-force-weight", "1e-4", "--quiet"]) == 0
+    assert [c.lbfgs_force_weight for c in seen] == [0.0, 1e-4]
+
+
+def test_force_lbfgs_refuses_jacobians_beyond_memory(monkeypatch, structures, model):
+    """Too many atoms for the Jacobians' n² memory: a clear error before any work, not an OOM kill."""
+    from bpnn_jax.errors import BPNNInputError
+
+    h = host(model, structures[BULK])
+    monkeypatch.setattr(training.os, "sysconf", lambda name: 4096 if name == "SC_PAGE_SIZE" else 2 ** 10)  # 4 MB
+    with pytest.raises(BPNNInputError, match=r"descriptor Jacobians of 3 structures.*--force-epochs"):
+        training._force_data([h, h, h], model.spec, verbose=0)
+
+
 def test_predict_structures_reuses_its_compilation_and_sees_new_weights(model, call, structures):
     """predict_structures keeps one jitted function per model; weights are arguments, never stale."""
     h = host(model, structures[THIN])
