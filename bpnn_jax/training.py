@@ -963,9 +963,11 @@ def refine_lbfgs(model: BPNN, train_data, val_data, *, force_weight: float = 0.0
 
     Returns:
         dict with ``best_val_rmse_mev_atom`` (energy), ``best_val_force_rmse_ev_a``
-        (None without forces), ``steps``, ``force_weight`` and ``history``
-        (list of (step, train objective, val energy RMSE meV/atom, val
-        force RMSE eV/Å or None)).
+        (None without forces), ``steps``, ``iterations_run``, ``force_weight``,
+        ``seconds`` (the iterations, validation included),
+        ``first_step_seconds`` (compilation included) and ``history`` (list
+        of (step, train objective, val energy RMSE meV/atom, val force RMSE
+        eV/Å or None)).
     """
     import jax
     import jax.numpy as jnp
@@ -1038,8 +1040,12 @@ def refine_lbfgs(model: BPNN, train_data, val_data, *, force_weight: float = 0.0
     best = (obj, rmse_e, rmse_f, params)
     history = [(0, float("nan"), rmse_e, rmse_f)]
     t0 = time.time()
+    first_step_s = None
     for it in range(1, steps + 1):
         params, state, value = step(params, state, train_g)
+        if first_step_s is None:
+            jax.block_until_ready(value)
+            first_step_s = time.time() - t0  # compilation included
         if it % log_every == 0 or it == steps:
             obj, rmse_e, rmse_f = validate(params)
             history.append((it, float(value), rmse_e, rmse_f))
@@ -1063,7 +1069,8 @@ def refine_lbfgs(model: BPNN, train_data, val_data, *, force_weight: float = 0.0
     for var, p in zip(model.trainable_variables, best[3]):
         var.assign(p)
     return {"best_val_rmse_mev_atom": best[1], "best_val_force_rmse_ev_a": best[2], "steps": steps,
-            "force_weight": force_weight, "history": history}
+            "force_weight": force_weight, "history": history, "seconds": time.time() - t0,
+            "first_step_seconds": first_step_s, "iterations_run": it if steps else 0}
 
 
 def refine_energies_lbfgs(model: BPNN, train_data, val_data, **kwargs) -> dict:
