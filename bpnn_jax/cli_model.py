@@ -51,7 +51,7 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--lbfgs-force-weight", type=float, default=None,
                    help=f"train forces in those L-BFGS iterations with this weight (eV²/Å² against eV²/atom²), on "
                         f"descriptor Jacobians computed once (~5 ms/atom on a CPU, ~3 GB for the TiO2 set) "
-                        f"(default {d.lbfgs_force_weight}: energies only)")
+                        f"(default {d.lbfgs_force_weight}; 0 = energies only)")
     p.add_argument("--force-epochs", type=int, default=None, help=f"stage-2 epochs (default {d.force_epochs})")
     p.add_argument("--force-weight", type=float, default=None, help=f"force loss weight in Å⁻²·atom² units (default {d.force_weight}; 0 = energies only)")
     p.add_argument("--force-loss", choices=["mse", "huber"], default=None,

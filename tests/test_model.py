@@ -377,7 +377,7 @@ def test_lbfgs_refines_a_given_model_without_adam_epochs(make_random_model, six_
     start = make_random_model([read_xsf(f) for f in six_atom_files[:10]], hidden=(6,), seed=4)
     start.save(tmp_path / "start.keras")
     config = TrainConfig(init_model=str(tmp_path / "start.keras"), energy_epochs=0, lbfgs_steps=6, force_epochs=0,
-                         reference_energies=None)
+                         lbfgs_force_weight=0.0, reference_energies=None)
     model = training.train(six_atom_files[:12], tmp_path / "run", config, verbose=0)
     result = json.loads((tmp_path / "run" / "lbfgs.json").read_text())
     first_val = result["history"][0][2]
@@ -432,8 +432,8 @@ def test_cli_lbfgs_force_weight_reaches_the_config(monkeypatch, tmp_path):
     seen = []
     monkeypatch.setattr(training, "train", lambda paths, out, config, **kw: seen.append(config))
     assert main(["train", "x.xsf", "--out", str(tmp_path), "--quiet"]) == 0
-    assert main(["train", "x.xsf", "--out", str(tmp_path), "--lbfgs-force-weight", "1e-4", "--quiet"]) == 0
-    assert [c.lbfgs_force_weight for c in seen] == [0.0, 1e-4]
+    assert main(["train", "x.xsf", "--out", str(tmp_path), "--lbfgs-force-weight", "0", "--quiet"]) == 0
+    assert [c.lbfgs_force_weight for c in seen] == [1e-4, 0.0]
 
 
 def test_force_lbfgs_refuses_jacobians_beyond_memory(monkeypatch, structures, model):
