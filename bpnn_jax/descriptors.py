@@ -482,7 +482,7 @@ def atom_descriptor_jacobian(disp, mask, spec: SymmetryFunctionSet, slots: Seque
     return jnp.concatenate(out, axis=1)
 
 def structure_descriptor_jacobian(positions, cell, neighbors, shifts, neighbor_mask, spec, slots, *,
-                                  chunk_size: int = 8):
+                                  chunk_size: int = 2):
     """Jacobian of every atom's symmetry functions by every atom's position.
 
     Periodic images are folded onto their atoms: with r_ij = R[j] - R[i] +

@@ -5,6 +5,8 @@
   1e-10 on ~130 structures (thin cells and 95-atom cells included);
 * the GPU and the host CPU give the same float64 energies and forces for the
   shipped model, and the GPU forces equal -dE/dR by central differences;
+* descriptor Jacobians (force training on cached Jacobians) agree between
+  the GPU and the CPU;
 * a few energy+force training steps on the GPU lower the loss.
 """
 
@@ -47,6 +49,21 @@ def test_descriptors_on_gpu_match_aenet(gpu, oracle_path, data_dir):
         off = int(oracle["atom_offset"][k])
         worst = max(worst, float(np.abs(v - oracle["sf"][off: off + int(n[k])]).max()))
     assert worst <= 1e-10, worst
+
+
+def test_descriptor_jacobians_on_gpu_match_cpu(gpu, data_dir):
+    """Force-training Jacobians (train --lbfgs-force-weight): GPU and host CPU agree in float64."""
+    from bpnn_jax.featurize import descriptor_jacobians
+
+    spec = SymmetryFunctionSet.artrith_urban(("O", "Ti"))
+    # A 2.36 Å thin cell and a 24-atom cell.
+    atoms = [read_xsf(data_dir / "structure1632.xsf"), read_xsf(data_dir / "structure0001.xsf")]
+    on_gpu = descriptor_jacobians(atoms, spec, dtype=np.float64)
+    with jax.default_device(jax.devices("cpu")[0]):
+        on_cpu = descriptor_jacobians(atoms, spec, dtype=np.float64)
+    for g, c in zip(on_gpu, on_cpu):
+        assert g.shape == c.shape == (len(c), len(c), spec.n_functions, 3)
+        assert np.abs(g - c).max() <= 1e-10 * np.abs(c).max()
 
 
 def _inputs(model, atoms):
