@@ -354,10 +354,10 @@ def batch_descriptors(batch, spec: SymmetryFunctionSet, *, chunk_size: int = 8):
 # step, although they do not depend on the network.  The chain rule
 # F_k = -sum_i (dE/dG_i) . dG_i/dR_k separates the two: the Jacobian
 # dG_i/dR_k is computed once per structure and a training step only needs
-# the network's input gradient (see bpnn_jax.training).  It is built pair
-# by pair: each G4 term depends on r_ij and r_ik only, so forward mode over
-# those 6 coordinates costs a few forward passes, where reverse mode over
-# the 70 outputs of the whole atom would cost ~70.
+# the network's input gradient (see bpnn_jax.training).  It is written out
+# analytically, pair by pair: autodiff of the whole atom costs ~70 reverse
+# passes (one per output), and forward mode over each pair's 6 coordinates
+# (vmapped jacfwd) measured ~5x slower than the closed form.
 
 
 def _cutoff_and_slope(r, rc):
@@ -480,6 +480,7 @@ def atom_descriptor_jacobian(disp, mask, spec: SymmetryFunctionSet, slots: Seque
             ja = ja.at[sb].add(jnp.swapaxes(jk, 0, 1))
             out.append(ja)
     return jnp.concatenate(out, axis=1)
+
 
 def structure_descriptor_jacobian(positions, cell, neighbors, shifts, neighbor_mask, spec, slots, *,
                                   chunk_size: int = 2):

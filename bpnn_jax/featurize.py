@@ -73,8 +73,20 @@ _PRESET_ELEMENTS: dict[str, tuple[str, ...]] = {"artrith-urban": ("O", "Ti")}
 #: compaction (bounds the transient memory).
 _PREPARE_BLOCK = 256
 
-# (spec, chunk_size) -> jitted batch -> (B, N, F) function.
-_JIT_CACHE: dict[tuple[Any, int], Callable] = {}
+# (batch function, spec, chunk_size) -> its jitted form.
+_JIT_CACHE: dict[tuple[Callable, Any, int], Callable] = {}
+
+
+def _cached_jit(batch_fn: Callable, spec, chunk_size: int) -> Callable:
+    """One ``jax.jit`` of ``batch_fn(batch, spec, chunk_size=...)`` per (function, spec, chunk size)."""
+    import jax
+
+    key = (batch_fn, spec, int(chunk_size))
+    fn = _JIT_CACHE.get(key)
+    if fn is None:
+        chunk = int(chunk_size)
+        fn = _JIT_CACHE[key] = jax.jit(lambda batch: batch_fn(batch, spec, chunk_size=chunk))
+    return fn
 
 
 def descriptor_function(spec, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Callable:
@@ -93,21 +105,9 @@ def descriptor_function(spec, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Callable:
         ``f(batch) -> (B, N, spec.n_functions)`` jax array, in the dtype of
         ``batch.positions``.
     """
-    import jax
-
     from .descriptors import batch_descriptors
 
-    key = (spec, int(chunk_size))
-    fn = _JIT_CACHE.get(key)
-    if fn is None:
-        chunk = int(chunk_size)
-
-        def _featurize_batch(batch):
-            return batch_descriptors(batch, spec, chunk_size=chunk)
-
-        fn = jax.jit(_featurize_batch)
-        _JIT_CACHE[key] = fn
-    return fn
+    return _cached_jit(batch_descriptors, spec, chunk_size)
 
 
 # --------------------------------------------------------------------------
@@ -278,8 +278,7 @@ def featurize(
             structure, from ``atoms.info["file"]`` when set).
         BPNNInputError: a dtype other than float32/float64, or a size < 1.
     """
-    fn = descriptor_function(spec, chunk_size) if chunk_size >= 1 else None
-    return _map_batches(structures, spec, fn, np.zeros((0, spec.n_functions)), dtype=dtype,
+    return _map_batches(structures, spec, descriptor_function(spec, chunk_size), np.zeros((0, spec.n_functions)), dtype=dtype,
                         atoms_per_batch=atoms_per_batch, chunk_size=chunk_size, progress=progress,
                         desc="featurizing", crop=lambda v, n: v[:n])
 
@@ -345,9 +344,6 @@ def _map_batches(structures, spec, fn, empty, *, dtype, atoms_per_batch, chunk_s
 #: ~20x the forward pass's; 2 was fastest on CPU).
 JACOBIAN_CHUNK_SIZE = 2
 
-# (spec, chunk_size) -> jitted batch -> (B, N, N, F, 3) function.
-_JACOBIAN_JIT_CACHE: dict[tuple[Any, int], Callable] = {}
-
 
 def descriptor_jacobians(
     structures: Iterable,
@@ -381,17 +377,9 @@ def descriptor_jacobians(
         One array of shape (n_k, n_k, spec.n_functions, 3) per structure,
         in Å⁻¹, J[i, k, f, c] = dG_{i,f} / dR_{k,c}.
     """
-    import jax
-
     from .descriptors import batch_descriptor_jacobian
 
-    key = (spec, int(chunk_size))
-    fn = _JACOBIAN_JIT_CACHE.get(key)
-    if fn is None:
-        chunk = int(chunk_size)
-        fn = _JACOBIAN_JIT_CACHE[key] = jax.jit(lambda batch: batch_descriptor_jacobian(batch, spec,
-                                                                                         chunk_size=chunk))
-    return _map_batches(structures, spec, fn, np.zeros((0, 0, spec.n_functions, 3)), dtype=dtype,
+    return _map_batches(structures, spec, _cached_jit(batch_descriptor_jacobian, spec, chunk_size), np.zeros((0, 0, spec.n_functions, 3)), dtype=dtype,
                         atoms_per_batch=atoms_per_batch, chunk_size=chunk_size, progress=progress,
                         desc="descriptor Jacobians", crop=lambda v, n: v[:n, :n])
 

@@ -1075,7 +1075,3 @@ def refine_lbfgs(model: BPNN, train_data, val_data, *, force_weight: float = 0.0
             "force_weight": force_weight, "history": history, "seconds": time.time() - t0,
             "first_step_seconds": first_step_s, "iterations_run": it if steps else 0}
 
-
-def refine_energies_lbfgs(model: BPNN, train_data, val_data, **kwargs) -> dict:
-    """:func:`refine_lbfgs` on energies only (``force_weight=0``)."""
-    return refine_lbfgs(model, train_data[:3], val_data[:3], force_weight=0.0, **kwargs)
