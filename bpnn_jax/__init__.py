@@ -6,6 +6,13 @@ featurisation and float64 reference-energy subtraction are available, and
 sets full float32 matmul precision (no TF32 on GPUs; set
 ``BPNN_MATMUL_PRECISION=default`` to keep JAX's default).  All model weights
 stay float32 unless asked otherwise.
+
+It also turns on JAX's persistent compilation cache, so a second process
+(``featurize``, ``evaluate``, the ASE calculator, ...) loads its compiled
+programs instead of compiling them again: in ``$XDG_CACHE_HOME/bpnn_jax/xla``
+(``~/.cache/bpnn_jax/xla``) by default; JAX's own ``JAX_COMPILATION_CACHE_DIR``
+wins when set, ``BPNN_COMPILATION_CACHE=DIR`` chooses another directory and
+``BPNN_COMPILATION_CACHE=0`` switches it off.  See :func:`compilation_cache_dir`.
 """
 
 from __future__ import annotations
@@ -27,6 +34,37 @@ _MATMUL_PRECISION = os.environ.get("BPNN_MATMUL_PRECISION", "highest")
 if _MATMUL_PRECISION != "default":
     jax.config.update("jax_default_matmul_precision", _MATMUL_PRECISION)
 
+
+def _default_cache_dir() -> str | None:
+    choice = os.environ.get("BPNN_COMPILATION_CACHE", "")
+    if choice.lower() in ("0", "off", "false", "no"):
+        return None
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return os.environ["JAX_COMPILATION_CACHE_DIR"]
+    if choice:
+        return choice
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "bpnn_jax", "xla")
+
+
+_CACHE_DIR = _default_cache_dir()
+if _CACHE_DIR is not None:
+    try:
+        os.makedirs(_CACHE_DIR, exist_ok=True)
+        jax.config.update("jax_compilation_cache_dir", _CACHE_DIR)
+        # Cache every program: the many sub-second compiles of a short
+        # command add up to most of its run time.
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    except OSError:  # a read-only home: run without the cache
+        _CACHE_DIR = None
+
+
+def compilation_cache_dir() -> str | None:
+    """Directory of the persistent XLA compilation cache in use (None: off)."""
+    return _CACHE_DIR
+
+
 from .errors import BPNNError, BPNNInputError, ModelError, StructureError, XSFError  # noqa: E402
 
 __version__ = "0.1.0"
@@ -39,6 +77,7 @@ __all__ = [
     "StructureError",
     "XSFError",
     "__version__",
+    "compilation_cache_dir",
     "load_model",
 ]
 

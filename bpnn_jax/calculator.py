@@ -44,7 +44,7 @@ from ase.stress import full_3x3_to_voigt_6_stress
 
 from .batch import HostStructure, collate
 from .errors import StructureError
-from .model import BPNN, load_model
+from .model import BPNN, load_model, with_dtype
 from .neighbors import ATOM_BUCKETS, bucket_size, neighbor_list, round_up, slot_layout
 
 __all__ = ["BPNNCalculator", "ExtrapolationWarning", "extrapolation_report"]
@@ -144,7 +144,29 @@ def _evaluator(model: BPNN):
         )
         return {"energies": e, "forces": -g_pos, "de_dstrain": g_strain, "sf": sf}
 
-    fn = (jax.jit(evaluate), variables)
+    def member_energies(values, positions, cell, strain, inputs):
+        m = model_ref()
+        sym = 0.5 * (strain + jnp.swapaxes(strain, -1, -2))
+        deform = jnp.eye(3, dtype=strain.dtype) + sym
+        pos = jnp.einsum("bni,bij->bnj", positions, deform)
+        cel = jnp.einsum("bki,bij->bkj", cell, deform)
+        with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+            sf = m.descriptors(pos, cel, inputs)
+            e = m.member_atomic_energies(sf, inputs["species"], inputs["atom_mask"])  # (K, B, N)
+        return jnp.sum(e, axis=(1, 2)), (e, sf)
+
+    def evaluate_committee(values, positions, cell, inputs):
+        # Per-member forces and strain derivatives: one backward pass per
+        # member (one-hot cotangents, vmapped), the forward pass shared.
+        strain = jnp.zeros_like(cell)
+        e_k, vjp, (e, sf) = jax.vjp(lambda p, s: member_energies(values, p, cell, s, inputs),
+                                    positions, strain, has_aux=True)
+        g_pos, g_strain = jax.vmap(vjp)(jnp.eye(e_k.shape[0], dtype=e_k.dtype))
+        return {"energies": jnp.mean(e, axis=0), "forces": -jnp.mean(g_pos, axis=0),
+                "de_dstrain": jnp.mean(g_strain, axis=0), "sf": sf, "energy_members": e_k,
+                "forces_members": -g_pos}
+
+    fn = (jax.jit(evaluate_committee if getattr(model, "members", 1) > 1 else evaluate), variables)
     try:
         _EVALUATORS[model] = fn
     except TypeError:  # not weak-referenceable: no sharing, still correct
@@ -175,7 +197,12 @@ class BPNNCalculator(Calculator):
     Results (ASE units): ``energy`` and ``free_energy`` (eV, DFT scale),
     ``energies`` (N,) per-atom energies (eV, summing to ``energy``),
     ``forces`` (N, 3) eV/Å and, for cells of full rank, ``stress`` (6,)
-    eV/Å³ in Voigt order (xx, yy, zz, yz, xz, xy).
+    eV/Å³ in Voigt order (xx, yy, zz, yz, xz, xy).  For a committee
+    (``model.members > 1``) these are the members' means, and the results
+    also hold ``energy_std`` (eV, standard deviation of the members' total
+    energies) and ``forces_std`` (N,) eV/Å (per atom, sqrt(mean_k |F_k -
+    F_mean|²)); the extrapolation warning also fires when ``energy_std``
+    per atom exceeds ``model.uncertainty_threshold``.
 
     Args:
         model: a BPNN, or a path / shipped name for :func:`~bpnn_jax.model.
@@ -184,9 +211,11 @@ class BPNNCalculator(Calculator):
             rebuilt only when an atom has moved more than skin/2 since the
             last build, or the cell, pbc or atomic numbers changed.  0
             rebuilds on every move.
-        dtype: float dtype of positions, cell and descriptors; None uses the
-            model's compute dtype.  The networks always run in the model's
-            compute dtype.
+        dtype: float dtype of the whole evaluation (positions, cell,
+            descriptors and networks); None uses the model's compute dtype.
+            ``"float64"`` on a float32 model evaluates a float64 copy of it
+            (:func:`~bpnn_jax.model.with_dtype`): the same weights, forces
+            and stress equal to finite differences of the energy to ~1e-9.
         warn_extrapolation: issue an :class:`ExtrapolationWarning` when some
             atom's symmetry functions leave the training range (see
             :func:`extrapolation_report`).  One warning per structure, naming
@@ -209,7 +238,7 @@ class BPNNCalculator(Calculator):
             does not know, non-finite positions or a singular periodic cell.
     """
 
-    implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
+    implemented_properties = ["energy", "free_energy", "energies", "forces", "stress", "energy_std", "forces_std"]
 
     def __init__(
         self,
@@ -226,9 +255,11 @@ class BPNNCalculator(Calculator):
             model = load_model(model)
         if not (skin >= 0 and math.isfinite(skin)):
             raise ValueError(f"skin must be a finite length >= 0 Å, got {skin}")
+        self.dtype = np.dtype(dtype if dtype is not None else (model.compute_dtype or "float32"))
+        if dtype is not None:
+            model = with_dtype(model, self.dtype)
         self.model = model
         self.skin = float(skin)
-        self.dtype = np.dtype(dtype if dtype is not None else (model.compute_dtype or "float32"))
         self.warn_extrapolation = bool(warn_extrapolation)
         self.tolerance = float(tolerance)
         self.cutoff = float(model.spec.cutoff)
@@ -316,21 +347,34 @@ class BPNNCalculator(Calculator):
         if atoms.cell.rank == 3:
             de_dstrain = np.asarray(out["de_dstrain"][0], np.float64)
             self.results["stress"] = full_3x3_to_voigt_6_stress(de_dstrain / atoms.get_volume())
+        if "energy_members" in out:
+            e_k = np.asarray(out["energy_members"], np.float64)
+            f_k = np.asarray(out["forces_members"][:, 0, :n], np.float64)
+            self.results["energy_std"] = float(e_k.std())
+            self.results["forces_std"] = np.sqrt(np.mean(np.sum((f_k - self.results["forces"]) ** 2, -1), 0))
 
         sf = np.asarray(out["sf"][0, :n])
         self.last_extrapolation = extrapolation_report(self.model, sf, st["species"], tolerance=self.tolerance)
         self._maybe_warn(atoms)
 
     def _maybe_warn(self, atoms) -> None:
-        if not self.last_extrapolation:
+        threshold = getattr(self.model, "uncertainty_threshold", None)
+        spread = self.results.get("energy_std")
+        too_uncertain = (threshold is not None and spread is not None and len(atoms) > 0
+                         and spread / len(atoms) > threshold)
+        if not self.last_extrapolation and not too_uncertain:
             self._warned_key = None
             return
         key = (atoms.numbers.tobytes(), atoms.pbc.tobytes(), np.asarray(atoms.cell.array).tobytes())
         if not self.warn_extrapolation or key == self._warned_key:
             return
         self._warned_key = key
-        warnings.warn(
-            _format_report(self.last_extrapolation, len(atoms), self.tolerance, self._name(atoms)),
-            ExtrapolationWarning,
-            stacklevel=2,
-        )
+        parts = []
+        if self.last_extrapolation:
+            parts.append(_format_report(self.last_extrapolation, len(atoms), self.tolerance, self._name(atoms)))
+        if too_uncertain:
+            parts.append(
+                f"{self._name(atoms)}: committee energy spread {1e3 * spread / len(atoms):.1f} meV/atom exceeds "
+                f"the validation-calibrated threshold {1e3 * threshold:.1f} meV/atom; the model is extrapolating "
+                f"(energy_std and forces_std are in the results).")
+        warnings.warn(" ".join(parts), ExtrapolationWarning, stacklevel=2)

@@ -193,6 +193,7 @@ COMMANDS: dict[str, tuple[Callable[..., argparse.ArgumentParser], Callable[[argp
     "train": (cli_model.add_train_parser, cli_model.cmd_train),
     "evaluate": (cli_model.add_evaluate_parser, cli_model.cmd_evaluate),
     "predict": (cli_model.add_predict_parser, cli_model.cmd_predict),
+    "check-forces": (cli_model.add_check_forces_parser, cli_model.cmd_check_forces),
 }
 
 

@@ -20,6 +20,16 @@ def _hidden(text: str) -> tuple[int, ...]:
     return nodes
 
 
+def _weights(text: str):
+    try:
+        values = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        values = ()
+    if not values or any(not v >= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected a weight >= 0 or comma-separated weights, got {text!r}")
+    return values[0] if len(values) == 1 else values
+
+
 # ------------------------------------------------------------------- train
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
     from .training import TrainConfig
@@ -35,11 +45,17 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
             "to RUN_DIR; --resume continues an interrupted run."
         ),
     )
-    p.add_argument("paths", nargs="+", metavar="DATA", help="XSF files or directories")
-    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory")
+    p.add_argument("paths", nargs="*", metavar="DATA", help="XSF files or directories (or 'data' in --config)")
+    p.add_argument("--out", default=None, metavar="RUN_DIR", help="run directory (or 'out' in --config)")
+    p.add_argument("--config", default=None, metavar="FILE.yaml",
+                   help="read every option from a YAML (or JSON) file: keys are the option names (dashes or "
+                        "underscores, e.g. ef-epochs or ef_epochs) plus 'data' and 'out'; flags given on the "
+                        "command line override it. Each run writes its fully resolved config to "
+                        "RUN_DIR/config.yaml, so `train --config RUN_DIR/config.yaml` repeats it")
     p.add_argument("--preset", choices=["default", "seed"], default="default",
                    help="'seed' reproduces the original study (MAE, 5x64, lr 1e-4, batch 20, 80 epochs, energies only)")
-    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR's last checkpoint")
+    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR's last checkpoint with the run's saved options "
+                   "(of the flags, only --time-limit, --ef-lbfgs-steps and --lbfgs-steps apply)")
     p.add_argument("--hidden", type=_hidden, default=None, help=f"nodes per hidden layer (default {','.join(map(str, d.hidden))})")
     p.add_argument("--activation", default=None, help=f"hidden activation (default {d.activation})")
     p.add_argument("--dropout", type=float, default=None)
@@ -76,29 +92,71 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--data-parallel", action="store_true",
                    help="split every batch over all local devices (keras.distribution.DataParallel); "
                         "--batch-size must then be a multiple of the device count")
+    g = p.add_argument_group(
+        "energy+force committee on cached descriptor Jacobians (--members K >= 1 replaces the stages above)")
+    g.add_argument("--members", type=int, default=None,
+                   help=f"committee size K (default {d.members}: a single network from the energy stages)")
+    g.add_argument("--ef-epochs", type=int, default=None, help=f"Adam epochs (default {d.ef_epochs})")
+    g.add_argument("--ef-lr", type=float, default=None, dest="ef_learning_rate",
+                   help=f"peak learning rate (default {d.ef_learning_rate})")
+    g.add_argument("--ef-final-lr", type=float, default=None, dest="ef_final_learning_rate",
+                   help=f"learning rate at the end of the cosine decay (default {d.ef_final_learning_rate})")
+    g.add_argument("--ef-warmup-epochs", type=int, default=None, help=f"warm-up epochs (default {d.ef_warmup_epochs})")
+    g.add_argument("--ef-force-weight", type=_weights, default=None,
+                   help=f"force weight, eV²/Å² against eV²/atom² (default {d.ef_force_weight}); K comma-separated "
+                        f"values give each member its own")
+    g.add_argument("--weight-decay", type=float, default=None, help=f"AdamW weight decay of kernels (default {d.weight_decay})")
+    g.add_argument("--ema-decay", type=float, default=None, help=f"per-step decay of the weight average (default {d.ema_decay})")
+    g.add_argument("--ef-atoms-per-batch", type=int, default=None,
+                   help=f"padded atoms per mini-batch (default {d.ef_atoms_per_batch})")
+    g.add_argument("--bootstrap", action="store_true", help="Poisson-bootstrap the training structures per member")
+    g.add_argument("--ef-lbfgs-steps", type=int, default=None,
+                   help=f"full-batch L-BFGS polish iterations after Adam (default {d.ef_lbfgs_steps})")
     p.add_argument("--quiet", action="store_true", help="one line per epoch instead of progress bars")
     return p
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .training import PRESETS, TrainConfig, train
+    from .training import PRESETS, TrainConfig, train  # noqa: F401
+
+    from .errors import BPNNInputError
 
     config = TrainConfig(**PRESETS[args.preset])
+    paths, out = list(args.paths), args.out
+    if args.config:
+        file_values = _read_config(args.config)
+        paths = paths or file_values.pop("data", [])
+        out = out or file_values.pop("out", None)
+        file_values.pop("data", None)
+        file_values.pop("out", None)
+        config = dataclasses.replace(config, **file_values)
+    if not paths:
+        raise BPNNInputError("no training data: give DATA paths or 'data' in --config")
+    if not out:
+        raise BPNNInputError("no run directory: give --out RUN_DIR or 'out' in --config")
+    args.paths, args.out = [str(p) for p in ([paths] if isinstance(paths, str) else paths)], str(out)
     overrides = {
         k: getattr(args, k)
         for k in ("hidden", "activation", "dropout", "learning_rate", "batch_size", "energy_epochs", "lbfgs_steps", "force_epochs",
                   "lbfgs_force_weight", "force_weight", "force_subset", "max_energy", "patience", "seed", "force_loss", "huber_delta",
-                  "atoms_per_batch", "init_model", "time_limit_minutes")
+                  "atoms_per_batch", "init_model", "time_limit_minutes", "members", "ef_epochs", "ef_learning_rate",
+                  "ef_final_learning_rate", "ef_warmup_epochs", "ef_force_weight", "weight_decay", "ema_decay",
+                  "ef_atoms_per_batch", "ef_lbfgs_steps")
         if getattr(args, k) is not None
     }
     config = dataclasses.replace(config, **overrides)
+    if args.bootstrap:
+        config.bootstrap = True
     if args.keep_all:
         config.max_energy = None
     if args.fit_references:
         config.reference_energies = None
     config.data_parallel = args.data_parallel
     try:
-        train(args.paths, args.out, config, resume=args.resume, verbose=2 if args.quiet else 1)
+        from .training import RESUME_OPTIONS
+
+        train(args.paths, args.out, config, resume=args.resume, verbose=2 if args.quiet else 1,
+              resume_overrides={k: v for k, v in overrides.items() if k in RESUME_OPTIONS})
     except KeyboardInterrupt:
         import sys
         from pathlib import Path
@@ -109,6 +167,79 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise
     print(f"model saved to {args.out}/model.keras")
     return 0
+
+
+def _split_files(spec: str) -> list[str]:
+    """Files of ``RUN_DIR/split.json[:NAME]`` (NAME default test), resolved like the run saw them."""
+    import json
+    from pathlib import Path
+
+    from .errors import BPNNInputError
+
+    path, _, name = spec.partition(":") if not Path(spec).exists() else (spec, "", "")
+    name = name or "test"
+    p = Path(path)
+    if p.is_dir():
+        p = p / "split.json"
+    try:
+        split = json.loads(p.read_text())
+    except OSError as exc:
+        raise BPNNInputError(f"{p}: cannot read the split file ({exc.strerror})") from None
+    except json.JSONDecodeError as exc:
+        raise BPNNInputError(f"{p}, line {exc.lineno}: not valid JSON ({exc.msg})") from None
+    if name not in split or not isinstance(split[name], list):
+        raise BPNNInputError(f"{p}: no split named {name!r} (has: train, val, test)")
+    if not split[name]:
+        raise BPNNInputError(f"{p}: the {name!r} split is empty")
+    return [str(f) for f in split[name]]
+
+
+def _interactive() -> bool:
+    """Progress bars only on a terminal: logs get no progress-bar debris."""
+    import sys
+
+    return sys.stderr.isatty()
+
+
+def _read_config(path) -> dict:
+    """Options of ``train --config FILE`` as TrainConfig field values (plus 'data' and 'out')."""
+    from pathlib import Path
+
+    import yaml
+
+    from .errors import BPNNInputError
+    from .training import TrainConfig
+
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise BPNNInputError(f"{path}: cannot read the config file ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f", line {mark.line + 1}" if mark is not None else ""
+        raise BPNNInputError(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise BPNNInputError(f"{path}: expected a mapping of option names to values, got {type(raw).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    aliases = {"lr": "learning_rate", "ef_lr": "ef_learning_rate", "ef_final_lr": "ef_final_learning_rate",
+               "init": "init_model", "time_limit": "time_limit_minutes"}
+    out = {}
+    for key, value in raw.items():
+        name = aliases.get(str(key).replace("-", "_"), str(key).replace("-", "_"))
+        if name in ("data", "out"):
+            out[name] = value
+            continue
+        if name not in fields:
+            raise BPNNInputError(f"{path}: unknown option {key!r} (known: data, out, "
+                                 f"{', '.join(sorted(fields))})")
+        if name == "hidden":
+            value = _hidden(value) if isinstance(value, str) else tuple(int(v) for v in value)
+        elif name == "ef_force_weight" and isinstance(value, (list, tuple)):
+            value = tuple(float(v) for v in value)
+        out[name] = value
+    return out
 
 
 # ------------------------------------------------------- input validation
@@ -210,10 +341,16 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
         ),
     )
     p.add_argument("model", metavar="MODEL", help="a .keras file or a shipped model name (e.g. tio2)")
-    p.add_argument("paths", nargs="+", metavar="PATH", help="XSF files or directories")
+    p.add_argument("paths", nargs="*", metavar="PATH", help="XSF files or directories")
+    p.add_argument("--split", metavar="RUN_DIR/split.json[:NAME]", default=None,
+                   help="evaluate the structures of one part of a training run's split (NAME: test, the "
+                        "default, val or train) instead of, or in addition to, PATHs")
     p.add_argument("--json", metavar="FILE", help="write the metrics as JSON")
     p.add_argument("--plots", metavar="DIR", help="write PNG plots to DIR")
     p.add_argument("--no-forces", action="store_true", help="energies only (faster)")
+    p.add_argument("--dtype", choices=["float32", "float64"], default=None,
+                   help="evaluate descriptors and networks in this precision (default: the model's, float32 for "
+                        "shipped models)")
     p.add_argument("--max-energy", type=float, default=1.0,
                    help="also report metrics for cohesive energy <= this, eV/atom (default 1.0, aenet's MAXENERGY)")
     p.add_argument("--skip-invalid", action="store_true",
@@ -229,9 +366,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .model import load_model
 
     _check_output(args.json)
-    model = load_model(args.model)
-    atoms = _read_inputs(args.paths, model, args.model, require_energy=True, skip_invalid=args.skip_invalid)
-    report = evaluate_structures(model, atoms, forces=not args.no_forces, max_energy=args.max_energy, progress=True)
+    paths = list(args.paths) + (_split_files(args.split) if args.split else [])
+    if not paths:
+        from .errors import BPNNInputError
+
+        raise BPNNInputError("nothing to evaluate: give PATHs or --split RUN_DIR/split.json")
+    model = load_model(args.model, dtype=args.dtype)
+    atoms = _read_inputs(paths, model, args.model, require_energy=True, skip_invalid=args.skip_invalid)
+    report = evaluate_structures(model, atoms, forces=not args.no_forces, max_energy=args.max_energy,
+                                 progress=_interactive())
     for label, key in (("all structures", "all"), (f"cohesive <= {args.max_energy} eV/atom", "within_max_energy")):
         m = report.get(key)
         if not m or not m.get("n_structures"):
@@ -262,6 +405,8 @@ def add_predict_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", metavar="PATH", help="XSF files or directories (energy line optional)")
     p.add_argument("--out", required=True, metavar="FILE.csv", help="CSV to write")
     p.add_argument("--forces", metavar="FILE.xyz", help="also write structures with predicted energy and forces (extended XYZ)")
+    p.add_argument("--dtype", choices=["float32", "float64"], default=None,
+                   help="evaluate descriptors and networks in this precision (default: the model's)")
     p.add_argument("--skip-invalid", action="store_true",
                    help="skip invalid files (unreadable, elements the model lacks, overlapping atoms), listed on "
                         "stderr; by default the first stops the command before any output")
@@ -280,16 +425,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     _check_output(args.out)
     _check_output(args.forces)
-    model = load_model(args.model)
+    model = load_model(args.model, dtype=args.dtype)
     atoms = _read_inputs(args.paths, model, args.model, require_energy=False, skip_invalid=args.skip_invalid)
-    hs = prepare_structures(atoms, model.elements, model.spec.cutoff, progress=True)
-    e_rel, forces = predict_structures(model, hs, forces=bool(args.forces), progress=True)
+    hs = prepare_structures(atoms, model.elements, model.spec.cutoff, progress=_interactive())
+    e_rel, forces, e_std, _ = predict_structures(model, hs, forces=bool(args.forces), progress=_interactive(),
+                                                 dtype=np.dtype(model.compute_dtype or "float32"), uncertainty=True)
     energy = total_energy(model, e_rel, [a.get_chemical_symbols() for a in atoms])
+    committee = model.members > 1
     with atomic_write(args.out, newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["file", "n_atoms", "energy_ev", "energy_per_atom_ev"])
-        for a, e in zip(atoms, energy):
-            w.writerow([a.info.get("file", ""), len(a), f"{e:.8f}", f"{e / len(a):.8f}"])
+        w.writerow(["file", "n_atoms", "energy_ev", "energy_per_atom_ev"] + (["energy_std_ev"] if committee else []))
+        for a, e, sd in zip(atoms, energy, e_std):
+            w.writerow([a.info.get("file", ""), len(a), f"{e:.8f}", f"{e / len(a):.8f}"]
+                       + ([f"{sd:.6f}"] if committee else []))
     if args.forces:
         import ase.io
         from ase.calculators.singlepoint import SinglePointCalculator
@@ -302,4 +450,64 @@ def cmd_predict(args: argparse.Namespace) -> int:
         with atomic_write(args.forces) as fh:
             ase.io.write(fh, frames, format="extxyz")
     print(f"wrote {args.out}" + (f" and {args.forces}" if args.forces else ""))
+    return 0
+
+
+# ------------------------------------------------------------ check-forces
+def add_check_forces_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "check-forces",
+        help="check a model's forces and stress against finite differences of its energy (float64)",
+        description=(
+            "Evaluate the model in float64 and compare its forces and stress with central finite differences "
+            "of its energy, per structure; errors are relative to the largest finite-difference component. "
+            "Exit status 1 when any error exceeds --tolerance."
+        ),
+    )
+    p.add_argument("model", metavar="MODEL", help="a .keras file or a shipped model name (e.g. tio2)")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="XSF files or directories (energy line optional)")
+    p.add_argument("--json", metavar="FILE", help="write the result (one row per structure) as JSON")
+    p.add_argument("--delta", type=float, default=1e-4,
+                   help="finite-difference step, Å for positions and dimensionless for strain; five-point "
+                        "stencil (default 1e-4)")
+    p.add_argument("--tolerance", type=float, default=1e-5,
+                   help="largest accepted relative error of forces and stress (default 1e-5)")
+    p.add_argument("--max-atoms", type=int, default=None,
+                   help="check at most this many atoms per structure (a seeded random choice; default all)")
+    p.add_argument("--skip-invalid", action="store_true", help="skip invalid files instead of stopping")
+    return p
+
+
+def cmd_check_forces(args: argparse.Namespace) -> int:
+    import json
+
+    from .errors import BPNNInputError
+    from .force_check import check_forces
+    from .io import atomic_write
+    from .model import load_model
+
+    _check_output(args.json)
+    if not args.delta > 0:
+        raise BPNNInputError(f"--delta must be > 0 Å, got {args.delta}")
+    model = load_model(args.model, dtype="float64")
+    atoms = _read_inputs(args.paths, model, args.model, require_energy=False, skip_invalid=args.skip_invalid)
+    result = check_forces(model, atoms, delta=args.delta, max_atoms=args.max_atoms)
+    result["tolerance"] = args.tolerance
+    bad = []
+    for r in result["structures"]:
+        s_err = r.get("max_rel_stress_error")
+        stress_txt = "" if s_err is None else f"  stress {s_err:.2e}"
+        print(f"{r['file']}: forces {r['max_rel_force_error']:.2e}{stress_txt} (relative)")
+        if r["max_rel_force_error"] > args.tolerance or (s_err is not None and s_err > args.tolerance):
+            bad.append(r["file"])
+    result["passed"] = not bad
+    if args.json:
+        with atomic_write(args.json) as fh:
+            json.dump(result, fh, indent=2)
+    s_all = result["max_rel_stress_error"]
+    print(f"largest relative error: forces {result['max_rel_force_error']:.2e}"
+          + ("" if s_all is None else f", stress {s_all:.2e}") + f" (tolerance {args.tolerance:g})")
+    if bad:
+        print(f"FAILED: {len(bad)} structure(s) above the tolerance: {', '.join(bad[:5])}")
+        return 1
     return 0

@@ -61,7 +61,7 @@ def energy_metrics(pred_total_ev, true_total_ev, n_atoms, pred_forces=None, true
 
 
 def evaluate_structures(model, atoms_list: Sequence, *, forces=True, max_energy: float | None = 1.0,
-                        progress=False) -> dict:
+                        progress=False, dtype=None) -> dict:
     """Predict and score labelled structures.
 
     Args:
@@ -72,17 +72,23 @@ def evaluate_structures(model, atoms_list: Sequence, *, forces=True, max_energy:
             cohesive energy (relative to the model's references) is at most
             this many eV/atom (aenet's MAXENERGY); None skips that.
         progress: progress bar.
+        dtype: float dtype of the inputs (None: the model's compute dtype).
 
     Returns:
         dict with "all" (metrics), "within_max_energy" (metrics, when
         max_energy is set), "max_energy", and "per_structure" (list of dicts:
-        file, n_atoms, energy_dft_ev, energy_pred_ev).
+        file, n_atoms, energy_dft_ev, energy_pred_ev, cohesive_dft_ev_atom
+        and, for a committee, energy_std_ev (standard deviation of the
+        members' total energies, eV) and, with forces, force_std_max_ev_a
+        and force_std_mean_ev_a (largest and mean per-atom force spread)).
     """
     from .model import total_energy
     from .training import predict_structures
 
     hs = prepare_structures(atoms_list, model.elements, model.spec.cutoff, progress=progress)
-    e_rel, f_pred = predict_structures(model, hs, forces=forces, progress=progress)
+    dtype = np.dtype(dtype or model.compute_dtype or "float32")
+    e_rel, f_pred, e_std, f_std = predict_structures(model, hs, forces=forces, progress=progress,
+                                                     uncertainty=True, dtype=dtype)
     symbols = [a.get_chemical_symbols() for a in atoms_list]
     e_pred = total_energy(model, e_rel, symbols)
     e_true = np.array([a.info["energy"] for a in atoms_list], np.float64)
@@ -103,11 +109,17 @@ def evaluate_structures(model, atoms_list: Sequence, *, forces=True, max_energy:
             [f for f, k in zip(f_pred, keep) if k] if (f_true and f_pred) else None,
             [f for f, k in zip(f_true, keep) if k] if f_true else None,
         )
-    report["per_structure"] = [
-        dict(file=a.info.get("file", str(k)), n_atoms=int(n[k]), energy_dft_ev=float(e_true[k]),
-             energy_pred_ev=float(e_pred[k]), cohesive_dft_ev_atom=float(cohesive[k]))
-        for k, a in enumerate(atoms_list)
-    ]
+    rows = []
+    for k, a in enumerate(atoms_list):
+        row = dict(file=a.info.get("file", str(k)), n_atoms=int(n[k]), energy_dft_ev=float(e_true[k]),
+                   energy_pred_ev=float(e_pred[k]), cohesive_dft_ev_atom=float(cohesive[k]))
+        if getattr(model, "members", 1) > 1:
+            row["energy_std_ev"] = float(e_std[k])
+            if f_std is not None and len(f_std[k]):
+                row["force_std_max_ev_a"] = float(np.max(f_std[k]))
+                row["force_std_mean_ev_a"] = float(np.mean(f_std[k]))
+        rows.append(row)
+    report["per_structure"] = rows
     report["_forces"] = (f_pred, f_true)
     return report
 

@@ -44,7 +44,7 @@ from .errors import ModelError
 from .geometry import displacements
 from .layers import ElementMLP, MaskedRMSE
 
-__all__ = ["BPNN", "load_model", "total_energy", "PRETRAINED_DIR"]
+__all__ = ["BPNN", "load_model", "with_dtype", "total_energy", "PRETRAINED_DIR"]
 
 PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
 
@@ -76,6 +76,16 @@ class BPNN(keras.Model):
         huber_delta: where the Huber force loss turns linear (eV/Å).
         chunk_size: atoms per vmapped chunk in the descriptor kernel.
         seed: seed of the dropout generator.
+        members: committee size K.  With K > 1 every element network is a
+            committee of K networks evaluated together; energies and forces
+            are the members' means, and ``call`` also returns
+            ``energy_members`` (K, B) eV and, with forces,
+            ``forces_members`` (K, B, N, 3) eV/Å (their spread is the
+            committee's uncertainty).
+        uncertainty_threshold: committee energy spread (standard deviation
+            of the members' energies per atom, eV/atom) above which the
+            calculator warns that the model is extrapolating; calibrated
+            on the validation set by training.  None: no such warning.
     """
 
     def __init__(
@@ -93,6 +103,8 @@ class BPNN(keras.Model):
         huber_delta: float = 1.0,
         chunk_size: int = 8,
         seed: int = 0,
+        members: int = 1,
+        uncertainty_threshold: float | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -116,21 +128,25 @@ class BPNN(keras.Model):
         self.huber_delta = float(huber_delta)
         self.chunk_size = int(chunk_size)
         self.seed = int(seed)
+        self.members = int(members)
+        self.uncertainty_threshold = None if uncertainty_threshold is None else float(uncertainty_threshold)
         S, F = len(self.elements), self.spec.n_functions
         self.nets = [
-            ElementMLP(self.hidden, activation, self.dropout, dtype=self.dtype_policy, name=f"net_{el}")
+            ElementMLP(self.hidden, activation, self.dropout, members=self.members, dtype=self.dtype_policy,
+                       name=f"net_{el}")
             for el in self.elements
         ]
         for net in self.nets:
             # ElementMLP creates its Dense layers with the global policy; give
             # them the model's (e.g. dtype="float64") before they are built.
-            for layer in (*net.dense, net.out):
+            for layer in (*net.dense, *([net.out] if net.out is not None else [])):
                 layer.dtype_policy = self.dtype_policy
             if self.compute_dtype == "float64" and activation in _JAX_ACTIVATIONS:
                 # Keras's unary ops (ops.tanh, ...) return float32 for float64
                 # inputs on the JAX backend; JAX's own keep float64.
                 for layer in net.dense:
                     layer.activation = _JAX_ACTIVATIONS[activation]
+                net.act_fn = _JAX_ACTIVATIONS[activation]
         # Statistics fitted on the training set; saved with the weights.
         self.sf_mean = self.add_weight(shape=(S, F), initializer="zeros", trainable=False, name="sf_mean")
         self.sf_std = self.add_weight(shape=(S, F), initializer="ones", trainable=False, name="sf_std")
@@ -167,10 +183,19 @@ class BPNN(keras.Model):
 
     # --------------------------------------------------------------- forward
     def atomic_energies(self, sf, species, atom_mask, masks=None):
-        """Atomic energies (B, N) in eV relative to the references; 0 for padding."""
+        """Atomic energies (B, N) in eV relative to the references; 0 for padding.
+
+        For a committee, the members' mean.
+        """
+        e = self.member_atomic_energies(sf, species, atom_mask, masks)
+        return e if self.members == 1 else ops.mean(e, axis=0)
+
+    def member_atomic_energies(self, sf, species, atom_mask, masks=None):
+        """Atomic energies in eV relative to the references: (B, N), or (K, B, N) for a committee."""
         dtype = self._dtype()
         sf = ops.cast(sf, dtype)
-        e = ops.zeros(ops.shape(species), dtype)
+        shape = tuple(ops.shape(species))
+        e = ops.zeros(shape if self.members == 1 else (self.members,) + shape, dtype)
         for s, net in enumerate(self.nets):
             x = (sf - self.sf_mean[s]) / self.sf_std[s]
             out = net(x, None if masks is None else masks[s])
@@ -210,11 +235,16 @@ class BPNN(keras.Model):
         species = inputs["species"]
         masks = self._dropout_masks(tuple(species.shape), training)
         if "sf" in inputs:
-            e = self.atomic_energies(inputs["sf"], species, inputs["atom_mask"], masks)
-            return {"energy": ops.sum(e, axis=-1)}
+            e = self.member_atomic_energies(inputs["sf"], species, inputs["atom_mask"], masks)
+            if self.members == 1:
+                return {"energy": ops.sum(e, axis=-1)}
+            e = ops.sum(e, axis=-1)
+            return {"energy": ops.mean(e, axis=0), "energy_members": e}
         dtype = self._dtype()
         positions = ops.cast(inputs["positions"], dtype)
         cell = ops.cast(inputs["cell"], dtype)
+        if self.members > 1:
+            return self._committee_call(positions, cell, inputs)
         if not self.compute_forces:
             return {"energy": self.structure_energies(positions, cell, inputs, masks)}
 
@@ -224,6 +254,24 @@ class BPNN(keras.Model):
 
         grad, energy = jax.grad(total, has_aux=True)(positions)
         return {"energy": energy, "forces": -grad}
+
+    def _committee_call(self, positions, cell, inputs):
+        """Energies (and forces) of every member and their means."""
+        def members_energy(pos):
+            sf = self.descriptors(pos, cell, inputs)
+            e = self.member_atomic_energies(sf, inputs["species"], inputs["atom_mask"])
+            return jnp.sum(e, axis=-1)  # (K, B)
+
+        if not self.compute_forces:
+            e = members_energy(positions)
+            return {"energy": jnp.mean(e, axis=0), "energy_members": e}
+        e, vjp = jax.vjp(members_energy, positions)
+        # One backward pass per member (a one-hot cotangent each), vmapped:
+        # the descriptors' forward pass is shared.
+        onehot = jnp.eye(self.members, dtype=e.dtype)[:, :, None] * jnp.ones_like(e)[None]
+        (grads,) = jax.vmap(vjp)(onehot)
+        return {"energy": jnp.mean(e, axis=0), "energy_members": e,
+                "forces": -jnp.mean(grads, axis=0), "forces_members": -grads}
 
     # ------------------------------------------------------------ training
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
@@ -284,6 +332,8 @@ class BPNN(keras.Model):
             huber_delta=self.huber_delta,
             chunk_size=self.chunk_size,
             seed=self.seed,
+            members=self.members,
+            uncertainty_threshold=self.uncertainty_threshold,
         )
         return config
 
@@ -310,8 +360,34 @@ def total_energy(model: BPNN, energy_ev, species_lists) -> np.ndarray:
     return out
 
 
-def load_model(name_or_path) -> BPNN:
+def with_dtype(model: BPNN, dtype) -> BPNN:
+    """A copy of ``model`` whose descriptors *and* networks compute in ``dtype``.
+
+    The weights are the same numbers (float32 weights are exactly
+    representable in float64), so a float64 copy of a float32 model is the
+    same function evaluated without float32 rounding: its forces are the
+    gradient of its energy to ~1e-10, which finite differences can check.
+    Returns ``model`` itself when it already computes in ``dtype``.
+    """
+    dtype = str(np.dtype(dtype))
+    if (model.compute_dtype or "float32") == dtype:
+        return model
+    config = model.get_config()
+    config.pop("dtype", None)
+    config.pop("name", None)
+    copy = BPNN(**config, dtype=dtype)
+    for dst, src in zip(copy.variables, model.variables):
+        dst.assign(np.asarray(keras.ops.convert_to_numpy(src.value)).astype(dst.dtype))
+    return copy
+
+
+def load_model(name_or_path, dtype=None) -> BPNN:
     """Load a saved model: a ``.keras`` path or a shipped name (e.g. "tio2").
+
+    Args:
+        name_or_path: file or shipped name.
+        dtype: None keeps the saved compute dtype; "float64" evaluates the
+            descriptors and the networks in float64 (:func:`with_dtype`).
 
     Raises:
         ModelError: the file does not exist, is not a readable Keras archive
@@ -336,4 +412,4 @@ def load_model(name_or_path) -> BPNN:
         raise ModelError(f"{path}: not a readable bpnn_jax model ({type(exc).__name__}: {exc})") from None
     if not isinstance(model, BPNN):
         raise ModelError(f"{path}: holds a {type(model).__name__}, not a bpnn_jax BPNN model")
-    return model
+    return model if dtype is None else with_dtype(model, dtype)

@@ -110,6 +110,24 @@ class TrainConfig:
         patience: early-stopping patience (epochs) per stage.
         reference_energies: free-atom energies (eV); None = fitted by least
             squares on composition.
+        members: committee size K of the E+F stage on cached descriptor
+            Jacobians (:mod:`bpnn_jax.jacobian_training`); 0 = the
+            energy-then-L-BFGS stages above instead.  With K >= 1 the run is:
+            descriptors, Jacobians (cached in ``RUN_DIR/cache``), mini-batch
+            Adam on energies and forces for every member at once, optional
+            L-BFGS polish, a BPNN with ``members=K``.
+        ef_epochs: Adam epochs of that stage.
+        ef_learning_rate, ef_final_learning_rate: peak and final learning
+            rate (linear warm-up over ``ef_warmup_epochs``, cosine decay).
+        ef_warmup_epochs: warm-up epochs.
+        ef_force_weight: force weight lambda of that stage (eV²/Å²
+            against eV²/atom²).
+        weight_decay: decoupled weight decay of the kernels (AdamW).
+        ema_decay: per-step decay of the validated weight average.
+        ef_atoms_per_batch: padded atoms per mini-batch.
+        bootstrap: Poisson bootstrap of the training structures per member.
+        ef_lbfgs_steps: full-batch L-BFGS polish iterations (all members
+            at once) after Adam.
         data_parallel: train with ``keras.distribution.DataParallel`` over
             all local devices (:func:`data_parallel_distribution`): weights
             replicated, every batch split over the devices.  Batch sizes
@@ -144,7 +162,29 @@ class TrainConfig:
     seed: int = 0
     patience: int = 100
     reference_energies: dict | None = dataclasses.field(default_factory=lambda: dict(REFERENCE_ENERGIES_TIO2))
+    members: int = 0
+    ef_epochs: int = 300
+    ef_learning_rate: float = 2e-3
+    ef_final_learning_rate: float = 2e-5
+    ef_warmup_epochs: int = 5
+    ef_force_weight: float | tuple = 1e-3
+    weight_decay: float = 1e-5
+    ema_decay: float = 0.99
+    ef_atoms_per_batch: int = 768
+    bootstrap: bool = False
+    ef_lbfgs_steps: int = 0
     data_parallel: bool = False
+
+    def committee_config(self):
+        """The :class:`~bpnn_jax.jacobian_training.CommitteeConfig` of the E+F stage."""
+        from .jacobian_training import CommitteeConfig
+
+        return CommitteeConfig(
+            members=self.members, hidden=tuple(self.hidden), activation=self.activation, epochs=self.ef_epochs,
+            learning_rate=self.ef_learning_rate, final_learning_rate=self.ef_final_learning_rate,
+            warmup_epochs=self.ef_warmup_epochs, weight_decay=self.weight_decay, force_weight=self.ef_force_weight,
+            ema_decay=self.ema_decay, atoms_per_batch=self.ef_atoms_per_batch, bootstrap=self.bootstrap,
+            patience=self.patience, seed=self.seed, lbfgs_steps=self.ef_lbfgs_steps)
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
@@ -155,6 +195,8 @@ class TrainConfig:
     def from_json(cls, d: dict) -> "TrainConfig":
         d = dict(d)
         d["hidden"] = tuple(d["hidden"])
+        if isinstance(d.get("ef_force_weight"), list):
+            d["ef_force_weight"] = tuple(d["ef_force_weight"])
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 
@@ -396,6 +438,19 @@ def _atomic_save(model: keras.Model, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _write_yaml_config(path: Path, config: TrainConfig, paths, run_dir: Path) -> None:
+    """The fully resolved config, as ``train --config`` reads it (data and out included)."""
+    import yaml
+
+    d = {"data": [str(p) for p in ([paths] if isinstance(paths, (str, os.PathLike)) else (paths or []))],
+         "out": str(run_dir), **config.to_json()}
+    if isinstance(d.get("ef_force_weight"), tuple):
+        d["ef_force_weight"] = list(d["ef_force_weight"])
+    with atomic_write(path) as fh:
+        fh.write("# bpnn_jax train config: python -m bpnn_jax train --config THIS_FILE (flags override it)\n")
+        yaml.safe_dump(d, fh, sort_keys=False)
+
+
 def _write_json(path: Path, obj) -> None:
     with atomic_write(path) as fh:
         json.dump(obj, fh, indent=2, default=float)
@@ -598,18 +653,29 @@ def _predict_function(model: BPNN, forces: bool):
 
 
 def predict_structures(model: BPNN, structures: Sequence[HostStructure], *, forces=True, atoms_per_batch=None,
-                       dtype=np.float32, progress=False):
+                       dtype=np.float32, progress=False, uncertainty=False):
     """Model energies (relative to references, eV) and forces for prepared structures.
 
     ``atoms_per_batch`` None: 256 on CPU, 8192 on a GPU
-    (:func:`bpnn_jax.featurize.default_atoms_per_batch`).
+    (:func:`bpnn_jax.featurize.default_atoms_per_batch`).  For a committee
+    (``model.members > 1``) energies and forces are the members' means.
+
+    Args:
+        uncertainty: also return the committee spread (zeros for a single
+            network).
 
     Returns:
-        (energies (n_struct,) float64, list of (n_atoms, 3) force arrays or None).
+        (energies (n_struct,) float64, list of (n_atoms, 3) force arrays or
+        None); with ``uncertainty`` also energy_std (n_struct,) eV (standard
+        deviation of the members' total energies) and a list of (n_atoms,)
+        force spreads eV/Å (per atom, sqrt(mean_k |F_k - F_mean|²)), or
+        None without forces.
     """
     fn, variables = _predict_function(model, bool(forces))
     energies = np.zeros(len(structures))
+    e_std = np.zeros(len(structures))
     out_f: list = [None] * len(structures)
+    f_std: list = [None] * len(structures)
     if atoms_per_batch is None:
         from .featurize import default_atoms_per_batch
 
@@ -625,10 +691,19 @@ def predict_structures(model: BPNN, structures: Sequence[HostStructure], *, forc
         batch = collate([structures[k] for k in idx], b, n, slots, dtype=dtype)
         res = fn(values, batch.inputs(model.elements))
         e = np.asarray(res["energy"], np.float64)
+        em = np.asarray(res["energy_members"], np.float64) if "energy_members" in res else None
+        fm = np.asarray(res["forces_members"], np.float64) if (forces and "forces_members" in res) else None
         for j, k in enumerate(idx):
+            n_k = structures[k].n_atoms
             energies[k] = e[j]
+            if em is not None:
+                e_std[k] = float(em[:, j].std())
             if forces:
-                out_f[k] = np.asarray(res["forces"][j, : structures[k].n_atoms], np.float64)
+                out_f[k] = np.asarray(res["forces"][j, :n_k], np.float64)
+                f_std[k] = (np.zeros(n_k) if fm is None else
+                            np.sqrt(np.mean(np.sum((fm[:, j, :n_k] - out_f[k]) ** 2, axis=-1), axis=0)))
+    if uncertainty:
+        return energies, (out_f if forces else None), e_std, (f_std if forces else None)
     return energies, (out_f if forces else None)
 
 
@@ -681,7 +756,12 @@ def _batch_multiple() -> int:
     return 1 if dist is None else int(dist.num_model_replicas)
 
 
-def train(paths, run_dir, config: TrainConfig, *, resume: bool = False, verbose: int = 1, data=None) -> BPNN:
+#: Options that ``--resume`` takes from the command line (the rest come from the run's config.json).
+RESUME_OPTIONS = ("time_limit_minutes", "ef_lbfgs_steps", "lbfgs_steps")
+
+
+def train(paths, run_dir, config: TrainConfig, *, resume: bool = False, verbose: int = 1, data=None,
+          resume_overrides: dict | None = None) -> BPNN:
     """Train a model and save everything to ``run_dir`` (see module doc).
 
     With ``config.data_parallel`` the model is built (or loaded) and fitted
@@ -699,6 +779,9 @@ def train(paths, run_dir, config: TrainConfig, *, resume: bool = False, verbose:
         verbose: Keras verbosity (1 = progress bars, also for reading and
             featurising; 2 = one line per epoch, no bars; 0 = silent).
         data: optional output of :func:`load_training_data` (reuse).
+        resume_overrides: with ``resume``, values of :data:`RESUME_OPTIONS`
+            that replace the saved ones (e.g. more polish iterations after
+            a finished Adam stage, or a new time limit).
 
     Returns:
         The trained model (also saved as ``run_dir/model.keras``).
@@ -709,20 +792,24 @@ def train(paths, run_dir, config: TrainConfig, *, resume: bool = False, verbose:
     """
     scope = data_parallel_distribution().scope() if config.data_parallel else contextlib.nullcontext()
     with scope:
-        return _train(paths, run_dir, config, resume=resume, verbose=verbose, data=data)
+        return _train(paths, run_dir, config, resume=resume, verbose=verbose, data=data,
+                      resume_overrides=resume_overrides)
 
 
-def _train(paths, run_dir, config: TrainConfig, *, resume: bool, verbose: int, data) -> BPNN:
+def _train(paths, run_dir, config: TrainConfig, *, resume: bool, verbose: int, data, resume_overrides=None) -> BPNN:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     deadline = None if config.time_limit_minutes is None else time.time() + 60.0 * config.time_limit_minutes
     state = {}
     if resume:
-        if not (run_dir / "state.json").exists():
-            raise BPNNInputError(f"{run_dir}: nothing to resume (no state.json); start without --resume")
-        state = json.loads((run_dir / "state.json").read_text())
+        if not (run_dir / "state.json").exists() and not (run_dir / "ef_state.npz").exists():
+            raise BPNNInputError(f"{run_dir}: nothing to resume (no state.json or ef_state.npz); start without "
+                                 f"--resume")
+        state = json.loads((run_dir / "state.json").read_text()) if (run_dir / "state.json").exists() else {}
         saved = TrainConfig.from_json(json.loads((run_dir / "config.json").read_text()))
-        config = dataclasses.replace(saved, data_parallel=config.data_parallel)
+        config = dataclasses.replace(saved, data_parallel=config.data_parallel, **(resume_overrides or {}))
+        if resume_overrides:
+            _write_json(run_dir / "config.json", config.to_json())
     multiple = _batch_multiple()
     if config.batch_size is not None and config.batch_size % multiple:
         raise BPNNInputError(
@@ -737,6 +824,7 @@ def _train(paths, run_dir, config: TrainConfig, *, resume: bool, verbose: int, d
         data = load_training_data(paths, config, progress=verbose == 1)
     if not resume:
         _write_json(run_dir / "config.json", config.to_json())
+        _write_yaml_config(run_dir / "config.yaml", config, paths, run_dir)
         for stale in ("state.json", "history.csv"):
             (run_dir / stale).unlink(missing_ok=True)
     S = data["structures"]
@@ -753,6 +841,9 @@ def _train(paths, run_dir, config: TrainConfig, *, resume: bool, verbose: int, d
     if not train_s or not val_s:
         raise BPNNInputError(f"too few structures ({len(S)}) for a train/validation split")
 
+    if config.members > 0:
+        return _train_committee(data, train_s, val_s, run_dir, config, resume=resume, verbose=verbose,
+                                deadline=deadline)
     if resume and (run_dir / "checkpoints" / "last.keras").exists():
         try:
             model = keras.saving.load_model(run_dir / "checkpoints" / "last.keras", compile=True)
@@ -861,6 +952,68 @@ def _train(paths, run_dir, config: TrainConfig, *, resume: bool, verbose: int, d
     return model
 
 
+# ------------------------------------------------ committee on Jacobians
+def _train_committee(data, train_s, val_s, run_dir: Path, config: TrainConfig, *, resume: bool, verbose: int,
+                     deadline) -> BPNN:
+    """The E+F committee stage (``config.members >= 1``); see :mod:`bpnn_jax.jacobian_training`."""
+    from . import jacobian_training as jt
+    from .jacobian_cache import cached_jacobians
+
+    spec = data["spec"]
+    cfg = config.committee_config()
+    missing = [s.name for s in train_s + val_s if s.forces is None]
+    if missing:
+        raise BPNNInputError(f"{missing[0]}: no forces, needed for force training"
+                             + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    t0 = time.time()
+    sf_train = featurize_host(train_s, spec, atoms_per_batch=config.atoms_per_batch, progress=verbose == 1)
+    sf_val = featurize_host(val_s, spec, atoms_per_batch=config.atoms_per_batch, progress=verbose == 1)
+    stats = compute_statistics(sf_train, [s.species for s in train_s], [s.energy for s in train_s],
+                               len(data["elements"]))
+    if verbose:
+        print(f"descriptors of {len(train_s)} + {len(val_s)} structures: {time.time() - t0:.1f} s", flush=True)
+    gb = sum(s.n_atoms ** 2 for s in train_s + val_s) * spec.n_functions * 3 * 4 / 1e9
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
+    except (ValueError, OSError, AttributeError):
+        ram = math.inf
+    if 2.2 * gb > 0.9 * ram:
+        raise BPNNInputError(
+            f"the descriptor Jacobians of {len(train_s) + len(val_s)} structures need ~{2.2 * gb:.0f} GB "
+            f"(n_atoms² · {spec.n_functions} · 3 floats each, grouped); this machine has {ram:.0f} GB: use "
+            f"fewer or smaller structures, or --members 0 for the energy stages")
+    jac, _ = cached_jacobians(train_s + val_s, spec, run_dir / "cache", progress=verbose == 1, verbose=verbose > 0)
+    jac_train, jac_val = jac[:len(train_s)], jac[len(train_s):]
+    del jac
+    train_g = jt.group_by_size(sf_train, [s.species for s in train_s], [s.energy for s in train_s],
+                               [s.forces for s in train_s], jac_train)
+    val_g = jt.group_by_size(sf_val, [s.species for s in val_s], [s.energy for s in val_s],
+                             [s.forces for s in val_s], jac_val)
+    del jac_train, jac_val
+    if verbose:
+        print(f"E+F committee of {cfg.members}: {train_g.n_structures} training structures "
+              f"({train_g.n_atoms} atoms), {val_g.n_structures} validation; {train_g.nbytes / 1e9:.2f} + "
+              f"{val_g.nbytes / 1e9:.2f} GB", flush=True)
+    result = jt.fit_committee(train_g, val_g, stats, cfg, run_dir=run_dir, resume=resume, verbose=verbose,
+                              deadline=deadline)
+    params = result["params"]
+    summary = {k: v for k, v in result.items() if k not in ("params", "history")}
+    if result["complete"] and cfg.lbfgs_steps > 0:
+        polish = jt.polish_lbfgs(params, train_g, val_g, stats, cfg, steps=cfg.lbfgs_steps, verbose=verbose,
+                                 deadline=deadline)
+        params = polish["params"]
+        summary["lbfgs"] = {k: v for k, v in polish.items() if k != "params"}
+    model = jt.to_model(params, stats, spec, cfg, data["references"])
+    model.uncertainty_threshold = jt.calibrate_threshold(model, val_g)
+    summary["uncertainty_threshold_ev_atom"] = model.uncertainty_threshold
+    _write_json(run_dir / "ef.json", summary)
+    _atomic_save(model, run_dir / "model.keras" if result["complete"] else run_dir / "checkpoints" / "last.keras")
+    if not result["complete"]:
+        print(f"E+F stage stopped before its last epoch; the best point so far is in "
+              f"{run_dir / 'checkpoints' / 'last.keras'}; continue with --resume", flush=True)
+    return model
+
+
 # ------------------------------------------------------- L-BFGS refinement
 def _force_data(structures, spec, verbose) -> tuple[list, list]:
     """(target forces, descriptor Jacobians) of prepared structures, for :func:`refine_lbfgs`."""
@@ -892,45 +1045,22 @@ def _force_data(structures, spec, verbose) -> tuple[list, list]:
 
 
 def _size_groups(sf_list, species_list, energies, forces_list=None, jac_list=None):
-    """Full-batch arrays grouped by padded atom count (few shapes, little padding).
+    """Full-batch arrays grouped by padded atom count, as :func:`refine_lbfgs` takes them.
 
-    With ``forces_list`` and ``jac_list`` (per structure (n, 3) and
-    (n, n, F, 3)), each group also holds target forces and descriptor
-    Jacobians; the per-structure Jacobians are released as they are copied
-    (they are the bulk of the memory).
+    :func:`bpnn_jax.jacobian_training.group_by_size` in tuples
+    ``(inputs, energies, n_atoms[, forces, jacobians])``; the per-structure
+    Jacobians are released as they are copied.
     """
-    from .neighbors import ATOM_BUCKETS, bucket_size
+    from .jacobian_training import group_by_size
 
-    by_n: dict[int, list[int]] = {}
-    for k, sp in enumerate(species_list):
-        by_n.setdefault(bucket_size(len(sp), ATOM_BUCKETS), []).append(k)
-    groups = []
-    F = sf_list[0].shape[1]
-    for n_pad, idx in sorted(by_n.items()):
-        sf = np.zeros((len(idx), n_pad, F), np.float32)
-        species = np.zeros((len(idx), n_pad), np.int32)
-        mask = np.zeros((len(idx), n_pad), bool)
-        for b, k in enumerate(idx):
-            n = len(species_list[k])
-            sf[b, :n], species[b, :n], mask[b, :n] = sf_list[k], species_list[k], True
-        e = np.asarray([energies[k] for k in idx], np.float32)
-        group = ({"sf": sf, "species": species, "atom_mask": mask}, e, mask.sum(1).astype(np.float32))
+    groups = group_by_size(sf_list, species_list, energies, forces_list, jac_list)
+    out = []
+    for g in groups.arrays:
+        group = ({"sf": g["sf"], "species": g["species"], "atom_mask": g["mask"]}, g["energy"], g["n"])
         if jac_list is not None:
-            forces = np.zeros((len(idx), n_pad, 3), np.float32)
-            # Stored as (B, N*3, N*F), J[b, (k, c), (i, f)] = dG_if/dR_kc: the
-            # force contraction is then one batched matrix-vector product
-            # over contiguous rows, ~5x faster on a CPU than contracting the
-            # (i, k, f, c) layout (which XLA transposes at every call).
-            jac = np.zeros((len(idx), n_pad, 3, n_pad, F), np.float32)
-            for b, k in enumerate(idx):
-                n = len(species_list[k])
-                forces[b, :n] = forces_list[k]
-                jac[b, :n, :, :n] = np.transpose(jac_list[k], (1, 3, 0, 2))
-                jac_list[k] = None
-            jac = jac.reshape(len(idx), n_pad * 3, n_pad * F)
-            group = group + (forces, jac)
-        groups.append(group)
-    return groups
+            group = group + (g["forces"], g["jac"])
+        out.append(group)
+    return out
 
 
 def refine_lbfgs(model: BPNN, train_data, val_data, *, force_weight: float = 0.0, steps: int = 500,

@@ -1,0 +1,745 @@
+"""Energy+force training of a committee on cached descriptor Jacobians.
+
+The symmetry functions G and their Jacobians dG_i/dR_k do not depend on the
+weights, so they are computed once (:mod:`bpnn_jax.jacobian_cache`) and a
+training step only evaluates the networks:
+
+    E_s = sum_i e(G_i)                      (eV, relative to the references)
+    F_k = -sum_i (dE/dG_i) . dG_i/dR_k      (eV/Å, exactly -dE/dR_k)
+
+with dE/dG_i from the network's input gradient.  Loss per member k:
+
+    L_k = mean_s w_ks ((E_ks - E_s^DFT) / n_s)²  +  lambda_k mean_{s,a,c} w_ks (F_ksac - F_sac^DFT)²
+
+(eV²/atom² and eV²/Å²; w_ks the member's bootstrap counts, all 1 without
+bootstrap).  K members with independent initialisations are trained at
+once: every parameter carries a leading member axis, the descriptors and
+Jacobians are read once per step for all members, and the Jacobian
+contraction is one matrix product (B, 3N, N·F) x (B, N·F, K).  Adam (with
+decoupled weight decay on the kernels, aenet uses L2) runs on mini-batches
+with a linear warm-up and cosine decay of the learning rate; an
+exponential moving average of the weights is what is validated; each
+member keeps its own best epoch by its validation objective (early
+stopping per member), and a full-batch L-BFGS polish of all members at
+once may follow (:func:`polish_lbfgs`).
+
+The parameters are a plain pytree (:class:`CommitteeParams`), turned into a
+Keras :class:`~bpnn_jax.model.BPNN` with ``members=K`` by
+:func:`to_model`; its autodiff forces equal the Jacobian ones (tested).
+
+Everything the stage needs to resume is in ``run_dir/ef_state.npz``
+(parameters, optimizer state, EMA, best parameters, epoch, history),
+written atomically every ``checkpoint_seconds`` and at the end; batches
+are ordered by (seed, epoch) alone, so a resumed run repeats the
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+__all__ = [
+    "CommitteeConfig",
+    "Groups",
+    "group_by_size",
+    "init_params",
+    "committee_outputs",
+    "member_losses",
+    "fit_committee",
+    "polish_lbfgs",
+    "calibrate_threshold",
+    "to_model",
+    "params_from_model",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class CommitteeConfig:
+    """Settings of the committee E+F stage.
+
+    Attributes:
+        members: committee size K.
+        hidden: nodes per hidden layer (every element, every member).
+        activation: "tanh", "silu", "softplus" or "sigmoid".
+        epochs: Adam epochs over the training set.
+        learning_rate: peak Adam learning rate.
+        final_learning_rate: learning rate at the end of the cosine decay.
+        warmup_epochs: linear warm-up from ``learning_rate / 10``.
+        weight_decay: decoupled weight decay on the kernels (per step, times
+            the learning rate, as in AdamW).
+        force_weight: lambda (eV²/Å² against eV²/atom²); one value for all
+            members, or a tuple of K values.
+        ema_decay: per-step decay of the weight average that is validated
+            and kept (0 = no average).
+        atoms_per_batch: padded atoms per mini-batch (structures per batch
+            = this // padded size of their group, at least 1).
+        bootstrap: draw each member's training structures with replacement
+            (Poisson(1) counts per structure, fixed for the run).
+        patience: epochs without a better validation objective after which
+            a member stops changing (its best point is kept; the run ends
+            when every member has stopped).
+        seed: initialisation, bootstrap and shuffling seed.
+        lbfgs_steps: full-batch L-BFGS iterations after Adam (0 = none).
+    """
+
+    members: int = 5
+    hidden: tuple[int, ...] = (96, 96)
+    activation: str = "tanh"
+    epochs: int = 300
+    learning_rate: float = 2e-3
+    final_learning_rate: float = 2e-5
+    warmup_epochs: int = 5
+    weight_decay: float = 1e-5
+    force_weight: float | tuple[float, ...] = 1e-3
+    ema_decay: float = 0.99
+    atoms_per_batch: int = 768
+    bootstrap: bool = False
+    patience: int = 1000
+    seed: int = 0
+    lbfgs_steps: int = 0
+
+    def weights(self) -> np.ndarray:
+        """(K,) force weights."""
+        w = np.atleast_1d(np.asarray(self.force_weight, np.float64))
+        if w.size == 1:
+            w = np.full(self.members, float(w[0]))
+        if w.shape != (self.members,):
+            raise ValueError(f"force_weight needs 1 or {self.members} values, got {w.size}")
+        return w
+
+    def to_json(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["hidden"] = list(self.hidden)
+        if isinstance(self.force_weight, tuple):
+            d["force_weight"] = list(self.force_weight)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> "CommitteeConfig":
+        d = dict(d)
+        d["hidden"] = tuple(d["hidden"])
+        if isinstance(d.get("force_weight"), list):
+            d["force_weight"] = tuple(d["force_weight"])
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+# ------------------------------------------------------------------ data
+@dataclasses.dataclass
+class Groups:
+    """Structures grouped by padded atom count N (one array set per group).
+
+    Each entry of ``arrays`` is a dict of NumPy arrays for G structures:
+    ``sf`` (G, N, F) symmetry functions; ``species`` (G, N) int32; ``mask``
+    (G, N) bool (real atoms); ``energy`` (G,) eV relative to the references;
+    ``n`` (G,) atom counts; ``forces`` (G, N, 3) eV/Å; ``jac`` (G, 3N, N·F)
+    Å⁻¹ with ``jac[g, 3k + c, F i + f] = dG_if / dR_kc`` (zero for padding);
+    ``index`` (G,) positions of the structures in the input lists.
+    """
+
+    arrays: list[dict]
+
+    @property
+    def n_structures(self) -> int:
+        return sum(len(a["energy"]) for a in self.arrays)
+
+    @property
+    def n_atoms(self) -> int:
+        return int(sum(a["n"].sum() for a in self.arrays))
+
+    @property
+    def nbytes(self) -> int:
+        return sum(v.nbytes for a in self.arrays for v in a.values())
+
+
+def group_by_size(sf_list, species_list, energies, forces_list=None, jac_list=None, dtype=np.float32) -> Groups:
+    """Group structures by padded atom count (few shapes, little padding).
+
+    Args:
+        sf_list: per structure (n, F) descriptors.
+        species_list: per structure (n,) element indices.
+        energies: per structure energy relative to the references (eV).
+        forces_list: per structure (n, 3) target forces (eV/Å), or None.
+        jac_list: per structure (n, n, F, 3) Jacobians dG_i/dR_k (as from
+            :func:`bpnn_jax.featurize.descriptor_jacobians`), or None.
+            Entries are released (set to None) as they are copied, to cap
+            peak memory, unless the list is a tuple.
+        dtype: float dtype of the arrays.
+
+    Returns:
+        :class:`Groups` (forces and Jacobians only when given).
+    """
+    from .neighbors import ATOM_BUCKETS, bucket_size
+
+    by_n: dict[int, list[int]] = {}
+    for k, sp in enumerate(species_list):
+        by_n.setdefault(bucket_size(len(sp), ATOM_BUCKETS), []).append(k)
+    F = sf_list[0].shape[1]
+    out = []
+    for n_pad, idx in sorted(by_n.items()):
+        G = len(idx)
+        g = {"sf": np.zeros((G, n_pad, F), dtype), "species": np.zeros((G, n_pad), np.int32),
+             "mask": np.zeros((G, n_pad), bool), "energy": np.asarray([energies[k] for k in idx], dtype),
+             "n": np.asarray([len(species_list[k]) for k in idx], dtype), "index": np.asarray(idx, np.int64)}
+        for b, k in enumerate(idx):
+            n = len(species_list[k])
+            g["sf"][b, :n], g["species"][b, :n], g["mask"][b, :n] = sf_list[k], species_list[k], True
+        if jac_list is not None:
+            g["forces"] = np.zeros((G, n_pad, 3), dtype)
+            jac = np.zeros((G, n_pad, 3, n_pad, F), dtype)
+            for b, k in enumerate(idx):
+                n = len(species_list[k])
+                g["forces"][b, :n] = forces_list[k]
+                jac[b, :n, :, :n] = np.transpose(np.asarray(jac_list[k]), (1, 3, 0, 2))
+                if isinstance(jac_list, list):
+                    jac_list[k] = None
+            g["jac"] = jac.reshape(G, n_pad * 3, n_pad * F)
+        out.append(g)
+    return Groups(out)
+
+
+# -------------------------------------------------------------- the model
+#: Element-wise activations, float64-preserving.
+def _activation(name: str):
+    import jax
+    import jax.numpy as jnp
+
+    table = {"tanh": jnp.tanh, "silu": jax.nn.silu, "swish": jax.nn.silu, "softplus": jax.nn.softplus,
+             "sigmoid": jax.nn.sigmoid}
+    if name not in table:
+        raise ValueError(f"activation must be one of {sorted(table)}, got {name!r}")
+    return table[name]
+
+
+def init_params(key, members: int, n_elements: int, n_functions: int, hidden: Sequence[int], dtype="float32"):
+    """Glorot-uniform kernels, zero biases (Keras's Dense defaults), per element and member.
+
+    Returns:
+        {"W": [(S, K, fan_in, fan_out) per layer], "b": [(S, K, fan_out)]};
+        the last layer has fan_out 1.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    sizes = [n_functions, *hidden, 1]
+    W, b = [], []
+    for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+        key, sub = jax.random.split(key)
+        lim = math.sqrt(6.0 / (fan_in + fan_out))
+        W.append(jax.random.uniform(sub, (n_elements, members, fan_in, fan_out), dtype, -lim, lim))
+        b.append(jnp.zeros((n_elements, members, fan_out), dtype))
+    return {"W": W, "b": b}
+
+
+def committee_outputs(params, stats, sf, species, mask, activation="tanh", jac=None):
+    """Energies (and Jacobian forces) of every member for a batch.
+
+    Args:
+        params: :func:`init_params` pytree, leading axes (S, K).
+        stats: dict of ``sf_mean``, ``sf_std`` (S, F), ``energy_shift``
+            (S,) eV/atom and ``energy_scale`` () eV.
+        sf: (B, N, F) symmetry functions.
+        species: (B, N) element indices.
+        mask: (B, N) real atoms.
+        activation: hidden activation name.
+        jac: optional (B, 3N, N·F) descriptor Jacobians.
+
+    Returns:
+        dict: ``energy`` (K, B) eV; with ``jac`` also ``forces`` (K, B, N, 3)
+        eV/Å.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    act = _activation(activation)
+    S, K = params["W"][0].shape[:2]
+    B, N, F = sf.shape
+
+    def energies(sf_k):  # (K, B, N, F) -> (K, B); per-member copies for per-member input gradients
+        e = jnp.zeros((K, B, N), sf_k.dtype)
+        for s in range(S):
+            x = (sf_k - stats["sf_mean"][s]) / stats["sf_std"][s]
+            for l, (W, b) in enumerate(zip(params["W"], params["b"])):
+                x = jnp.einsum("kbni,kio->kbno", x, W[s]) + b[s][:, None, None, :]
+                if l < len(params["W"]) - 1:
+                    x = act(x)
+            e_s = stats["energy_shift"][s] + stats["energy_scale"] * x[..., 0]
+            e = jnp.where(species == s, e_s, e)
+        e = jnp.where(mask, e, 0.0)
+        return jnp.sum(e, axis=-1)
+
+    sf_k = jnp.broadcast_to(sf, (K, B, N, F))
+    if jac is None:
+        return {"energy": energies(sf_k)}
+    energy, vjp = jax.vjp(energies, sf_k)
+    (dedg,) = vjp(jnp.ones_like(energy))  # (K, B, N, F): dE_kb/dG
+    forces = -jnp.einsum("bij,kbj->kbi", jac, dedg.reshape(K, B, N * F))
+    return {"energy": energy, "forces": forces.reshape(K, B, N, 3)}
+
+
+def _squared_errors(params, stats, g, activation, weights=None):
+    """Per member: (sum_s w (dE/n)², sum_s w sum_ac dF², sum_s w, sum_s w 3 n)."""
+    import jax.numpy as jnp
+
+    out = committee_outputs(params, stats, g["sf"], g["species"], g["mask"], activation, g.get("jac"))
+    K = out["energy"].shape[0]
+    w = jnp.ones((K,) + g["energy"].shape, out["energy"].dtype) if weights is None else weights
+    w = w * (g["n"] > 0)
+    de = (out["energy"] - g["energy"]) / jnp.maximum(g["n"], 1.0)
+    se = jnp.sum(w * de * de, axis=1)
+    if "forces" not in out:
+        z = jnp.zeros_like(se)
+        return se, z, jnp.sum(w, axis=1), z
+    df = jnp.where(g["mask"][None, ..., None], out["forces"] - g["forces"], 0.0)
+    sf = jnp.sum(w * jnp.sum(df * df, axis=(2, 3)), axis=1)
+    return se, sf, jnp.sum(w, axis=1), jnp.sum(w * 3.0 * g["n"], axis=1)
+
+
+def member_losses(params, stats, g, force_weight, activation="tanh", weights=None):
+    """(K,) per-member objectives of one batch (see the module doc)."""
+    import jax.numpy as jnp
+
+    se, sf, ns, nf = _squared_errors(params, stats, g, activation, weights)
+    return se / jnp.maximum(ns, 1e-12) + force_weight * sf / jnp.maximum(nf, 1e-12)
+
+
+# ------------------------------------------------------------- training
+def _lr_schedule(cfg: CommitteeConfig, steps_per_epoch: int):
+    import optax
+
+    total = max(cfg.epochs * steps_per_epoch, 1)
+    warm = min(cfg.warmup_epochs * steps_per_epoch, total - 1)
+    return optax.warmup_cosine_decay_schedule(cfg.learning_rate / 10, cfg.learning_rate, max(warm, 0), total,
+                                              end_value=cfg.final_learning_rate)
+
+
+def _optimizer(cfg: CommitteeConfig, steps_per_epoch: int):
+    import jax
+    import optax
+
+    def kernels(params):  # decay kernels only, never biases
+        return {"W": [True] * len(params["W"]), "b": [False] * len(params["b"])}
+
+    del jax
+    return optax.adamw(_lr_schedule(cfg, steps_per_epoch), weight_decay=cfg.weight_decay, mask=kernels)
+
+
+def _epoch_batches(groups: Groups, cfg: CommitteeConfig, epoch: int) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """(group, indices, valid) per step, seeded by (seed, epoch); the last batch of a group is padded."""
+    rng = np.random.default_rng([cfg.seed, 7, epoch])
+    out = []
+    for gi, g in enumerate(groups.arrays):
+        G, N = g["sf"].shape[:2]
+        bs = max(1, min(G, cfg.atoms_per_batch // N))
+        perm = rng.permutation(G)
+        for start in range(0, G, bs):
+            idx = perm[start:start + bs]
+            valid = np.ones(bs, bool)
+            if len(idx) < bs:
+                valid[len(idx):] = False
+                idx = np.concatenate([idx, np.zeros(bs - len(idx), idx.dtype)])
+            out.append((gi, idx.astype(np.int32), valid))
+    order = rng.permutation(len(out))
+    return [out[i] for i in order]
+
+
+def _bootstrap_weights(groups: Groups, cfg: CommitteeConfig) -> list[np.ndarray]:
+    """Per group (K, G) structure weights: Poisson(1) counts, or ones."""
+    rng = np.random.default_rng([cfg.seed, 11])
+    out = []
+    for g in groups.arrays:
+        G = len(g["energy"])
+        out.append(rng.poisson(1.0, (cfg.members, G)).astype(np.float32) if cfg.bootstrap
+                   else np.ones((cfg.members, G), np.float32))
+    return out
+
+
+def _stats_arrays(stats: dict, dtype) -> dict:
+    """The statistics as the model stores them (float32, std 0 -> 1), in ``dtype``."""
+    out = {k: np.asarray(stats[k], np.float32) for k in ("sf_mean", "sf_std", "energy_shift", "energy_scale")}
+    out["sf_std"] = np.where(np.asarray(stats["sf_std"]) > 1e-12, out["sf_std"], np.float32(1.0))
+    return {k: v.astype(dtype) for k, v in out.items()}
+
+
+def _evaluate_groups(fn, params, stats, groups_dev) -> dict:
+    """Sums of squared errors per member and of the committee mean."""
+    K = params["W"][0].shape[1]
+    tot = np.zeros((4, K))
+    mean_se = mean_sf = 0.0
+    for g in groups_dev:
+        se, sf, ns, nf, mse, msf = fn(params, stats, g)
+        tot += np.asarray([se, sf, ns, nf], np.float64)
+        mean_se += float(mse)
+        mean_sf += float(msf)
+    ns, nf = tot[2], tot[3]
+    return {"energy_rmse_mev_atom": 1e3 * np.sqrt(tot[0] / ns), "force_rmse_ev_a": np.sqrt(tot[1] / np.maximum(nf, 1)),
+            "energy_mse": tot[0] / ns, "force_mse": tot[1] / np.maximum(nf, 1),
+            "mean_energy_rmse_mev_atom": 1e3 * math.sqrt(mean_se / ns[0]),
+            "mean_force_rmse_ev_a": math.sqrt(mean_sf / max(nf[0], 1))}
+
+
+def _validation_function(activation):
+    import jax
+    import jax.numpy as jnp
+
+    @jax.jit
+    def fn(params, stats, g):
+        out = committee_outputs(params, stats, g["sf"], g["species"], g["mask"], activation, g["jac"])
+        valid = (g["n"] > 0).astype(out["energy"].dtype)
+        de = (out["energy"] - g["energy"]) / jnp.maximum(g["n"], 1.0)
+        df = jnp.where(g["mask"][None, ..., None], out["forces"] - g["forces"], 0.0)
+        se = jnp.sum(valid * de * de, axis=1)
+        sf = jnp.sum(df * df, axis=(1, 2, 3))
+        mde = (jnp.mean(out["energy"], 0) - g["energy"]) / jnp.maximum(g["n"], 1.0)
+        mdf = jnp.where(g["mask"][..., None], jnp.mean(out["forces"], 0) - g["forces"], 0.0)
+        K = out["energy"].shape[0]
+        return (se, sf, jnp.full((K,), jnp.sum(valid)), jnp.full((K,), 3.0 * jnp.sum(g["n"])),
+                jnp.sum(valid * mde * mde), jnp.sum(mdf * mdf))
+
+    return fn
+
+
+def _tree_to_npz(prefix: str, tree) -> dict:
+    import jax
+
+    leaves = jax.tree_util.tree_leaves(tree)
+    return {f"{prefix}{i:04d}": np.asarray(x) for i, x in enumerate(leaves)}
+
+
+def _tree_from_npz(prefix: str, data, like):
+    import jax
+
+    leaves, treedef = jax.tree_util.tree_flatten(like)
+    new = [np.asarray(data[f"{prefix}{i:04d}"]).astype(np.asarray(x).dtype) for i, x in enumerate(leaves)]
+    return jax.tree_util.tree_unflatten(treedef, new)
+
+
+def _save_state(path: Path, state: dict) -> None:
+    from .io import atomic_write
+
+    arrays = {}
+    for key in ("params", "opt_state", "ema", "best_params"):
+        arrays.update(_tree_to_npz(f"{key}/", state[key]))
+    arrays["best_objective"] = np.asarray(state["best_objective"])
+    arrays["best_epoch"] = np.asarray(state["best_epoch"])
+    arrays["meta"] = np.frombuffer(json.dumps({"epoch": state["epoch"], "history": state["history"],
+                                               "config": state["config"]}).encode(), np.uint8)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    with atomic_write(path, "wb") as fh:
+        fh.write(buf.getvalue())
+
+
+def _load_state(path: Path, like: dict) -> dict:
+    with np.load(path) as data:
+        meta = json.loads(bytes(data["meta"]).decode())
+        out = {key: _tree_from_npz(f"{key}/", data, like[key]) for key in ("params", "opt_state", "ema", "best_params")}
+        out["best_objective"] = np.asarray(data["best_objective"])
+        out["best_epoch"] = np.asarray(data["best_epoch"])
+    out.update(epoch=int(meta["epoch"]), history=meta["history"], config=meta["config"])
+    return out
+
+
+def fit_committee(train: Groups, val: Groups, stats: dict, cfg: CommitteeConfig, *, run_dir=None,
+                  resume: bool = False, verbose: int = 1, checkpoint_seconds: float = 60.0,
+                  deadline: float | None = None, dtype="float32", on_epoch: Callable | None = None) -> dict:
+    """Train a committee with mini-batch Adam on Jacobian forces (module doc).
+
+    Args:
+        train, val: :func:`group_by_size` groups with forces and Jacobians.
+        stats: :func:`bpnn_jax.training.compute_statistics` output.
+        cfg: settings.
+        run_dir: where ``ef_state.npz`` (resume state) and
+            ``ef_history.csv`` go; None keeps nothing on disk.
+        resume: continue from ``run_dir/ef_state.npz`` if it exists.
+        verbose: 0 silent, 1 one line per few epochs, 2 every epoch.
+        checkpoint_seconds: minimum interval between state writes.
+        deadline: ``time.time()`` after which to stop after the current
+            epoch (the state is saved; resume continues).
+        dtype: "float32" or "float64" (the latter needs jax_enable_x64).
+        on_epoch: optional callback ``f(epoch, record)`` after each epoch.
+
+    Returns:
+        dict: ``params`` (the best point of every member), ``history``
+        (list of per-epoch records), ``best_epoch`` (K,), ``epochs_run``,
+        ``seconds``, ``complete`` (False when stopped by the deadline).
+    """
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    K = cfg.members
+    S = stats["sf_mean"].shape[0]
+    F = stats["sf_mean"].shape[1]
+    lam = jnp.asarray(cfg.weights(), dtype)
+    st = jax.device_put(_stats_arrays(stats, dtype))
+    bweights = _bootstrap_weights(train, cfg)
+    keys = ("sf", "species", "mask", "energy", "n", "forces", "jac")
+
+    def cast(g):
+        return {k: (np.asarray(g[k], dtype) if np.issubdtype(g[k].dtype, np.floating) else g[k]) for k in keys}
+
+    train_dev = [jax.device_put(cast(g)) for g in train.arrays]
+    val_dev = [jax.device_put(cast(g)) for g in val.arrays]
+    bw_dev = [jax.device_put(np.asarray(w, dtype)) for w in bweights]
+    steps_per_epoch = len(_epoch_batches(train, cfg, 0))
+    opt = _optimizer(cfg, steps_per_epoch)
+    params = init_params(jax.random.PRNGKey(cfg.seed), K, S, F, cfg.hidden, dtype)
+    state = {"params": params, "opt_state": opt.init(params), "ema": params, "best_params": params,
+             "best_objective": np.full(K, np.inf), "best_epoch": np.zeros(K, np.int64), "epoch": 0,
+             "history": [], "config": cfg.to_json()}
+    path = None if run_dir is None else Path(run_dir) / "ef_state.npz"
+    if run_dir is not None:
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+    if resume and path is not None and path.exists():
+        state = _load_state(path, state)
+        state["params"], state["opt_state"], state["ema"], state["best_params"] = jax.device_put(
+            (state["params"], state["opt_state"], state["ema"], state["best_params"]))
+        if verbose:
+            print(f"[ef] resumed at epoch {state['epoch']} of {cfg.epochs}", flush=True)
+    ema_decay = float(cfg.ema_decay)
+    act = cfg.activation
+
+    @jax.jit
+    def step(params, opt_state, ema, g, idx, valid, bw):
+        batch = {k: jnp.take(v, idx, axis=0) for k, v in g.items()}
+        w = jnp.take(bw, idx, axis=1) * valid
+
+        def loss(p):
+            return jnp.sum(member_losses(p, st, batch, lam, act, w))
+
+        value, grads = jax.value_and_grad(loss)(params)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        ema = jax.tree_util.tree_map(lambda e, p: ema_decay * e + (1 - ema_decay) * p, ema, params)
+        return params, opt_state, ema, value
+
+    val_fn = _validation_function(act)
+    t_start = time.time()
+    last_save = time.time()
+    complete = True
+    stopped = state["epoch"] - np.asarray(state["best_epoch"]) > cfg.patience
+    hist_path = None if run_dir is None else Path(run_dir) / "ef_history.csv"
+    lam_np = cfg.weights()
+    while state["epoch"] < cfg.epochs and not np.all(stopped):
+        epoch = state["epoch"]
+        t0 = time.time()
+        loss_sum = 0.0
+        p, o, e = state["params"], state["opt_state"], state["ema"]
+        for gi, idx, valid in _epoch_batches(train, cfg, epoch):
+            p, o, e, value = step(p, o, e, train_dev[gi], idx, jnp.asarray(valid, dtype), bw_dev[gi])
+            loss_sum += value
+        loss_mean = float(loss_sum) / steps_per_epoch / K
+        if not math.isfinite(loss_mean):
+            print(f"[ef] epoch {epoch + 1}: non-finite training loss; kept the last good state and stopped "
+                  f"(try a lower learning rate)", flush=True)
+            complete = False
+            break
+        train_s = time.time() - t0
+        # Early in training the average trails far behind: use the raw weights then.
+        judged = e if (ema_decay > 0 and epoch >= cfg.warmup_epochs) else p
+        m = _evaluate_groups(val_fn, judged, st, val_dev)
+        obj = m["energy_mse"] + lam_np * m["force_mse"]
+        better = (obj < state["best_objective"]) & ~stopped
+        if np.any(better):
+            sel = jnp.asarray(better)
+
+            def choose(new, old):
+                return jnp.where(sel.reshape((1, K) + (1,) * (new.ndim - 2)), new, old)
+
+            state["best_params"] = jax.tree_util.tree_map(choose, judged, state["best_params"])
+            state["best_objective"] = np.where(better, obj, state["best_objective"])
+            state["best_epoch"] = np.where(better, epoch + 1, state["best_epoch"])
+        state.update(params=p, opt_state=o, ema=e, epoch=epoch + 1)
+        stopped = (epoch + 1) - np.asarray(state["best_epoch"]) > cfg.patience
+        rec = {"epoch": epoch + 1, "train_loss": loss_mean, "seconds": train_s,
+               "val_energy_rmse_mev_atom": float(np.mean(m["energy_rmse_mev_atom"])),
+               "val_force_rmse_ev_a": float(np.mean(m["force_rmse_ev_a"])),
+               "val_committee_energy_rmse_mev_atom": m["mean_energy_rmse_mev_atom"],
+               "val_committee_force_rmse_ev_a": m["mean_force_rmse_ev_a"],
+               "val_member_energy_rmse_mev_atom": np.round(m["energy_rmse_mev_atom"], 4).tolist(),
+               "val_member_force_rmse_ev_a": np.round(m["force_rmse_ev_a"], 5).tolist(),
+               "learning_rate": float(_lr_schedule(cfg, steps_per_epoch)((epoch + 1) * steps_per_epoch))}
+        state["history"].append(rec)
+        if on_epoch is not None:
+            on_epoch(epoch + 1, rec)
+        if verbose and (verbose > 1 or epoch < 3 or (epoch + 1) % 10 == 0 or epoch + 1 == cfg.epochs):
+            print(f"[ef] epoch {epoch + 1}/{cfg.epochs}: loss {loss_mean:.3g}, val energy "
+                  f"{rec['val_energy_rmse_mev_atom']:.2f} meV/atom (committee {rec['val_committee_energy_rmse_mev_atom']:.2f}),"
+                  f" forces {rec['val_force_rmse_ev_a']:.3f} eV/Å (committee {rec['val_committee_force_rmse_ev_a']:.3f}),"
+                  f" {train_s:.1f} s", flush=True)
+        out_of_time = deadline is not None and time.time() > deadline
+        if path is not None and (time.time() - last_save > checkpoint_seconds or out_of_time
+                                 or state["epoch"] == cfg.epochs):
+            _save_state(path, state)
+            _write_history(hist_path, state["history"])
+            last_save = time.time()
+        if out_of_time:
+            complete = state["epoch"] >= cfg.epochs
+            if verbose:
+                print(f"[ef] time limit reached after epoch {state['epoch']}; --resume continues", flush=True)
+            break
+    if path is not None:
+        _save_state(path, state)
+        _write_history(hist_path, state["history"])
+    return {"params": state["best_params"], "history": state["history"],
+            "best_epoch": np.asarray(state["best_epoch"]).tolist(),
+            "best_objective": np.asarray(state["best_objective"]).tolist(),
+            "epochs_run": state["epoch"], "seconds": time.time() - t_start, "complete": complete}
+
+
+def _write_history(path, history) -> None:
+    if path is None or not history:
+        return
+    import csv
+
+    from .io import atomic_write
+
+    fields = list(dict.fromkeys(k for r in history for k in r))
+    with atomic_write(path, newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=fields)
+        w.writeheader()
+        w.writerows(history)
+
+
+def polish_lbfgs(params, train: Groups, val: Groups, stats: dict, cfg: CommitteeConfig, *, steps: int,
+                 verbose: int = 1, log_every: int = 10, deadline: float | None = None, dtype="float32") -> dict:
+    """Full-batch L-BFGS polish of every member at once.
+
+    Minimises the sum of the members' full-batch objectives (module doc;
+    without bootstrap weights) as one problem: the members are independent,
+    so the sum's Hessian is block-diagonal, and one pass over the data
+    serves all of them (a vmap of K separate L-BFGS states would broadcast
+    the Jacobians to every member, K x their memory).  Each member keeps its
+    best point by its own validation objective.
+
+    Returns:
+        dict: ``params``, ``history``, ``best_objective`` (K,), ``seconds``.
+    """
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    K = cfg.members
+    lam = jnp.asarray(cfg.weights(), dtype)
+    st = jax.device_put(_stats_arrays(stats, dtype))
+    keys = ("sf", "species", "mask", "energy", "n", "forces", "jac")
+
+    def put(groups):
+        return [jax.device_put({k: (np.asarray(g[k], dtype) if np.issubdtype(g[k].dtype, np.floating) else g[k])
+                                for k in keys}) for g in groups.arrays]
+
+    tr, va = put(train), put(val)
+    n_s = float(train.n_structures)
+    n_f = 3.0 * train.n_atoms
+
+    def objective(p, groups):
+        se = sf = 0.0
+        for g in groups:
+            a, b, _, _ = _squared_errors(p, st, g, cfg.activation)
+            se, sf = se + a, sf + b
+        return jnp.sum(se / n_s + lam * sf / n_f)
+
+    opt = optax.lbfgs()
+
+    # The data are arguments, not closure constants (XLA would fold GBs of them).
+    @jax.jit
+    def step(p, s, groups):
+        fn = lambda q: objective(q, groups)  # noqa: E731
+        value, grad = optax.value_and_grad_from_state(fn)(p, state=s)
+        updates, s = opt.update(grad, s, p, value=value, grad=grad, value_fn=fn)
+        return optax.apply_updates(p, updates), s, value
+
+    val_fn = _validation_function(cfg.activation)
+    lam_np = cfg.weights()
+    P = jax.device_put(params)
+    state = opt.init(P)
+    m = _evaluate_groups(val_fn, P, st, va)
+    best_obj = m["energy_mse"] + lam_np * m["force_mse"]
+    best = P
+    history = [{"iteration": 0, **{k: np.asarray(v).tolist() for k, v in m.items()}}]
+    t0 = time.time()
+    for it in range(1, steps + 1):
+        P, state, value = step(P, state, tr)
+        if it % log_every == 0 or it == steps:
+            m = _evaluate_groups(val_fn, P, st, va)
+            obj = m["energy_mse"] + lam_np * m["force_mse"]
+            if not np.all(np.isfinite(obj)):
+                if verbose:
+                    print(f"[lbfgs] {it}: non-finite validation objective; kept the best point", flush=True)
+                break
+            better = obj < best_obj
+            if np.any(better):
+                sel = jnp.asarray(better)
+                best = jax.tree_util.tree_map(
+                    lambda n, o: jnp.where(sel.reshape((1, K) + (1,) * (n.ndim - 2)), n, o), P, best)
+                best_obj = np.where(better, obj, best_obj)
+            history.append({"iteration": it, "train_objective": float(value) / K,
+                            **{k: np.asarray(v).tolist() for k, v in m.items()}})
+            if verbose:
+                print(f"[lbfgs] {it}/{steps}: train objective {float(value) / K:.4g}, val energy "
+                      f"{np.mean(m['energy_rmse_mev_atom']):.2f} meV/atom (committee {m['mean_energy_rmse_mev_atom']:.2f}), "
+                      f"forces {np.mean(m['force_rmse_ev_a']):.3f} eV/Å (committee {m['mean_force_rmse_ev_a']:.3f}), "
+                      f"{time.time() - t0:.0f} s", flush=True)
+            if deadline is not None and time.time() > deadline:
+                if verbose:
+                    print(f"[lbfgs] time limit reached after {it} iterations; the best points are kept", flush=True)
+                break
+    return {"params": best, "history": history, "best_objective": best_obj.tolist(), "seconds": time.time() - t0,
+            "iterations_run": it if steps else 0}
+
+
+#: Factor on the 99th percentile of the validation spread (see calibrate_threshold).
+THRESHOLD_FACTOR = 2.0
+
+
+def calibrate_threshold(model, val: Groups) -> float | None:
+    """Committee spread above which a structure counts as extrapolation (eV/atom).
+
+    ``THRESHOLD_FACTOR`` times the 99th percentile, over the validation
+    structures, of the standard deviation of the members' energies per
+    atom.  None for a single network.
+    """
+    if model.members < 2:
+        return None
+    import jax
+
+    params = params_from_model(model)
+    stats = {k: np.asarray(getattr(model, k).value) for k in ("sf_mean", "sf_std", "energy_shift", "energy_scale")}
+    fn = jax.jit(lambda p, st, g: committee_outputs(p, st, g["sf"], g["species"], g["mask"], model.activation)["energy"])
+    spread = []
+    for g in val.arrays:
+        e = np.asarray(fn(params, stats, {k: g[k] for k in ("sf", "species", "mask")}), np.float64)
+        spread.append(e.std(axis=0) / np.maximum(g["n"], 1))
+    spread = np.concatenate(spread)
+    return float(THRESHOLD_FACTOR * np.percentile(spread, 99))
+
+
+# ------------------------------------------------------- Keras conversion
+def to_model(params, stats: dict, spec, cfg: CommitteeConfig, reference_energies: dict, dtype=None):
+    """A :class:`~bpnn_jax.model.BPNN` committee (``members=K``) holding ``params``."""
+    from .model import BPNN
+
+    kw = {} if dtype is None else {"dtype": dtype}
+    model = BPNN(spec.to_config(), hidden=cfg.hidden, activation=cfg.activation,
+                 reference_energies=reference_energies, members=cfg.members, **kw)
+    model.set_statistics(**stats)
+    for s, net in enumerate(model.nets):
+        net.set_member_weights([np.asarray(W[s]) for W in params["W"]], [np.asarray(b[s]) for b in params["b"]])
+    return model
+
+
+def params_from_model(model) -> dict:
+    """The :func:`init_params` pytree of a BPNN committee (inverse of :func:`to_model`)."""
+    Ws, bs = zip(*(net.member_weights() for net in model.nets))
+    L = len(Ws[0])
+    return {"W": [np.stack([W[l] for W in Ws]) for l in range(L)], "b": [np.stack([b[l] for b in bs]) for l in range(L)]}

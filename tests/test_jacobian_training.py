@@ -1,0 +1,254 @@
+"""Tests of the E+F committee stage on cached descriptor Jacobians (float64).
+
+* Jacobian forces of every member equal the autodiff forces of the Keras
+  committee model, on thin 6-atom cells and the 95-atom cells (1e-10);
+* the loss gradient of the Jacobian path equals that of the end-to-end path
+  (positions -> descriptors -> energies, forces by autodiff);
+* a committee's mean and spread equal those of its members evaluated one
+  by one (predict and the ASE calculator); it saves and reloads exactly;
+* a killed E+F stage resumes bit-exactly; the Jacobian cache is reused, and
+  rebuilt when the data or the descriptor set change;
+* ``train --members`` and ``evaluate --json`` (``energy_std_ev``) end to end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+import bpnn_jax  # noqa: F401  (selects the JAX backend, enables float64)
+import jax
+import jax.numpy as jnp
+
+from bpnn_jax import jacobian_training as jt
+from bpnn_jax.batch import collate, prepare_structures
+from bpnn_jax.calculator import BPNNCalculator
+from bpnn_jax.descriptors import SymmetryFunctionSet
+from bpnn_jax.featurize import descriptor_jacobians
+from bpnn_jax.io import REFERENCE_ENERGIES_TIO2, read_xsf
+from bpnn_jax.jacobian_cache import cached_jacobians
+from bpnn_jax.model import load_model
+from bpnn_jax.neighbors import ATOM_BUCKETS, bucket_size
+from bpnn_jax.training import compute_statistics, featurize_host, predict_structures
+
+K = 3
+HIDDEN = (8, 8)
+NAMES = ("structure1632.xsf", "structure1061.xsf", "structure0001.xsf", "structure7513.xsf")
+
+
+@pytest.fixture(scope="module")
+def setup(data_dir):
+    spec = SymmetryFunctionSet.artrith_urban(("O", "Ti"))
+    atoms = [read_xsf(data_dir / n) for n in NAMES]
+    hosts = prepare_structures(atoms, spec.elements, spec.cutoff, energy_offsets=REFERENCE_ENERGIES_TIO2)
+    sf = featurize_host(hosts, spec, dtype=np.float64)
+    jac = descriptor_jacobians(hosts, spec, dtype=np.float64)
+    stats = compute_statistics(sf, [h.species for h in hosts], [h.energy for h in hosts], 2)
+    pooled = np.concatenate(sf).std(axis=0)
+    stats["sf_std"] = np.maximum(np.maximum(stats["sf_std"], pooled[None, :]), 0.05)
+    stats["energy_scale"] = 0.5
+    groups = jt.group_by_size(sf, [h.species for h in hosts], [h.energy for h in hosts],
+                              [h.forces for h in hosts], tuple(jac), dtype=np.float64)
+    cfg = jt.CommitteeConfig(members=K, hidden=HIDDEN)
+    params = jt.init_params(jax.random.PRNGKey(3), K, 2, spec.n_functions, HIDDEN, "float64")
+    model = jt.to_model(params, stats, spec, cfg, REFERENCE_ENERGIES_TIO2, dtype="float64")
+    return dict(spec=spec, atoms=atoms, hosts=hosts, stats=stats, groups=groups, params=params, model=model,
+                cfg=cfg, st=_model_stats(model))
+
+
+def _model_stats(model):
+    return {k: np.asarray(getattr(model, k).value, np.float64)
+            for k in ("sf_mean", "sf_std", "energy_shift", "energy_scale")}
+
+
+def _single_inputs(model, h):
+    return collate([h], 1, bucket_size(h.n_atoms, ATOM_BUCKETS), h.slots, dtype=np.float64).inputs(model.elements)
+
+
+def test_jacobian_forces_equal_autodiff_forces(setup):
+    model, params, st = setup["model"], setup["params"], setup["st"]
+    for g in setup["groups"].arrays:
+        out = jt.committee_outputs(params, st, g["sf"], g["species"], g["mask"], "tanh", g["jac"])
+        for b, k in enumerate(g["index"]):
+            h = setup["hosts"][k]
+            ref = model(_single_inputs(model, h))
+            n = h.n_atoms
+            f_ref = np.asarray(ref["forces_members"])[:, 0, :n]
+            f_jac = np.asarray(out["forces"])[:, b, :n]
+            assert np.max(np.abs(f_jac - f_ref)) <= 1e-10 * np.max(np.abs(f_ref)), h.name
+            np.testing.assert_allclose(np.asarray(out["energy"])[:, b], np.asarray(ref["energy_members"])[:, 0],
+                                       rtol=1e-12)
+            # padding of the group holds exact zeros
+            assert np.all(np.asarray(out["forces"])[:, b, n:] == 0)
+
+
+def test_loss_gradient_matches_end_to_end_path(setup):
+    """d(loss)/d(params): Jacobian contraction vs autodiff through the descriptors."""
+    model, params, st = setup["model"], setup["params"], setup["st"]
+    lam = jnp.asarray([1e-3, 3e-3, 1e-2])
+
+    def jacobian_loss(p):
+        return sum(jnp.sum(jt.member_losses(p, st, g, lam)) for g in setup["groups"].arrays)
+
+    def end_to_end_loss(p):
+        total = 0.0
+        for g in setup["groups"].arrays:
+            se = sf = 0.0
+            for k in g["index"]:
+                h = setup["hosts"][k]
+                inputs = _single_inputs(model, h)
+
+                def energies(pos):
+                    desc = model.descriptors(pos, inputs["cell"], inputs)
+                    return jt.committee_outputs(p, st, desc, inputs["species"], inputs["atom_mask"])["energy"][:, 0]
+
+                e, vjp = jax.vjp(energies, jnp.asarray(inputs["positions"]))
+                forces = -jax.vmap(vjp)(jnp.eye(K))[0][:, 0, :h.n_atoms]
+                se = se + ((e - h.energy) / h.n_atoms) ** 2
+                sf = sf + jnp.sum((forces - h.forces) ** 2, axis=(1, 2))
+            total = total + jnp.sum(se / len(g["index"]) + lam * sf / (3.0 * g["n"].sum()))
+        return total
+
+    v1, g1 = jax.value_and_grad(jacobian_loss)(params)
+    v2, g2 = jax.value_and_grad(end_to_end_loss)(params)
+    assert abs(float(v1) - float(v2)) <= 1e-11 * abs(float(v2))
+    for a, b in zip(jax.tree_util.tree_leaves(g1), jax.tree_util.tree_leaves(g2)):
+        assert np.max(np.abs(np.asarray(a) - np.asarray(b))) <= 1e-9 * (np.max(np.abs(np.asarray(b))) + 1e-30)
+
+
+def _member_model(setup, k):
+    p = jax.tree_util.tree_map(lambda x: x[:, k:k + 1], setup["params"])
+    cfg = dataclasses.replace(setup["cfg"], members=1)
+    single = jt.to_model(p, setup["stats"], setup["spec"], cfg, REFERENCE_ENERGIES_TIO2, dtype="float64")
+    assert single.members == 1
+    return single
+
+
+def test_committee_mean_and_spread_equal_its_members_one_by_one(setup):
+    model, hosts = setup["model"], setup["hosts"]
+    e, f, e_std, f_std = predict_structures(model, hosts, dtype=np.float64, uncertainty=True)
+    members = [predict_structures(_member_model(setup, k), hosts, dtype=np.float64) for k in range(K)]
+    e_k = np.stack([m[0] for m in members])
+    np.testing.assert_allclose(e, e_k.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(e_std, e_k.std(0), rtol=1e-8, atol=1e-12)
+    for s in range(len(hosts)):
+        f_k = np.stack([m[1][s] for m in members])
+        np.testing.assert_allclose(f[s], f_k.mean(0), atol=1e-11)
+        spread = np.sqrt(np.mean(np.sum((f_k - f_k.mean(0)) ** 2, -1), 0))
+        np.testing.assert_allclose(f_std[s], spread, rtol=1e-8, atol=1e-12)
+    # The calculator reports the same mean and spread.
+    atoms = setup["atoms"][0].copy()
+    atoms.calc = BPNNCalculator(model, warn_extrapolation=False)
+    energy = atoms.get_potential_energy()
+    res = atoms.calc.results
+    tot = sum(REFERENCE_ENERGIES_TIO2[s] for s in atoms.get_chemical_symbols())
+    assert abs(energy - tot - e[0]) < 1e-9
+    assert abs(res["energy_std"] - e_std[0]) < 1e-9
+    np.testing.assert_allclose(res["forces"], f[0], atol=1e-10)
+    np.testing.assert_allclose(res["forces_std"], f_std[0], atol=1e-10)
+    single = [BPNNCalculator(_member_model(setup, k), warn_extrapolation=False) for k in range(K)]
+    stress = []
+    for c in single:
+        a = setup["atoms"][0].copy()
+        a.calc = c
+        stress.append(a.get_stress())
+    np.testing.assert_allclose(res["stress"], np.mean(stress, 0), atol=1e-12)
+
+
+def test_committee_saves_and_reloads_with_identical_outputs(setup, tmp_path):
+    model = setup["model"]
+    model.uncertainty_threshold = 0.0123
+    path = tmp_path / "committee.keras"
+    model.save(path)
+    loaded = load_model(path)
+    assert loaded.members == K and loaded.uncertainty_threshold == pytest.approx(0.0123)
+    a = predict_structures(model, setup["hosts"], dtype=np.float64, uncertainty=True)
+    b = predict_structures(loaded, setup["hosts"], dtype=np.float64, uncertainty=True)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[2], b[2])
+    for x, y in zip(a[1], b[1]):
+        np.testing.assert_array_equal(x, y)
+    p = jt.params_from_model(loaded)
+    for x, y in zip(jax.tree_util.tree_leaves(p), jax.tree_util.tree_leaves(setup["params"])):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def _small_groups(setup):
+    g = setup["groups"]
+    f32 = jt.Groups([{k: (v.astype(np.float32) if v.dtype == np.float64 else v) for k, v in a.items()}
+                     for a in g.arrays])
+    return f32
+
+
+def test_killed_ef_stage_resumes_bit_exactly(setup, tmp_path):
+    groups = _small_groups(setup)
+    cfg = jt.CommitteeConfig(members=2, hidden=(6,), epochs=6, warmup_epochs=1, atoms_per_batch=24,
+                             bootstrap=True, learning_rate=1e-2)
+    full = jt.fit_committee(groups, groups, setup["stats"], cfg, run_dir=tmp_path / "a", verbose=0,
+                            checkpoint_seconds=0.0)
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_3(epoch, rec):
+        if epoch == 3:
+            raise Killed
+
+    with pytest.raises(Killed):
+        jt.fit_committee(groups, groups, setup["stats"], cfg, run_dir=tmp_path / "b", verbose=0,
+                         checkpoint_seconds=0.0, on_epoch=kill_after_3)
+    # The epoch-3 state was not yet written when the kill came: resume redoes it.
+    resumed = jt.fit_committee(groups, groups, setup["stats"], cfg, run_dir=tmp_path / "b", verbose=0,
+                               resume=True, checkpoint_seconds=0.0)
+    assert resumed["epochs_run"] == full["epochs_run"] == 6
+    for x, y in zip(jax.tree_util.tree_leaves(full["params"]), jax.tree_util.tree_leaves(resumed["params"])):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert [r["train_loss"] for r in full["history"]] == [r["train_loss"] for r in resumed["history"]]
+    assert full["history"][-1]["train_loss"] < full["history"][0]["train_loss"]
+
+
+def test_jacobian_cache_reused_and_rebuilt_when_inputs_change(setup, tmp_path, monkeypatch):
+    hosts, spec = setup["hosts"][:2], setup["spec"]
+    calls = []
+    import bpnn_jax.featurize as featurize
+
+    original = featurize.descriptor_jacobians
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(featurize, "descriptor_jacobians", counting)
+    a, hit = cached_jacobians(hosts, spec, tmp_path)
+    assert not hit and len(calls) == 1
+    b, hit = cached_jacobians(hosts, spec, tmp_path)
+    assert hit and len(calls) == 1
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+    moved = [dataclasses.replace(hosts[0], positions=hosts[0].positions + 1e-3), hosts[1]]
+    _, hit = cached_jacobians(moved, spec, tmp_path)
+    assert not hit and len(calls) == 2
+    other = dataclasses.replace(spec, cutoff=6.0)
+    _, hit = cached_jacobians(hosts, other, tmp_path)
+    assert not hit and len(calls) == 3
+
+
+def test_train_committee_cli_and_evaluate_json(six_atom_files, tmp_path):
+    from bpnn_jax.cli import main
+
+    run = tmp_path / "run"
+    files = [str(p) for p in six_atom_files[:20]]
+    assert main(["train", *files, "--out", str(run), "--members", "3", "--hidden", "8", "--ef-epochs", "4",
+                 "--ef-force-weight", "1e-3,2e-3,3e-3", "--quiet"]) == 0
+    model = load_model(run / "model.keras")
+    assert model.members == 3 and model.uncertainty_threshold > 0
+    summary = json.loads((run / "ef.json").read_text())
+    assert summary["epochs_run"] == 4 and summary["complete"]
+    assert list((run / "cache").glob("jacobians-*.npy"))
+    out = tmp_path / "m.json"
+    assert main(["evaluate", str(run / "model.keras"), *files[:4], "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["per_structure"]
+    assert all(r["energy_std_ev"] > 0 and r["force_std_max_ev_a"] > 0 for r in rows)
