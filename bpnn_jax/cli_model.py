@@ -299,22 +299,24 @@ def _read_inputs(paths, model, model_name: str, *, require_energy: bool, skip_in
     import sys
 
     from .errors import BPNNInputError, XSFError
-    from .io import find_xsf_files, read_xsf
+    from .io import find_xsf_files, read_frames
 
     files = find_xsf_files(paths)
-    good, bad = [], []  # bad: (file, reason without the file, full message)
+    good, bad = [], []  # bad: (file or FILE@INDEX, reason without the file, full message)
     for f in files:
         try:
-            atoms = read_xsf(f, require_energy=require_energy)
+            frames = read_frames(f, require_energy=require_energy)
         except XSFError as exc:
             reason = exc.reason if exc.line is None else f"line {exc.line}: {exc.reason}"
-            bad.append((str(f), reason, str(exc)))
+            bad.append((exc.path or str(f), reason, str(exc)))
             continue
-        problem = _structure_problem(model, model_name, atoms)
-        if problem is None:
-            good.append(atoms)
-        else:
-            bad.append((str(f), problem, f"{f}: {problem}"))
+        for atoms in frames:
+            name = atoms.info.get("file", str(f))
+            problem = _structure_problem(model, model_name, atoms)
+            if problem is None:
+                good.append(atoms)
+            else:
+                bad.append((name, problem, f"{name}: {problem}"))
     if bad and not skip_invalid:
         msg = bad[0][2]
         if len(bad) > 1:

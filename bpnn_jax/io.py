@@ -52,6 +52,7 @@ __all__ = [
     "read_structures",
     "read_xsf",
     "sample_data_dir",
+    "read_frames",
     "structure_energy",
     "write_energy_csv",
     "write_xsf",
@@ -639,13 +640,18 @@ def write_xsf(
 # --------------------------------------------------------------------------
 
 
+#: File suffixes a directory contributes (XSF, and extended XYZ read by ASE).
+DIRECTORY_SUFFIXES = (".xsf", ".extxyz")
+
+
 def find_xsf_files(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
-    """Expand files and directories into a list of XSF files.
+    """Expand files and directories into a list of structure files.
 
     Args:
         paths: files and/or directories (a single path is accepted too).  A
             file is taken as given, whatever its extension; a directory
-            contributes its ``*.xsf`` files (not recursive), sorted by name.
+            contributes its ``*.xsf`` and ``*.extxyz`` files (not recursive),
+            sorted by name.
 
     Returns:
         The files, in the order of ``paths``, each directory's files sorted;
@@ -677,20 +683,117 @@ def find_xsf_files(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> li
         if p.is_dir():
             try:
                 files = sorted(
-                    (q for q in p.iterdir() if q.suffix.lower() == ".xsf" and q.is_file()),
+                    (q for q in p.iterdir() if q.suffix.lower() in DIRECTORY_SUFFIXES and q.is_file()),
                     key=lambda q: q.name,
                 )
             except OSError as exc:
                 raise BPNNInputError(f"{p}: cannot list directory: {exc.strerror or exc}") from exc
             if not files:
-                raise BPNNInputError(f"{p}: directory contains no .xsf files")
+                raise BPNNInputError(f"{p}: directory contains no .xsf or .extxyz files")
             for q in files:
                 add(q)
-        elif p.exists():
+        elif p.exists() or _frame_reference(p) is not None:
             add(p)
         else:
             raise XSFError(str(p), "no such file or directory")
     return found
+
+
+#: info / arrays keys tried, in order, for energies and forces of frames read by ASE.
+ENERGY_KEYS = ("energy", "REF_energy", "total_energy", "dft_energy")
+FORCES_KEYS = ("forces", "REF_forces", "dft_forces")
+
+
+def _frame_reference(path: Path) -> tuple[Path, int] | None:
+    """(file, index) for a name ``FILE@INDEX`` whose FILE exists (and the name itself does not)."""
+    m = re.fullmatch(r"(.+)@(\d+)", str(path))
+    if m is None or path.exists() or not Path(m.group(1)).is_file():
+        return None
+    return Path(m.group(1)), int(m.group(2))
+
+
+def read_frames(path: str | os.PathLike, *, require_energy: bool = False) -> list[Atoms]:
+    """Every structure of one file: XSF (one frame) or any format ASE reads (extended XYZ, ...).
+
+    ``path`` may also be ``FILE@INDEX``, one frame of a multi-frame file, as
+    the frames are named in errors, CSV and JSON (and in a run's
+    ``split.json``).
+
+    Frames read by ASE are named ``FILE@INDEX`` (``atoms.info["file"]``).
+    The energy (eV) comes from ASE's single-point results or the first of
+    :data:`ENERGY_KEYS` in ``info``, the forces (eV/Å) from the results or
+    the first of :data:`FORCES_KEYS` in ``arrays``; both are attached as a
+    :class:`~ase.calculators.singlepoint.SinglePointCalculator` and the
+    energy also as ``info["energy"]``, as :func:`read_xsf` does.
+
+    Raises:
+        XSFError: the file cannot be parsed (naming the file, and the line
+            where ASE gives one), a frame has non-finite positions, cell,
+            energy or forces, or (``require_energy``) no energy; the message
+            names the frame as ``FILE@INDEX``.
+    """
+    path = Path(path)
+    ref = _frame_reference(path)
+    if ref is not None:  # FILE@INDEX: one frame of a multi-frame file
+        base, index = ref
+        frames = read_frames(base, require_energy=require_energy)
+        if index >= len(frames):
+            raise XSFError(str(path), f"no frame {index} ({base} has {len(frames)})")
+        return [frames[index]]
+    if path.suffix.lower() == ".xsf":
+        return [read_xsf(path, require_energy=require_energy)]
+    import ase.io
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    try:
+        frames = ase.io.read(path, index=":")
+    except Exception as exc:  # ASE raises many types for bad files; all mean "cannot parse"
+        text = str(exc) or type(exc).__name__
+        line = None
+        m = re.search(r"line (\d+)", text)
+        if m:
+            line = int(m.group(1))
+        raise XSFError(str(path), f"cannot read as {path.suffix.lstrip('.') or 'a structure file'} "
+                                  f"({type(exc).__name__}: {text})", line) from None
+    if isinstance(frames, Atoms):
+        frames = [frames]
+    if not frames:
+        raise XSFError(str(path), "no structures in the file")
+    out = []
+    for k, atoms in enumerate(frames):
+        name = f"{path}@{k}"
+        results = dict(getattr(atoms.calc, "results", None) or {})
+        energy = results.get("energy")
+        if energy is None:
+            energy = next((atoms.info[key] for key in ENERGY_KEYS if key in atoms.info), None)
+        forces = results.get("forces")
+        if forces is None:
+            forces = next((atoms.arrays[key] for key in FORCES_KEYS if key in atoms.arrays), None)
+        if not np.all(np.isfinite(atoms.positions)):
+            bad = int(np.flatnonzero(~np.all(np.isfinite(atoms.positions), axis=1))[0])
+            raise XSFError(name, f"atom {bad} has a non-finite position")
+        if np.any(atoms.pbc) and not np.all(np.isfinite(atoms.cell.array)):
+            raise XSFError(name, "non-finite cell")
+        if energy is not None:
+            try:
+                energy = float(energy)
+            except (TypeError, ValueError):
+                raise XSFError(name, f"energy {energy!r} is not a number") from None
+            if not math.isfinite(energy):
+                raise XSFError(name, f"non-finite energy {energy}")
+        elif require_energy:
+            raise XSFError(name, f"no energy (looked for calculator results and info keys {', '.join(ENERGY_KEYS)})")
+        if forces is not None:
+            forces = np.asarray(forces, np.float64)
+            if forces.shape != (len(atoms), 3) or not np.all(np.isfinite(forces)):
+                raise XSFError(name, f"forces must be {len(atoms)} x 3 finite numbers")
+        clean = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+        clean.info["file"] = name
+        if energy is not None:
+            clean.info["energy"] = energy
+        clean.calc = SinglePointCalculator(clean, energy=energy, forces=forces)
+        out.append(clean)
+    return out
 
 
 def read_structures(
@@ -729,7 +832,7 @@ def read_structures(
     skipped: list[tuple[str, str]] = []
     for f in iterator:
         try:
-            structures.append(read_xsf(f, require_energy=require_energy))
+            structures.extend(read_frames(f, require_energy=require_energy))
         except XSFError as exc:
             if not skip_invalid:
                 raise
@@ -842,8 +945,8 @@ def sample_data_dir() -> Path:
     """Directory of the packaged quick-start TiO2 sample (XSF files).
 
     Returns:
-        ``bpnn_jax/data/tio2_sample``: about 150 structures of the aenet
-        TiO2 data set (see ``bpnn_jax/data/README.md``).
+        ``bpnn_jax/data/tio2_sample``: 200 near-equilibrium structures of
+        the aenet TiO2 data set (see ``bpnn_jax/data/README.md``).
 
     Raises:
         BPNNInputError: if the package was installed without its data.

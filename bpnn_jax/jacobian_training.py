@@ -461,7 +461,7 @@ def fit_committee(train: Groups, val: Groups, stats: dict, cfg: CommitteeConfig,
         run_dir: where ``ef_state.npz`` (resume state) and
             ``ef_history.csv`` go; None keeps nothing on disk.
         resume: continue from ``run_dir/ef_state.npz`` if it exists.
-        verbose: 0 silent, 1 one line per few epochs, 2 every epoch.
+        verbose: 0 silent, 1 one line per epoch, 2 (``--quiet``) about ten lines.
         checkpoint_seconds: minimum interval between state writes.
         deadline: ``time.time()`` after which to stop after the current
             epoch (the state is saved; resume continues).
@@ -572,7 +572,8 @@ def fit_committee(train: Groups, val: Groups, stats: dict, cfg: CommitteeConfig,
         state["history"].append(rec)
         if on_epoch is not None:
             on_epoch(epoch + 1, rec)
-        if verbose and (verbose > 1 or epoch < 3 or (epoch + 1) % 10 == 0 or epoch + 1 == cfg.epochs):
+        every = 1 if verbose == 1 else max(1, cfg.epochs // 10)  # verbose 2 (--quiet): ~10 lines
+        if verbose and (epoch == 0 or (epoch + 1) % every == 0 or epoch + 1 == cfg.epochs):
             print(f"[ef] epoch {epoch + 1}/{cfg.epochs}: loss {loss_mean:.3g}, val energy "
                   f"{rec['val_energy_rmse_mev_atom']:.2f} meV/atom (committee {rec['val_committee_energy_rmse_mev_atom']:.2f}),"
                   f" forces {rec['val_force_rmse_ev_a']:.3f} eV/Å (committee {rec['val_committee_force_rmse_ev_a']:.3f}),"
@@ -685,7 +686,7 @@ def polish_lbfgs(params, train: Groups, val: Groups, stats: dict, cfg: Committee
                 best_obj = np.where(better, obj, best_obj)
             history.append({"iteration": it, "train_objective": float(value) / K,
                             **{k: np.asarray(v).tolist() for k, v in m.items()}})
-            if verbose:
+            if verbose == 1 or (verbose and it % max(log_every, steps // 10 // log_every * log_every) == 0):
                 print(f"[lbfgs] {it}/{steps}: train objective {float(value) / K:.4g}, val energy "
                       f"{np.mean(m['energy_rmse_mev_atom']):.2f} meV/atom (committee {m['mean_energy_rmse_mev_atom']:.2f}), "
                       f"forces {np.mean(m['force_rmse_ev_a']):.3f} eV/Å (committee {m['mean_force_rmse_ev_a']:.3f}), "
