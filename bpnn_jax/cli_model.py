@@ -124,7 +124,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = TrainConfig(**PRESETS[args.preset])
     paths, out = list(args.paths), args.out
     if args.config:
-        file_values = _read_config(args.config)
+        file_values = read_config(args.config)
         paths = paths or file_values.pop("data", [])
         out = out or file_values.pop("out", None)
         file_values.pop("data", None)
@@ -201,7 +201,7 @@ def _interactive() -> bool:
     return sys.stderr.isatty()
 
 
-def _read_config(path) -> dict:
+def read_config(path) -> dict:
     """Options of ``train --config FILE`` as TrainConfig field values (plus 'data' and 'out')."""
     from pathlib import Path
 
@@ -390,7 +390,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         write_report(report, args.json)
     if args.plots:
         model_path = Path(args.model)
-        history = model_path.parent / "history.csv" if model_path.exists() else None
+        history = None
+        if model_path.exists():  # a run directory's history: the committee stage's, else the Keras stages'
+            candidates = [model_path.parent / "ef_history.csv", model_path.parent / "history.csv"]
+            history = next((c for c in candidates if c.exists()), None)
         for p in write_plots(report, args.plots, history):
             print(f"wrote {p}")
     return 0

@@ -215,13 +215,17 @@ def write_plots(report: dict, out_dir, history_csv=None) -> list[Path]:
         if hist:
             fig, axes = plt.subplots(1, 2, figsize=(10, 4))
             x = np.arange(1, len(hist) + 1)
-            for key in ("energy_rmse_mev_atom", "val_energy_rmse_mev_atom"):
+            keys = [k for k in ("energy_rmse_mev_atom", "val_energy_rmse_mev_atom",
+                                "val_committee_energy_rmse_mev_atom") if k in hist[0]]
+            for key in keys:
                 axes[0].plot(x, [float(h.get(key) or "nan") for h in hist], label=key)
             axes[0].set_yscale("log")
             axes[0].set_xlabel("epoch (both stages)")
             axes[0].set_ylabel("meV/atom")
             axes[0].legend()
-            for key in ("force_rmse_ev_a", "val_force_rmse_ev_a"):
+            keys = [k for k in ("force_rmse_ev_a", "val_force_rmse_ev_a", "val_committee_force_rmse_ev_a")
+                    if k in hist[0]]
+            for key in keys:
                 axes[1].plot(x, [float(h.get(key) or "nan") for h in hist], label=key)
             axes[1].set_xlabel("epoch (both stages)")
             axes[1].set_ylabel("eV/Å")

@@ -12,7 +12,10 @@ with dE/dG_i from the network's input gradient.  Loss per member k:
     L_k = mean_s w_ks ((E_ks - E_s^DFT) / n_s)²  +  lambda_k mean_{s,a,c} w_ks (F_ksac - F_sac^DFT)²
 
 (eV²/atom² and eV²/Å²; w_ks the member's bootstrap counts, all 1 without
-bootstrap).  K members with independent initialisations are trained at
+bootstrap).  A mini-batch step takes the sums over its structures divided
+by the average number of structures (force components) per step, so an
+epoch is the full-batch objective: every structure counts the same
+whatever the size of the batch it was drawn in.  K members with independent initialisations are trained at
 once: every parameter carries a leading member axis, the descriptors and
 Jacobians are read once per step for all members, and the Jacobian
 contraction is one matrix product (B, 3N, N·F) x (B, N·F, K).  Adam (with
@@ -492,6 +495,8 @@ def fit_committee(train: Groups, val: Groups, stats: dict, cfg: CommitteeConfig,
     val_dev = [jax.device_put(cast(g)) for g in val.arrays]
     bw_dev = [jax.device_put(np.asarray(w, dtype)) for w in bweights]
     steps_per_epoch = len(_epoch_batches(train, cfg, 0))
+    e_norm = train.n_structures / steps_per_epoch
+    f_norm = 3.0 * train.n_atoms / steps_per_epoch
     opt = _optimizer(cfg, steps_per_epoch)
     params = init_params(jax.random.PRNGKey(cfg.seed), K, S, F, cfg.hidden, dtype)
     state = {"params": params, "opt_state": opt.init(params), "ema": params, "best_params": params,
@@ -515,7 +520,14 @@ def fit_committee(train: Groups, val: Groups, stats: dict, cfg: CommitteeConfig,
         w = jnp.take(bw, idx, axis=1) * valid
 
         def loss(p):
-            return jnp.sum(member_losses(p, st, batch, lam, act, w))
+            # Fixed normalisers (structures and force components per step on
+            # average), not this batch's counts: an epoch then sums to the
+            # full-batch objective, every structure's energy and every force
+            # component weigh the same whatever the size of the batch it is
+            # in (per-batch means gave a 6-atom structure, batched 128 at a
+            # time, 1/16 of the weight of a 95-atom one).
+            se, sf, _, _ = _squared_errors(p, st, batch, act, w)
+            return jnp.sum(se / e_norm + lam * sf / f_norm)
 
         value, grads = jax.value_and_grad(loss)(params)
         updates, opt_state = opt.update(grads, opt_state, params)

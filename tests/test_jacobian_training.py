@@ -252,3 +252,13 @@ def test_train_committee_cli_and_evaluate_json(six_atom_files, tmp_path):
     assert main(["evaluate", str(run / "model.keras"), *files[:4], "--json", str(out)]) == 0
     rows = json.loads(out.read_text())["per_structure"]
     assert all(r["energy_std_ev"] > 0 and r["force_std_max_ev_a"] > 0 for r in rows)
+    # evaluate --split scores exactly the run's test structures
+    split = json.loads((run / "split.json").read_text())
+    assert main(["evaluate", str(run / "model.keras"), "--split", f"{run / 'split.json'}:test", "--json",
+                 str(out), "--no-forces"]) == 0
+    assert [r["file"] for r in json.loads(out.read_text())["per_structure"]] == split["test"]
+    # predict writes the committee spread
+    csv_path = tmp_path / "p.csv"
+    assert main(["predict", str(run / "model.keras"), *files[:3], "--out", str(csv_path)]) == 0
+    header, *lines = csv_path.read_text().splitlines()
+    assert header.split(",")[-1] == "energy_std_ev" and len(lines) == 3 and all(float(l.split(",")[-1]) > 0 for l in lines)

@@ -463,7 +463,7 @@ SHIPPED_TEST_SAMPLE = (
 def test_shipped_tio2_is_accurate_on_its_test_split(data_dir):
     """The shipped committee, on 40 held-out structures: energies and forces near its recorded metrics.
 
-    Measured when it was shipped: SHIPPED_E meV/atom and SHIPPED_F eV/Å (the
+    Measured when it was shipped: 6.27 meV/atom and 0.232 eV/Å (the
     previous single-network model: 4.15 meV/atom and 0.401 eV/Å).  The
     bounds leave room for float32 rounding, not for a worse model.
     """
@@ -478,8 +478,8 @@ def test_shipped_tio2_is_accurate_on_its_test_split(data_dir):
     e_rmse = 1e3 * np.sqrt(np.mean([((e - h.energy) / h.n_atoms) ** 2 for e, h in zip(energies, hosts)]))
     f_rmse = np.sqrt(np.mean(np.concatenate([(f - h.forces).ravel() for f, h in zip(forces, hosts)]) ** 2))
     print(f"shipped tio2 on the sample: energy {e_rmse:.3f} meV/atom, forces {f_rmse:.4f} eV/Å")
-    assert e_rmse <= E_BOUND
-    assert f_rmse <= F_BOUND
+    assert e_rmse <= 6.7
+    assert f_rmse <= 0.25  # tio2_v1: 0.401
     # In-range structures: the spread per atom stays below the calibrated threshold for nearly all.
     spread = np.array([s / h.n_atoms for s, h in zip(e_std, hosts)])
     assert np.mean(spread < model.uncertainty_threshold) >= 0.9

@@ -54,3 +54,18 @@ def test_config_file_errors_name_the_file(tmp_path, capsys):
     nodata.write_text("members: 2\n")
     assert main(["train", "--config", str(nodata), "--out", str(tmp_path / "r")]) == 2
     assert "no training data" in capsys.readouterr().err
+
+
+def test_shipped_recipe_file_is_a_valid_config():
+    """experiments/recipes/tio2.yaml (the shipped model's recipe) reads into a full TrainConfig."""
+    import dataclasses
+    from pathlib import Path
+
+    from bpnn_jax.cli_model import read_config
+    from bpnn_jax.model import load_model
+
+    values = read_config(Path(__file__).resolve().parent.parent / "experiments" / "recipes" / "tio2.yaml")
+    assert values.pop("data") == ["../shared/data/tio2"] and values.pop("out") == "runs/tio2"
+    config = dataclasses.replace(TrainConfig(), **values)
+    shipped = load_model("tio2")
+    assert config.members == shipped.members and tuple(config.hidden) == shipped.hidden
