@@ -689,7 +689,7 @@ def find_xsf_files(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> li
             except OSError as exc:
                 raise BPNNInputError(f"{p}: cannot list directory: {exc.strerror or exc}") from exc
             if not files:
-                raise BPNNInputError(f"{p}: directory contains no .xsf or .extxyz files")
+                raise BPNNInputError(f"{p}: directory contains no .xsf files (and no .extxyz files)")
             for q in files:
                 add(q)
         elif p.exists() or _frame_reference(p) is not None:
