@@ -810,6 +810,9 @@ def _train(paths, run_dir, config: TrainConfig, *, resume: bool, verbose: int, d
         config = dataclasses.replace(saved, data_parallel=config.data_parallel, **(resume_overrides or {}))
         if resume_overrides:
             _write_json(run_dir / "config.json", config.to_json())
+    if config.members > 0 and config.init_model:
+        raise BPNNInputError("--init cannot be combined with --members: a committee is trained from scratch "
+                             "(fine-tuning one is not supported yet)")
     multiple = _batch_multiple()
     if config.batch_size is not None and config.batch_size % multiple:
         raise BPNNInputError(

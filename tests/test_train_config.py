@@ -54,6 +54,8 @@ def test_config_file_errors_name_the_file(tmp_path, capsys):
     nodata.write_text("members: 2\n")
     assert main(["train", "--config", str(nodata), "--out", str(tmp_path / "r")]) == 2
     assert "no training data" in capsys.readouterr().err
+    assert main(["train", "x.xsf", "--out", str(tmp_path / "r"), "--members", "2", "--init", "tio2"]) == 2
+    assert "--init cannot be combined with --members" in capsys.readouterr().err
 
 
 def test_shipped_recipe_file_is_a_valid_config():
