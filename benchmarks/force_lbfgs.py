@@ -100,7 +100,7 @@ def main(argv=None) -> int:
 
     import bpnn_jax
     from bpnn_jax.featurize import descriptor_jacobians
-    from bpnn_jax.training import TrainConfig, _force_data, featurize_host, load_training_data, refine_lbfgs
+    from bpnn_jax.training import TrainConfig, force_training_data, featurize_host, load_training_data, refine_lbfgs
 
     args.tag = args.tag or default_tag()
     res = new_result("force_lbfgs", args, "float32")
@@ -119,7 +119,7 @@ def main(argv=None) -> int:
     sf_train, sf_val = featurize_host(train, spec), featurize_host(val, spec)
     res["featurize_s"] = round(time.time() - t, 2)
     t = time.time()
-    f_train, f_val = _force_data(train, spec, 0), _force_data(val, spec, 0)
+    f_train, f_val = force_training_data(train, spec, 0), force_training_data(val, spec, 0)
     jac = {"first_s": round(time.time() - t, 2),
            "gb": round(sum(s.n_atoms ** 2 for s in train + val) * spec.n_functions * 12 / 1e9, 3)}
     sample = train[:100]

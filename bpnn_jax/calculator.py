@@ -126,7 +126,8 @@ def _evaluator(model: BPNN):
     variables = list(model.variables)
     model_ref = weakref.ref(model)  # no strong reference from the cache to the model
 
-    def energy(values, positions, cell, strain, inputs):
+    def strained_atomic_energies(values, positions, cell, strain, inputs, members: bool):
+        """Atomic energies ((B, N), or (K, B, N) for ``members``) and SFs under strain ε."""
         m = model_ref()
         sym = 0.5 * (strain + jnp.swapaxes(strain, -1, -2))
         deform = jnp.eye(3, dtype=strain.dtype) + sym  # (B, 3, 3); row vectors: r -> r (I + ε)
@@ -134,7 +135,11 @@ def _evaluator(model: BPNN):
         cel = jnp.einsum("bki,bij->bkj", cell, deform)
         with keras.StatelessScope(state_mapping=list(zip(variables, values))):
             sf = m.descriptors(pos, cel, inputs)
-            e = m.atomic_energies(sf, inputs["species"], inputs["atom_mask"])
+            atomic = m.member_atomic_energies if members else m.atomic_energies
+            return atomic(sf, inputs["species"], inputs["atom_mask"]), sf
+
+    def energy(values, positions, cell, strain, inputs):
+        e, sf = strained_atomic_energies(values, positions, cell, strain, inputs, members=False)
         return jnp.sum(e), (e, sf)
 
     def evaluate(values, positions, cell, inputs):
@@ -145,14 +150,7 @@ def _evaluator(model: BPNN):
         return {"energies": e, "forces": -g_pos, "de_dstrain": g_strain, "sf": sf}
 
     def member_energies(values, positions, cell, strain, inputs):
-        m = model_ref()
-        sym = 0.5 * (strain + jnp.swapaxes(strain, -1, -2))
-        deform = jnp.eye(3, dtype=strain.dtype) + sym
-        pos = jnp.einsum("bni,bij->bnj", positions, deform)
-        cel = jnp.einsum("bki,bij->bkj", cell, deform)
-        with keras.StatelessScope(state_mapping=list(zip(variables, values))):
-            sf = m.descriptors(pos, cel, inputs)
-            e = m.member_atomic_energies(sf, inputs["species"], inputs["atom_mask"])  # (K, B, N)
+        e, sf = strained_atomic_energies(values, positions, cell, strain, inputs, members=True)  # (K, B, N)
         return jnp.sum(e, axis=(1, 2)), (e, sf)
 
     def evaluate_committee(values, positions, cell, inputs):

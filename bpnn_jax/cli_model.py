@@ -117,19 +117,17 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .training import PRESETS, TrainConfig, train  # noqa: F401
+    from .training import PRESETS, RESUME_OPTIONS, TrainConfig, train
 
     from .errors import BPNNInputError
 
     config = TrainConfig(**PRESETS[args.preset])
     paths, out = list(args.paths), args.out
-    if args.config:
+    if args.config:  # flags win over the file
         file_values = read_config(args.config)
         paths = paths or file_values.pop("data", [])
         out = out or file_values.pop("out", None)
-        file_values.pop("data", None)
-        file_values.pop("out", None)
-        config = dataclasses.replace(config, **file_values)
+        config = dataclasses.replace(config, **{k: v for k, v in file_values.items() if k not in ("data", "out")})
     if not paths:
         raise BPNNInputError("no training data: give DATA paths or 'data' in --config")
     if not out:
@@ -153,8 +151,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         config.reference_energies = None
     config.data_parallel = args.data_parallel
     try:
-        from .training import RESUME_OPTIONS
-
         train(args.paths, args.out, config, resume=args.resume, verbose=2 if args.quiet else 1,
               resume_overrides={k: v for k, v in overrides.items() if k in RESUME_OPTIONS})
     except KeyboardInterrupt:

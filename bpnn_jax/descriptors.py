@@ -49,6 +49,7 @@ from .geometry import displacements, safe_norm
 __all__ = [
     "SymmetryFunctionSet",
     "atom_descriptors",
+    "atoms_descriptors",
     "structure_descriptors",
     "batch_descriptors",
     "atom_descriptor_jacobian",
@@ -288,8 +289,14 @@ def effective_chunk_size(chunk_size: int) -> int:
     return max(int(chunk_size), ACCELERATOR_MIN_CHUNK)
 
 
-def _atoms_descriptors(disp, mask, spec, slots, chunk_size):
-    """Map :func:`atom_descriptors` over atoms (A, M, ...) in vmapped chunks.
+def atoms_descriptors(disp, mask, spec, slots, chunk_size):
+    """Map :func:`atom_descriptors` over atoms (A, M, ...) in vmapped chunks: (A, F).
+
+    Args:
+        disp: (A, M, 3) displacements r_ij (Å) of every atom's neighbour slots.
+        mask: (A, M) real neighbours.
+        spec, slots: the function set and the per-element slot layout.
+        chunk_size: atoms per vmapped chunk (see :func:`effective_chunk_size`).
 
     Each chunk is rematerialised (``jax.checkpoint``) when differentiated:
     without it, reverse mode stores every chunk's (Ma, Mb) pair temporaries
@@ -323,7 +330,7 @@ def structure_descriptors(positions, cell, neighbors, shifts, neighbor_mask, spe
         (N, spec.n_functions) values; rows of atoms without neighbours are 0.
     """
     disp = displacements(positions, cell, neighbors, shifts)
-    return _atoms_descriptors(disp, neighbor_mask, spec, slots, chunk_size)
+    return atoms_descriptors(disp, neighbor_mask, spec, slots, chunk_size)
 
 
 def batch_descriptors(batch, spec: SymmetryFunctionSet, *, chunk_size: int = 8):
@@ -343,7 +350,7 @@ def batch_descriptors(batch, spec: SymmetryFunctionSet, *, chunk_size: int = 8):
     """
     B, N, M = batch.neighbors.shape
     disp = jax.vmap(displacements)(batch.positions, batch.cell, batch.neighbors, batch.shifts)
-    g = _atoms_descriptors(
+    g = atoms_descriptors(
         disp.reshape(B * N, M, 3), batch.neighbor_mask.reshape(B * N, M), spec, batch.slots, chunk_size
     )
     return g.reshape(B, N, -1)

@@ -126,15 +126,6 @@ class CommitteeConfig:
             d["force_weight"] = list(self.force_weight)
         return d
 
-    @classmethod
-    def from_json(cls, d: dict) -> "CommitteeConfig":
-        d = dict(d)
-        d["hidden"] = tuple(d["hidden"])
-        if isinstance(d.get("force_weight"), list):
-            d["force_weight"] = tuple(d["force_weight"])
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
-
 
 # ------------------------------------------------------------------ data
 @dataclasses.dataclass
@@ -205,6 +196,10 @@ def group_by_size(sf_list, species_list, energies, forces_list=None, jac_list=No
                 jac[b, :n, :, :n] = np.transpose(np.asarray(jac_list[k]), (1, 3, 0, 2))
                 if isinstance(jac_list, list):
                     jac_list[k] = None
+            # Stored as (G, N*3, N*F), J[g, (k, c), (i, f)] = dG_if/dR_kc: the
+            # force contraction is then one batched matrix product over
+            # contiguous rows, ~5x faster on a CPU than contracting the
+            # (i, k, f, c) layout (which XLA transposes at every call).
             g["jac"] = jac.reshape(G, n_pad * 3, n_pad * F)
         out.append(g)
     return Groups(out)
@@ -307,11 +302,22 @@ def _squared_errors(params, stats, g, activation, weights=None):
     return se, sf, jnp.sum(w, axis=1), jnp.sum(w * 3.0 * g["n"], axis=1)
 
 
-def member_losses(params, stats, g, force_weight, activation="tanh", weights=None):
-    """(K,) per-member objectives of one batch (see the module doc)."""
+def member_losses(params, stats, g, force_weight, activation="tanh", weights=None, normalizers=None):
+    """(K,) per-member objectives of one batch (see the module doc).
+
+    Args:
+        normalizers: ``(structures, force components)`` to divide the
+            energy and force sums by; None divides by this batch's own
+            (weighted) counts, the batch mean.  Fixed values make sums over
+            batches add up to one objective: training passes the average
+            counts per step (an epoch is then the full-batch objective), the
+            L-BFGS polish the counts of the whole training set.
+    """
     import jax.numpy as jnp
 
     se, sf, ns, nf = _squared_errors(params, stats, g, activation, weights)
+    if normalizers is not None:
+        ns, nf = normalizers
     return se / jnp.maximum(ns, 1e-12) + force_weight * sf / jnp.maximum(nf, 1e-12)
 
 
@@ -326,13 +332,11 @@ def _lr_schedule(cfg: CommitteeConfig, steps_per_epoch: int):
 
 
 def _optimizer(cfg: CommitteeConfig, steps_per_epoch: int):
-    import jax
     import optax
 
     def kernels(params):  # decay kernels only, never biases
         return {"W": [True] * len(params["W"]), "b": [False] * len(params["b"])}
 
-    del jax
     return optax.adamw(_lr_schedule(cfg, steps_per_epoch), weight_decay=cfg.weight_decay, mask=kernels)
 
 
@@ -371,6 +375,18 @@ def _stats_arrays(stats: dict, dtype) -> dict:
     out = {k: np.asarray(stats[k], np.float32) for k in ("sf_mean", "sf_std", "energy_shift", "energy_scale")}
     out["sf_std"] = np.where(np.asarray(stats["sf_std"]) > 1e-12, out["sf_std"], np.float32(1.0))
     return {k: v.astype(dtype) for k, v in out.items()}
+
+
+#: The arrays of a group that the jitted steps take (``index`` stays on the host).
+_DEVICE_KEYS = ("sf", "species", "mask", "energy", "n", "forces", "jac")
+
+
+def _device_groups(groups: Groups, dtype) -> list[dict]:
+    """The groups' arrays on the default device, floats in ``dtype``."""
+    import jax
+
+    return [jax.device_put({k: (np.asarray(g[k], dtype) if np.issubdtype(g[k].dtype, np.floating) else g[k])
+                            for k in _DEVICE_KEYS}) for g in groups.arrays]
 
 
 def _evaluate_groups(fn, params, stats, groups_dev) -> dict:
@@ -486,13 +502,7 @@ def fit_committee(train: Groups, val: Groups, stats: dict, cfg: CommitteeConfig,
     lam = jnp.asarray(cfg.weights(), dtype)
     st = jax.device_put(_stats_arrays(stats, dtype))
     bweights = _bootstrap_weights(train, cfg)
-    keys = ("sf", "species", "mask", "energy", "n", "forces", "jac")
-
-    def cast(g):
-        return {k: (np.asarray(g[k], dtype) if np.issubdtype(g[k].dtype, np.floating) else g[k]) for k in keys}
-
-    train_dev = [jax.device_put(cast(g)) for g in train.arrays]
-    val_dev = [jax.device_put(cast(g)) for g in val.arrays]
+    train_dev, val_dev = _device_groups(train, dtype), _device_groups(val, dtype)
     bw_dev = [jax.device_put(np.asarray(w, dtype)) for w in bweights]
     steps_per_epoch = len(_epoch_batches(train, cfg, 0))
     e_norm = train.n_structures / steps_per_epoch
@@ -526,8 +536,7 @@ def fit_committee(train: Groups, val: Groups, stats: dict, cfg: CommitteeConfig,
             # component weigh the same whatever the size of the batch it is
             # in (per-batch means gave a 6-atom structure, batched 128 at a
             # time, 1/16 of the weight of a 95-atom one).
-            se, sf, _, _ = _squared_errors(p, st, batch, act, w)
-            return jnp.sum(se / e_norm + lam * sf / f_norm)
+            return jnp.sum(member_losses(p, st, batch, lam, act, w, normalizers=(e_norm, f_norm)))
 
         value, grads = jax.value_and_grad(loss)(params)
         updates, opt_state = opt.update(grads, opt_state, params)
@@ -645,22 +654,12 @@ def polish_lbfgs(params, train: Groups, val: Groups, stats: dict, cfg: Committee
     K = cfg.members
     lam = jnp.asarray(cfg.weights(), dtype)
     st = jax.device_put(_stats_arrays(stats, dtype))
-    keys = ("sf", "species", "mask", "energy", "n", "forces", "jac")
-
-    def put(groups):
-        return [jax.device_put({k: (np.asarray(g[k], dtype) if np.issubdtype(g[k].dtype, np.floating) else g[k])
-                                for k in keys}) for g in groups.arrays]
-
-    tr, va = put(train), put(val)
+    tr, va = _device_groups(train, dtype), _device_groups(val, dtype)
     n_s = float(train.n_structures)
     n_f = 3.0 * train.n_atoms
 
     def objective(p, groups):
-        se = sf = 0.0
-        for g in groups:
-            a, b, _, _ = _squared_errors(p, st, g, cfg.activation)
-            se, sf = se + a, sf + b
-        return jnp.sum(se / n_s + lam * sf / n_f)
+        return sum(jnp.sum(member_losses(p, st, g, lam, cfg.activation, normalizers=(n_s, n_f))) for g in groups)
 
     opt = optax.lbfgs()
 

@@ -39,7 +39,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from .descriptors import SymmetryFunctionSet, _atoms_descriptors
+from .descriptors import SymmetryFunctionSet, atoms_descriptors
 from .errors import ModelError
 from .geometry import displacements
 from .layers import ElementMLP, MaskedRMSE
@@ -217,7 +217,7 @@ class BPNN(keras.Model):
         nmask = jnp.concatenate([inputs[f"neighbor_mask_{el}"] for el in self.elements], axis=-1)
         B, N, M = inputs["neighbors"].shape
         disp = jax.vmap(displacements)(positions, cell, inputs["neighbors"], inputs["shifts"])
-        g = _atoms_descriptors(disp.reshape(B * N, M, 3), nmask.reshape(B * N, M), self.spec, slots, self.chunk_size)
+        g = atoms_descriptors(disp.reshape(B * N, M, 3), nmask.reshape(B * N, M), self.spec, slots, self.chunk_size)
         return g.reshape(B, N, -1)
 
     def structure_energies(self, positions, cell, inputs, masks=None):

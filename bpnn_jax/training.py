@@ -57,6 +57,8 @@ __all__ = [
     "data_parallel_distribution",
     "train",
     "predict_structures",
+    "force_training_data",
+    "refine_lbfgs",
 ]
 
 
@@ -899,8 +901,8 @@ def _train(paths, run_dir, config: TrainConfig, *, resume: bool, verbose: int, d
             train_data = (sf_train, [s.species for s in train_s], [s.energy for s in train_s])
             val_data = (sf_val, [s.species for s in val_s], [s.energy for s in val_s])
             if config.lbfgs_force_weight > 0:
-                train_data += _force_data(train_s, spec, verbose)
-                val_data += _force_data(val_s, spec, verbose)
+                train_data += force_training_data(train_s, spec, verbose)
+                val_data += force_training_data(val_s, spec, verbose)
             result = refine_lbfgs(
                 model, train_data, val_data, force_weight=config.lbfgs_force_weight,
                 steps=config.lbfgs_steps, verbose=verbose > 0, deadline=deadline,
@@ -956,6 +958,22 @@ def _train(paths, run_dir, config: TrainConfig, *, resume: bool, verbose: int, d
 
 
 # ------------------------------------------------ committee on Jacobians
+def _require_forces(structures) -> None:
+    """Force training needs forces on every structure: name the first that has none."""
+    missing = [s.name for s in structures if s.forces is None]
+    if missing:
+        raise BPNNInputError(f"{missing[0]}: no forces, needed for force training"
+                             + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+
+
+def _physical_memory_gb() -> float:
+    """The machine's memory in GB (inf where the platform does not report it)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
+    except (ValueError, OSError, AttributeError):
+        return math.inf
+
+
 def _train_committee(data, train_s, val_s, run_dir: Path, config: TrainConfig, *, resume: bool, verbose: int,
                      deadline) -> BPNN:
     """The E+F committee stage (``config.members >= 1``); see :mod:`bpnn_jax.jacobian_training`."""
@@ -964,10 +982,7 @@ def _train_committee(data, train_s, val_s, run_dir: Path, config: TrainConfig, *
 
     spec = data["spec"]
     cfg = config.committee_config()
-    missing = [s.name for s in train_s + val_s if s.forces is None]
-    if missing:
-        raise BPNNInputError(f"{missing[0]}: no forces, needed for force training"
-                             + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    _require_forces(train_s + val_s)
     t0 = time.time()
     sf_train = featurize_host(train_s, spec, atoms_per_batch=config.atoms_per_batch, progress=verbose == 1)
     sf_val = featurize_host(val_s, spec, atoms_per_batch=config.atoms_per_batch, progress=verbose == 1)
@@ -976,10 +991,7 @@ def _train_committee(data, train_s, val_s, run_dir: Path, config: TrainConfig, *
     if verbose:
         print(f"descriptors of {len(train_s)} + {len(val_s)} structures: {time.time() - t0:.1f} s", flush=True)
     gb = sum(s.n_atoms ** 2 for s in train_s + val_s) * spec.n_functions * 3 * 4 / 1e9
-    try:
-        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
-    except (ValueError, OSError, AttributeError):
-        ram = math.inf
+    ram = _physical_memory_gb()
     if 2.2 * gb > 0.9 * ram:
         raise BPNNInputError(
             f"the descriptor Jacobians of {len(train_s) + len(val_s)} structures need ~{2.2 * gb:.0f} GB "
@@ -1018,20 +1030,14 @@ def _train_committee(data, train_s, val_s, run_dir: Path, config: TrainConfig, *
 
 
 # ------------------------------------------------------- L-BFGS refinement
-def _force_data(structures, spec, verbose) -> tuple[list, list]:
+def force_training_data(structures, spec, verbose) -> tuple[list, list]:
     """(target forces, descriptor Jacobians) of prepared structures, for :func:`refine_lbfgs`."""
     from .featurize import descriptor_jacobians
 
-    missing = [s.name for s in structures if s.forces is None]
-    if missing:
-        raise BPNNInputError(f"{missing[0]}: no forces, needed for force training"
-                             + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    _require_forces(structures)
     t0 = time.time()
     gb = sum(s.n_atoms ** 2 for s in structures) * spec.n_functions * 12 / 1e9
-    try:
-        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
-    except (ValueError, OSError, AttributeError):  # not every platform reports it
-        ram = math.inf
+    ram = _physical_memory_gb()
     # The per-structure arrays, their padded groups and the device copy
     # coexist for a moment: about three times the Jacobians' size.
     if 3 * gb > 0.9 * ram:

@@ -443,7 +443,7 @@ def test_force_lbfgs_refuses_jacobians_beyond_memory(monkeypatch, structures, mo
     h = host(model, structures[BULK])
     monkeypatch.setattr(training.os, "sysconf", lambda name: 4096 if name == "SC_PAGE_SIZE" else 2 ** 10)  # 4 MB
     with pytest.raises(BPNNInputError, match=r"descriptor Jacobians of 3 structures.*--force-epochs"):
-        training._force_data([h, h, h], model.spec, verbose=0)
+        training.force_training_data([h, h, h], model.spec, verbose=0)
 
 
 #: 40 structures of at most 24 atoms from the shipped model's test split
