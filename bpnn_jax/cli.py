@@ -21,25 +21,12 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from . import cli_model
+from . import cli_lammps, cli_model
 from .errors import BPNNError, BPNNInputError
 
 # --------------------------------------------------------------------------
 # energies
 # --------------------------------------------------------------------------
-
-
-def _parse_reference(text: str) -> tuple[str, float]:
-    """argparse type for ``--ref SYMBOL=EV``."""
-    symbol, sep, value = text.partition("=")
-    symbol = symbol.strip()
-    try:
-        energy = float(value)
-    except ValueError:
-        energy = float("nan")
-    if not sep or not symbol or energy != energy or energy in (float("inf"), float("-inf")):
-        raise argparse.ArgumentTypeError(f"expected SYMBOL=ENERGY_EV (e.g. O=-432.503149303), got {text!r}")
-    return symbol, energy
 
 
 def _add_energies_parser(subparsers) -> argparse.ArgumentParser:
@@ -64,7 +51,7 @@ def _add_energies_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--ref",
         action="append",
-        type=_parse_reference,
+        type=cli_model.parse_reference,
         default=[],
         metavar="SYMBOL=EV",
         help="free-atom reference energy in eV (repeatable); replaces the TiO2 defaults when given",
@@ -75,6 +62,7 @@ def _add_energies_parser(subparsers) -> argparse.ArgumentParser:
         default=None,
         help="show a progress bar on stderr (default: when stderr is a terminal)",
     )
+    cli_model.add_key_args(p)
     return p
 
 
@@ -84,7 +72,8 @@ def _cmd_energies(args: argparse.Namespace) -> int:
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     references = dict(args.ref) if args.ref else dict(REFERENCE_ENERGIES_TIO2)
     structures, skipped = read_structures(
-        args.paths, require_energy=True, skip_invalid=args.skip_invalid, progress=progress
+        args.paths, require_energy=True, skip_invalid=args.skip_invalid, progress=progress,
+        keys=cli_model.frame_keys(args),
     )
     for path, reason in skipped:
         print(f"warning: skipped {path}: {reason}", file=sys.stderr)
@@ -124,8 +113,9 @@ def _add_featurize_parser(subparsers) -> argparse.ArgumentParser:
         help="output file, written atomically and exactly at this name (no suffix is added)",
     )
     p.add_argument(
-        "--preset", default="artrith-urban", choices=["artrith-urban"],
-        help="symmetry-function set (default: artrith-urban, the 70-function TiO2 set of aenet)",
+        "--preset", "--descriptors", default="auto", metavar="NAME|FILE",
+        help="symmetry-function set: auto (default: artrith-urban, the 70-function TiO2 set of aenet, for O/Ti "
+             "data; imbalzano otherwise), artrith-urban, imbalzano (alias general), or a JSON/YAML parameter file",
     )
     p.add_argument(
         "--elements", nargs="+", default=None, metavar="SYMBOL",
@@ -194,6 +184,7 @@ COMMANDS: dict[str, tuple[Callable[..., argparse.ArgumentParser], Callable[[argp
     "evaluate": (cli_model.add_evaluate_parser, cli_model.cmd_evaluate),
     "predict": (cli_model.add_predict_parser, cli_model.cmd_predict),
     "check-forces": (cli_model.add_check_forces_parser, cli_model.cmd_check_forces),
+    "export-lammps": (cli_lammps.add_export_lammps_parser, cli_lammps.cmd_export_lammps),
 }
 
 

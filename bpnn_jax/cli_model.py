@@ -56,6 +56,15 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                    help="'seed' reproduces the original study (MAE, 5x64, lr 1e-4, batch 20, 80 epochs, energies only)")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR's last checkpoint with the run's saved options "
                    "(of the flags, only --time-limit, --ef-lbfgs-steps and --lbfgs-steps apply)")
+    p.add_argument("--descriptors", default=None, metavar="NAME|FILE",
+                   help="symmetry functions: auto (default: artrith-urban for O/Ti data, imbalzano otherwise), "
+                        "artrith-urban, imbalzano (alias general), or a JSON/YAML parameter file")
+    p.add_argument("--cutoff", type=float, default=None, help="cut-off radius of the imbalzano set, Å (default 6.0)")
+    p.add_argument("--reference", action="append", default=None, metavar="EL=EV", type=parse_reference,
+                   help="free-atom reference energy of an element, eV (repeatable); elements without one are "
+                        "fitted by least squares on composition")
+    p.add_argument("--references", default=None, metavar="FILE",
+                   help="JSON/YAML mapping of element to reference energy (eV)")
     p.add_argument("--hidden", type=_hidden, default=None, help=f"nodes per hidden layer (default {','.join(map(str, d.hidden))})")
     p.add_argument("--activation", default=None, help=f"hidden activation (default {d.activation})")
     p.add_argument("--dropout", type=float, default=None)
@@ -112,6 +121,7 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--bootstrap", action="store_true", help="Poisson-bootstrap the training structures per member")
     g.add_argument("--ef-lbfgs-steps", type=int, default=None,
                    help=f"full-batch L-BFGS polish iterations after Adam (default {d.ef_lbfgs_steps})")
+    add_key_args(p)
     p.add_argument("--quiet", action="store_true", help="one line per epoch instead of progress bars")
     return p
 
@@ -135,13 +145,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     args.paths, args.out = [str(p) for p in ([paths] if isinstance(paths, str) else paths)], str(out)
     overrides = {
         k: getattr(args, k)
-        for k in ("hidden", "activation", "dropout", "learning_rate", "batch_size", "energy_epochs", "lbfgs_steps", "force_epochs",
+        for k in ("energy_key", "forces_key", "stress_key", "cutoff", "hidden", "activation", "dropout", "learning_rate", "batch_size", "energy_epochs", "lbfgs_steps", "force_epochs",
                   "lbfgs_force_weight", "force_weight", "force_subset", "max_energy", "patience", "seed", "force_loss", "huber_delta",
                   "atoms_per_batch", "init_model", "time_limit_minutes", "members", "ef_epochs", "ef_learning_rate",
                   "ef_final_learning_rate", "ef_warmup_epochs", "ef_force_weight", "weight_decay", "ema_decay",
                   "ef_atoms_per_batch", "ef_lbfgs_steps")
         if getattr(args, k) is not None
     }
+    if args.descriptors is not None:
+        overrides["preset"] = args.descriptors
     config = dataclasses.replace(config, **overrides)
     if args.bootstrap:
         config.bootstrap = True
@@ -149,6 +161,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         config.max_energy = None
     if args.fit_references:
         config.reference_energies = None
+    if args.references or args.reference:
+        given = read_references(args.references) if args.references else {}
+        given.update(dict(args.reference or ()))
+        # Given values replace the defaults; other elements are fitted.
+        config.reference_energies = given
     config.data_parallel = args.data_parallel
     try:
         train(args.paths, args.out, config, resume=args.resume, verbose=2 if args.quiet else 1,
@@ -197,6 +214,67 @@ def _interactive() -> bool:
     return sys.stderr.isatty()
 
 
+def add_key_args(p) -> None:
+    """``--energy-key``, ``--forces-key``, ``--stress-key`` (labels of ASE-format frames)."""
+    g = p.add_argument_group("labels of extended XYZ / ASE frames (default: ASE's results, then the usual keys)")
+    g.add_argument("--energy-key", default=None, metavar="KEY", help="info key of the energy, eV")
+    g.add_argument("--forces-key", default=None, metavar="KEY", help="arrays key of the forces, eV/Å")
+    g.add_argument("--stress-key", default=None, metavar="KEY",
+                   help="info key of the stress, eV/Å³ (a key containing 'virial' is read as a virial, eV)")
+
+
+def frame_keys(args):
+    """The :class:`~bpnn_jax.io.FrameKeys` of ``--energy-key`` etc."""
+    from .io import FrameKeys
+
+    return FrameKeys(getattr(args, "energy_key", None), getattr(args, "forces_key", None),
+                     getattr(args, "stress_key", None))
+
+
+def parse_reference(text: str) -> tuple[str, float]:
+    """argparse type for ``--ref SYMBOL=EV``."""
+    symbol, sep, value = text.partition("=")
+    symbol = symbol.strip()
+    try:
+        energy = float(value)
+    except ValueError:
+        energy = float("nan")
+    if not sep or not symbol or energy != energy or energy in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"expected SYMBOL=ENERGY_EV (e.g. O=-432.503149303), got {text!r}")
+    return symbol, energy
+
+
+def read_references(path) -> dict[str, float]:
+    """``--references FILE``: a JSON/YAML mapping element -> eV, checked."""
+    import math
+    from pathlib import Path
+
+    import yaml
+    from ase.data import chemical_symbols
+
+    from .errors import BPNNInputError
+
+    try:
+        raw = yaml.safe_load(Path(path).read_text())  # YAML reads JSON too
+    except OSError as exc:
+        raise BPNNInputError(f"{path}: cannot read the reference energies ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise BPNNInputError(f"{path}: not valid JSON/YAML ({exc})") from None
+    if not isinstance(raw, dict) or not raw:
+        raise BPNNInputError(f"{path}: expected a mapping of element symbol to energy in eV, e.g. {{Cu: -3.5}}")
+    out = {}
+    for el, value in raw.items():
+        if str(el) not in chemical_symbols[1:]:
+            raise BPNNInputError(f"{path}: {el!r} is not an element symbol")
+        try:
+            out[str(el)] = float(value)
+        except (TypeError, ValueError):
+            raise BPNNInputError(f"{path}: reference energy of {el} is not a number: {value!r}") from None
+        if not math.isfinite(out[str(el)]):
+            raise BPNNInputError(f"{path}: reference energy of {el} is not finite")
+    return out
+
+
 def read_config(path) -> dict:
     """Options of ``train --config FILE`` as TrainConfig field values (plus 'data' and 'out')."""
     from pathlib import Path
@@ -239,7 +317,7 @@ def read_config(path) -> dict:
 
 
 # ------------------------------------------------------- input validation
-def _check_output(path) -> None:
+def check_output(path) -> None:
     """Fail before any computation if ``path`` cannot be written."""
     from pathlib import Path
 
@@ -276,7 +354,7 @@ def _structure_problem(model, model_name: str, atoms) -> str | None:
     return None
 
 
-def _read_inputs(paths, model, model_name: str, *, require_energy: bool, skip_invalid: bool):
+def read_inputs(paths, model, model_name: str, *, require_energy: bool, skip_invalid: bool, keys=None):
     """Read every structure and check it against the model, before any output.
 
     Every file is read and checked (XSF syntax, energy line when
@@ -301,7 +379,7 @@ def _read_inputs(paths, model, model_name: str, *, require_energy: bool, skip_in
     good, bad = [], []  # bad: (file or FILE@INDEX, reason without the file, full message)
     for f in files:
         try:
-            frames = read_frames(f, require_energy=require_energy)
+            frames = read_frames(f, require_energy=require_energy, keys=keys)
         except XSFError as exc:
             reason = exc.reason if exc.line is None else f"line {exc.line}: {exc.reason}"
             bad.append((exc.path or str(f), reason, str(exc)))
@@ -354,6 +432,7 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--skip-invalid", action="store_true",
                    help="skip invalid files (unreadable, no energy line, elements the model lacks, overlapping "
                         "atoms), listed on stderr; by default the first stops the command before any output")
+    add_key_args(p)
     return p
 
 
@@ -363,14 +442,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import evaluate_structures, write_plots, write_report
     from .model import load_model
 
-    _check_output(args.json)
+    check_output(args.json)
     paths = list(args.paths) + (_split_files(args.split) if args.split else [])
     if not paths:
         from .errors import BPNNInputError
 
         raise BPNNInputError("nothing to evaluate: give PATHs or --split RUN_DIR/split.json")
     model = load_model(args.model, dtype=args.dtype)
-    atoms = _read_inputs(paths, model, args.model, require_energy=True, skip_invalid=args.skip_invalid)
+    atoms = read_inputs(paths, model, args.model, require_energy=True, skip_invalid=args.skip_invalid,
+                        keys=frame_keys(args))
     report = evaluate_structures(model, atoms, forces=not args.no_forces, max_energy=args.max_energy,
                                  progress=_interactive())
     for label, key in (("all structures", "all"), (f"cohesive <= {args.max_energy} eV/atom", "within_max_energy")):
@@ -381,6 +461,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 f"MAE {m['energy_mae_mev_atom']:.2f} meV/atom  total-energy RMSE {m['energy_rmse_ev']:.4f} eV")
         if "force_rmse_ev_a" in m:
             line += f"  force RMSE {m['force_rmse_ev_a']:.4f} eV/Å  MAE {m['force_mae_ev_a']:.4f} eV/Å"
+        if "stress_rmse_gpa" in m:
+            line += f"  stress RMSE {m['stress_rmse_gpa']:.4f} GPa  MAE {m['stress_mae_gpa']:.4f} GPa"
         print(line)
     if args.json:
         write_report(report, args.json)
@@ -424,10 +506,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .model import load_model, total_energy
     from .training import predict_structures
 
-    _check_output(args.out)
-    _check_output(args.forces)
+    check_output(args.out)
+    check_output(args.forces)
     model = load_model(args.model, dtype=args.dtype)
-    atoms = _read_inputs(args.paths, model, args.model, require_energy=False, skip_invalid=args.skip_invalid)
+    atoms = read_inputs(args.paths, model, args.model, require_energy=False, skip_invalid=args.skip_invalid)
     hs = prepare_structures(atoms, model.elements, model.spec.cutoff, progress=_interactive())
     e_rel, forces, e_std, _ = predict_structures(model, hs, forces=bool(args.forces), progress=_interactive(),
                                                  dtype=np.dtype(model.compute_dtype or "float32"), uncertainty=True)
@@ -487,11 +569,11 @@ def cmd_check_forces(args: argparse.Namespace) -> int:
     from .io import atomic_write
     from .model import load_model
 
-    _check_output(args.json)
+    check_output(args.json)
     if not args.delta > 0:
         raise BPNNInputError(f"--delta must be > 0 Å, got {args.delta}")
     model = load_model(args.model, dtype="float64")
-    atoms = _read_inputs(args.paths, model, args.model, require_energy=False, skip_invalid=args.skip_invalid)
+    atoms = read_inputs(args.paths, model, args.model, require_energy=False, skip_invalid=args.skip_invalid)
     result = check_forces(model, atoms, delta=args.delta, max_atoms=args.max_atoms)
     result["tolerance"] = args.tolerance
     bad = []

@@ -44,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .cutoffs import cosine_cutoff
+from .errors import BPNNInputError
 from .geometry import displacements, safe_norm
 
 __all__ = [
@@ -57,7 +58,13 @@ __all__ = [
     "batch_descriptor_jacobian",
 ]
 
-_PRESETS = ("artrith-urban",)
+_PRESETS = ("auto", "artrith-urban", "imbalzano")
+
+#: Aliases of preset names.
+_PRESET_ALIASES = {"imbalzano2018": "imbalzano", "general": "imbalzano"}
+
+#: Elements the Artrith-Urban set was made for ("auto" picks it for these).
+ARTRITH_URBAN_ELEMENTS = ("O", "Ti")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,12 +79,15 @@ class SymmetryFunctionSet:
         radial: G2 parameters, tuples (η in Å⁻², Rs in Å), column order.
         angular: G4 parameters, tuples (η in Å⁻², λ = ±1, ζ >= 1 integer),
             column order.
+        name: where the set came from (a preset name or a file), for
+            messages and the model's record; not part of equality.
     """
 
     elements: tuple[str, ...]
     cutoff: float
     radial: tuple[tuple[float, float], ...]
     angular: tuple[tuple[float, float, int], ...]
+    name: str = dataclasses.field(default="", compare=False)
 
     def __post_init__(self):
         object.__setattr__(self, "elements", tuple(str(e) for e in self.elements))
@@ -110,15 +120,128 @@ class SymmetryFunctionSet:
         radial_etas = (0.003214, 0.035711, 0.071421, 0.124987, 0.214264, 0.357106, 0.714213, 1.428426)
         angular_etas = (0.000357, 0.028569, 0.089277)
         angular = tuple((eta, lam, zeta) for zeta in (1, 2, 4) for lam in (-1.0, 1.0) for eta in angular_etas)
-        return cls(tuple(elements), 6.5, tuple((eta, 0.0) for eta in radial_etas), angular)
+        return cls(tuple(elements), 6.5, tuple((eta, 0.0) for eta in radial_etas), angular, name="artrith-urban")
 
     @classmethod
-    def preset(cls, name: str, elements: Sequence[str]) -> "SymmetryFunctionSet":
-        """A named preset: ``"artrith-urban"``."""
-        key = name.lower().replace("_", "-")
+    def imbalzano(cls, elements: Sequence[str], cutoff: float = 6.0, *, n_shifted: int = 6, n_centred: int = 6,
+                  n_angular_eta: int = 3, zetas: Sequence[int] = (1, 2, 4, 16)) -> "SymmetryFunctionSet":
+        """A general Behler-Parrinello set for any elements (Imbalzano et al. 2018 grids).
+
+        Radial: ``n_centred`` centred G2 (Rs = 0) with
+        η_i = (m^(i/m) / Rc)², i = 0…m, m = n_centred − 1 (widths from Rc
+        down to Rc/m), and ``n_shifted`` shifted G2 on the geometric grid
+        r_k = Rc / n^(k/n), k = 0…n (n = n_shifted): Rs = r_(k+1) and
+        η = 1/(r_k − r_(k+1))², Gaussians as wide as the grid spacing, dense
+        at short range.  Angular: G4 with the centred η grid of
+        ``n_angular_eta`` points, ζ ∈ ``zetas``, λ = ±1.  With the defaults,
+        12 G2 per element and 24 G4 per element pair: 36 functions for one
+        element, 96 for two, 180 for three.
+
+        Ref: G. Imbalzano, A. Anelli, D. Giofré, S. Klees, J. Behler,
+        M. Ceriotti, J. Chem. Phys. 148, 241730 (2018); the grids as n2p2's
+        ``sfparamgen`` implements them (rule "imbalzano2018").
+        """
+        if n_centred < 2 or n_shifted < 1 or n_angular_eta < 1:
+            raise ValueError("imbalzano needs n_centred >= 2, n_shifted >= 1, n_angular_eta >= 1")
+        rc = float(cutoff)
+
+        def centred(n):
+            if n == 1:
+                return [1.0 / rc**2]
+            m = n - 1
+            return [(m ** (i / m) / rc) ** 2 for i in range(n)]
+
+        grid = [rc / n_shifted ** (k / n_shifted) for k in range(n_shifted + 1)]
+        shifted = [(1.0 / (grid[k] - grid[k + 1]) ** 2, grid[k + 1]) for k in range(n_shifted)][::-1]
+        radial = tuple((eta, 0.0) for eta in centred(n_centred)) + tuple(shifted)
+        angular = tuple((eta, lam, int(z)) for z in zetas for lam in (-1.0, 1.0) for eta in centred(n_angular_eta))
+        return cls(tuple(elements), rc, radial, angular, name="imbalzano")
+
+    @classmethod
+    def preset(cls, name: str, elements: Sequence[str], cutoff: float | None = None) -> "SymmetryFunctionSet":
+        """A named preset or a parameter file.
+
+        Args:
+            name: ``"artrith-urban"`` (Rc = 6.5 Å, the TiO2 set, exact
+                against aenet), ``"imbalzano"`` (alias ``"general"``; any
+                elements, Rc = ``cutoff`` or 6.0 Å), ``"auto"``
+                (artrith-urban when every element is O or Ti, imbalzano
+                otherwise), or the path of a JSON/YAML file (see
+                :meth:`from_file`).
+            elements: the elements, in column order.
+            cutoff: Rc in Å for ``imbalzano`` (others fix their own).
+        """
+        key = _PRESET_ALIASES.get(name.lower().replace("_", "-"), name.lower().replace("_", "-"))
+        if key == "auto":
+            key = "artrith-urban" if set(elements) <= set(ARTRITH_URBAN_ELEMENTS) else "imbalzano"
         if key == "artrith-urban":
             return cls.artrith_urban(elements)
-        raise ValueError(f"unknown symmetry-function preset {name!r}; known: {', '.join(_PRESETS)}")
+        if key == "imbalzano":
+            return cls.imbalzano(elements, 6.0 if cutoff is None else cutoff)
+        if name.lower().endswith((".json", ".yaml", ".yml")):
+            return cls.from_file(name, elements)
+        raise BPNNInputError(f"unknown symmetry-function set {name!r}; known: {', '.join(_PRESETS)}, "
+                         f"or a .json/.yaml parameter file")
+
+    @classmethod
+    def from_file(cls, path, elements: Sequence[str] | None = None) -> "SymmetryFunctionSet":
+        """A set read from JSON or YAML.
+
+        Either the mapping of :meth:`to_config` (``cutoff``, ``radial``:
+        [[η, Rs], ...], ``angular``: [[η, λ, ζ], ...], optional
+        ``elements``), or a list of functions, each ``{type: G2, eta, rs,
+        cutoff}`` or ``{type: G4, eta, lambda, zeta, cutoff}`` (one cut-off
+        for all).  ``elements`` (the data's) wins over the file's.
+
+        Raises:
+            BPNNInputError: unreadable file or invalid entries, naming the file
+                (and the entry).
+        """
+        import json
+        from pathlib import Path
+
+        import yaml
+
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+            data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+        except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as exc:
+            raise BPNNInputError(f"{path}: cannot read the symmetry-function file ({exc})") from None
+        try:
+            if isinstance(data, dict):
+                els = elements if elements is not None else data.get("elements")
+                if not els:
+                    raise ValueError("no elements (give them in the file or take them from the data)")
+                spec = cls(tuple(els), data["cutoff"], tuple(tuple(p) for p in data.get("radial", ())),
+                           tuple(tuple(p) for p in data.get("angular", ())), name=str(path))
+            elif isinstance(data, list) and data:
+                radial, angular, cutoffs = [], [], set()
+                for k, entry in enumerate(data):
+                    where = f"entry {k}"
+                    if not isinstance(entry, dict) or "type" not in entry or "cutoff" not in entry:
+                        raise ValueError(f"{where}: expected a mapping with type (G2/G4), cutoff and parameters")
+                    kind = str(entry["type"]).upper()
+                    cutoffs.add(float(entry["cutoff"]))
+                    if kind == "G2":
+                        radial.append((float(entry["eta"]), float(entry.get("rs", 0.0))))
+                    elif kind == "G4":
+                        angular.append((float(entry["eta"]), float(entry["lambda"]), int(entry["zeta"])))
+                    else:
+                        raise ValueError(f"{where}: type must be G2 or G4, got {entry['type']!r}")
+                if len(cutoffs) != 1:
+                    raise ValueError(f"all functions need one cut-off, got {sorted(cutoffs)}")
+                if elements is None:
+                    raise ValueError("a list of functions takes its elements from the data")
+                spec = cls(tuple(elements), cutoffs.pop(), tuple(radial), tuple(angular), name=str(path))
+            else:
+                raise ValueError("expected a mapping (cutoff, radial, angular) or a non-empty list of functions")
+        except (KeyError, TypeError, ValueError) as exc:
+            msg = f"missing key {exc}" if isinstance(exc, KeyError) else str(exc)
+            raise BPNNInputError(f"{path}: {msg}") from None
+        if not spec.radial and not spec.angular:
+            raise BPNNInputError(f"{path}: no functions")
+        return spec
 
     # ------------------------------------------------------------- description
     @property
@@ -155,12 +278,15 @@ class SymmetryFunctionSet:
 
     def to_config(self) -> dict:
         """JSON-serialisable description (inverse: :meth:`from_config`)."""
-        return {
+        config = {
             "elements": list(self.elements),
             "cutoff": self.cutoff,
             "radial": [list(p) for p in self.radial],
             "angular": [list(p) for p in self.angular],
         }
+        if self.name:
+            config["name"] = self.name
+        return config
 
     @classmethod
     def from_config(cls, config: dict) -> "SymmetryFunctionSet":
@@ -169,7 +295,15 @@ class SymmetryFunctionSet:
             config["cutoff"],
             tuple(tuple(p) for p in config["radial"]),
             tuple(tuple(p) for p in config["angular"]),
+            name=str(config.get("name", "")),
         )
+
+    def describe(self) -> str:
+        """One line: name, function counts and cut-off."""
+        s = self.n_elements
+        return (f"{self.name or 'custom'} symmetry functions: {self.n_functions} per atom "
+                f"({s} x {len(self.radial)} G2 + {s * (s + 1) // 2} x {len(self.angular)} G4), "
+                f"Rc = {self.cutoff:g} Å, elements {', '.join(self.elements)}")
 
     # ------------------------------------------------------ static index maps
     def _angular_tables(self):

@@ -13,7 +13,19 @@ import numpy as np
 from .batch import prepare_structures
 from .io import atomic_write
 
-__all__ = ["energy_metrics", "evaluate_structures", "write_plots", "write_report"]
+__all__ = ["energy_metrics", "stress_metrics", "evaluate_structures", "write_plots", "write_report"]
+
+
+def stress_metrics(pred_gpa, true_gpa) -> dict:
+    """stress_rmse_gpa, stress_mae_gpa, n_stress_components of (n, 6) stresses in GPa (NaN rows skipped)."""
+    pred = np.asarray(pred_gpa, np.float64).reshape(-1, 6)
+    true = np.asarray(true_gpa, np.float64).reshape(-1, 6)
+    ok = np.all(np.isfinite(pred), axis=1) & np.all(np.isfinite(true), axis=1)
+    if not ok.any():
+        return {}
+    d = pred[ok] - true[ok]
+    return {"stress_rmse_gpa": float(np.sqrt(np.mean(d**2))), "stress_mae_gpa": float(np.mean(np.abs(d))),
+            "n_stress_components": int(d.size)}
 
 
 def energy_metrics(pred_total_ev, true_total_ev, n_atoms, pred_forces=None, true_forces=None) -> dict:
@@ -81,9 +93,13 @@ def evaluate_structures(model, atoms_list: Sequence, *, forces=True, max_energy:
         and, for a committee, energy_std_ev (standard deviation of the
         members' total energies, eV) and, with forces, force_std_max_ev_a
         and force_std_mean_ev_a (largest and mean per-atom force spread)).
+        When structures carry a stress (ASE's results, eV/Å³), the metrics
+        also hold stress_rmse_gpa, stress_mae_gpa over the structures that
+        have one, and their rows stress_dft_gpa / stress_pred_gpa (Voigt xx,
+        yy, zz, yz, xz, xy; ASE's sign, tensile positive).
     """
     from .model import total_energy
-    from .training import predict_structures
+    from .training import EV_PER_A3_IN_GPA, predict_stress, predict_structures
 
     hs = prepare_structures(atoms_list, model.elements, model.spec.cutoff, progress=progress)
     dtype = np.dtype(dtype or model.compute_dtype or "float32")
@@ -100,7 +116,18 @@ def evaluate_structures(model, atoms_list: Sequence, *, forces=True, max_energy:
         f_pred = None if not forces else f_pred
     refs = model.reference_energies
     cohesive = (e_true - np.array([math.fsum(refs.get(s, 0.0) for s in sy) for sy in symbols])) / n
+    s_true = np.full((len(atoms_list), 6), np.nan)
+    for k, a in enumerate(atoms_list):
+        st = None if a.calc is None else a.calc.results.get("stress")
+        if st is not None and np.all(a.pbc):
+            s_true[k] = np.asarray(st, np.float64).reshape(-1)[:6] * EV_PER_A3_IN_GPA
+    has_stress = np.all(np.isfinite(s_true), axis=1)
+    s_pred = np.full_like(s_true, np.nan)
+    if has_stress.any():
+        sel = np.flatnonzero(has_stress)
+        s_pred[sel] = predict_stress(model, [hs[k] for k in sel], dtype=dtype, progress=progress)
     report = {"all": energy_metrics(e_pred, e_true, n, f_pred if f_true else None, f_true)}
+    report["all"].update(stress_metrics(s_pred, s_true))
     if max_energy is not None:
         keep = cohesive <= max_energy
         report["max_energy"] = max_energy
@@ -109,10 +136,14 @@ def evaluate_structures(model, atoms_list: Sequence, *, forces=True, max_energy:
             [f for f, k in zip(f_pred, keep) if k] if (f_true and f_pred) else None,
             [f for f, k in zip(f_true, keep) if k] if f_true else None,
         )
+        report["within_max_energy"].update(stress_metrics(s_pred[keep], s_true[keep]))
     rows = []
     for k, a in enumerate(atoms_list):
         row = dict(file=a.info.get("file", str(k)), n_atoms=int(n[k]), energy_dft_ev=float(e_true[k]),
                    energy_pred_ev=float(e_pred[k]), cohesive_dft_ev_atom=float(cohesive[k]))
+        if has_stress[k]:
+            row["stress_dft_gpa"] = s_true[k].tolist()
+            row["stress_pred_gpa"] = s_pred[k].tolist()
         if getattr(model, "members", 1) > 1:
             row["energy_std_ev"] = float(e_std[k])
             if f_std is not None and len(f_std[k]):

@@ -67,7 +67,7 @@ def default_atoms_per_batch() -> int:
     return DEFAULT_ATOMS_PER_BATCH if jax.default_backend() == "cpu" else ACCELERATOR_ATOMS_PER_BATCH
 
 #: Elements the built-in presets were made for.
-_PRESET_ELEMENTS: dict[str, tuple[str, ...]] = {"artrith-urban": ("O", "Ti")}
+_PRESET_ELEMENTS: dict[str, tuple[str, ...]] = {"artrith-urban": ("O", "Ti"), "auto": ("O", "Ti")}
 
 #: Structures whose full neighbour lists are built at a time before
 #: compaction (bounds the transient memory).
@@ -444,7 +444,7 @@ class FeatureSet:
 
 def featurize_files(
     paths,
-    preset: str = "artrith-urban",
+    preset: str = "auto",
     elements: Sequence[str] | None = None,
     *,
     dtype=np.float64,
@@ -458,7 +458,7 @@ def featurize_files(
     Args:
         paths: XSF files and/or directories of ``*.xsf`` files (a single
             path is accepted too); directories are expanded in name order.
-        preset: symmetry-function preset (``"artrith-urban"``).
+        preset: symmetry-function set (see :meth:`SymmetryFunctionSet.preset`; default "auto").
         elements: element order of the columns; default
             :func:`default_elements` of the data.
         dtype: ``np.float64`` or ``np.float32`` (computation and result).

@@ -26,6 +26,7 @@ A non-periodic structure uses an ``ATOMS`` block instead of
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import csv
 import math
 import os
@@ -702,6 +703,47 @@ def find_xsf_files(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> li
 #: info / arrays keys tried, in order, for energies and forces of frames read by ASE.
 ENERGY_KEYS = ("energy", "REF_energy", "total_energy", "dft_energy")
 FORCES_KEYS = ("forces", "REF_forces", "dft_forces")
+#: ``info`` keys looked for (in order) for the stress (eV/Å³, ASE's sign:
+#: tensile positive; 6 Voigt or 9 components) when ASE's results have none.
+STRESS_KEYS = ("stress", "REF_stress", "dft_stress")
+#: ``info`` keys of the virial W = −σ V (eV), used when there is no stress.
+VIRIAL_KEYS = ("virial", "REF_virial", "dft_virial")
+
+
+@dataclasses.dataclass(frozen=True)
+class FrameKeys:
+    """Where the labels of a frame read through ASE are.
+
+    None looks at ASE's single-point results first, then the default keys
+    (:data:`ENERGY_KEYS`, :data:`FORCES_KEYS`, :data:`STRESS_KEYS` /
+    :data:`VIRIAL_KEYS`).  A name looks only there: ``info[energy]`` (or
+    a calculator result of that name), ``arrays[forces]``,
+    ``info[stress]`` (a key containing "virial" is read as a virial, eV).
+    """
+
+    energy: str | None = None
+    forces: str | None = None
+    stress: str | None = None
+
+
+def _stress_voigt(value, name: str, volume: float | None, virial: bool) -> np.ndarray:
+    """(6,) stress in eV/Å³, Voigt order (xx, yy, zz, yz, xz, xy), from 6 or 9 numbers."""
+    try:
+        arr = np.asarray(value, np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        raise XSFError(name, f"stress/virial {value!r} is not numbers") from None
+    if arr.size == 9:
+        m = arr.reshape(3, 3)
+        arr = np.array([m[0, 0], m[1, 1], m[2, 2], m[1, 2], m[0, 2], m[0, 1]])
+    elif arr.size != 6:
+        raise XSFError(name, f"stress/virial must have 6 or 9 components, got {arr.size}")
+    if not np.all(np.isfinite(arr)):
+        raise XSFError(name, "non-finite stress/virial")
+    if virial:
+        if not volume:
+            raise XSFError(name, "a virial needs a periodic cell with a volume")
+        arr = -arr / volume
+    return arr
 
 
 def _frame_reference(path: Path) -> tuple[Path, int] | None:
@@ -712,7 +754,7 @@ def _frame_reference(path: Path) -> tuple[Path, int] | None:
     return Path(m.group(1)), int(m.group(2))
 
 
-def read_frames(path: str | os.PathLike, *, require_energy: bool = False) -> list[Atoms]:
+def read_frames(path: str | os.PathLike, *, require_energy: bool = False, keys: FrameKeys | None = None) -> list[Atoms]:
     """Every structure of one file: XSF (one frame) or any format ASE reads (extended XYZ, ...).
 
     ``path`` may also be ``FILE@INDEX``, one frame of a multi-frame file, as
@@ -724,7 +766,10 @@ def read_frames(path: str | os.PathLike, *, require_energy: bool = False) -> lis
     :data:`ENERGY_KEYS` in ``info``, the forces (eV/Å) from the results or
     the first of :data:`FORCES_KEYS` in ``arrays``; both are attached as a
     :class:`~ase.calculators.singlepoint.SinglePointCalculator` and the
-    energy also as ``info["energy"]``, as :func:`read_xsf` does.
+    energy also as ``info["energy"]``, as :func:`read_xsf` does.  The
+    stress (eV/Å³, ASE's convention) comes from the results, the first of
+    :data:`STRESS_KEYS`, or a virial (:data:`VIRIAL_KEYS`, eV, σ = −W/V)
+    and is attached too.  ``keys`` names other places (:class:`FrameKeys`).
 
     Raises:
         XSFError: the file cannot be parsed (naming the file, and the line
@@ -736,7 +781,7 @@ def read_frames(path: str | os.PathLike, *, require_energy: bool = False) -> lis
     ref = _frame_reference(path)
     if ref is not None:  # FILE@INDEX: one frame of a multi-frame file
         base, index = ref
-        frames = read_frames(base, require_energy=require_energy)
+        frames = read_frames(base, require_energy=require_energy, keys=keys)
         if index >= len(frames):
             raise XSFError(str(path), f"no frame {index} ({base} has {len(frames)})")
         return [frames[index]]
@@ -759,16 +804,13 @@ def read_frames(path: str | os.PathLike, *, require_energy: bool = False) -> lis
         frames = [frames]
     if not frames:
         raise XSFError(str(path), "no structures in the file")
+    keys = keys or FrameKeys()
     out = []
     for k, atoms in enumerate(frames):
         name = f"{path}@{k}"
         results = dict(getattr(atoms.calc, "results", None) or {})
-        energy = results.get("energy")
-        if energy is None:
-            energy = next((atoms.info[key] for key in ENERGY_KEYS if key in atoms.info), None)
-        forces = results.get("forces")
-        if forces is None:
-            forces = next((atoms.arrays[key] for key in FORCES_KEYS if key in atoms.arrays), None)
+        energy = _label(results, atoms.info, keys.energy, ENERGY_KEYS, "energy", name)
+        forces = _label(results, atoms.arrays, keys.forces, FORCES_KEYS, "forces", name)
         if not np.all(np.isfinite(atoms.positions)):
             bad = int(np.flatnonzero(~np.all(np.isfinite(atoms.positions), axis=1))[0])
             raise XSFError(name, f"atom {bad} has a non-finite position")
@@ -782,18 +824,49 @@ def read_frames(path: str | os.PathLike, *, require_energy: bool = False) -> lis
             if not math.isfinite(energy):
                 raise XSFError(name, f"non-finite energy {energy}")
         elif require_energy:
-            raise XSFError(name, f"no energy (looked for calculator results and info keys {', '.join(ENERGY_KEYS)})")
+            where = (f"info key {keys.energy!r}" if keys.energy else
+                     f"calculator results and info keys {', '.join(ENERGY_KEYS)}")
+            raise XSFError(name, f"no energy (looked for {where})")
         if forces is not None:
             forces = np.asarray(forces, np.float64)
             if forces.shape != (len(atoms), 3) or not np.all(np.isfinite(forces)):
                 raise XSFError(name, f"forces must be {len(atoms)} x 3 finite numbers")
+        volume = float(abs(np.linalg.det(atoms.cell.array))) if np.all(atoms.pbc) else None
+        stress = None
+        if keys.stress is not None:
+            raw = _label(results, atoms.info, keys.stress, (), "stress", name)
+            if raw is not None:
+                stress = _stress_voigt(raw, name, volume, virial="virial" in keys.stress.lower())
+        else:
+            raw = results.get("stress")
+            if raw is None:
+                raw = next((atoms.info[key] for key in STRESS_KEYS if key in atoms.info), None)
+            if raw is not None:
+                stress = _stress_voigt(raw, name, volume, virial=False)
+            else:
+                raw = next((atoms.info[key] for key in VIRIAL_KEYS if key in atoms.info), None)
+                if raw is not None:
+                    stress = _stress_voigt(raw, name, volume, virial=True)
         clean = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
         clean.info["file"] = name
         if energy is not None:
             clean.info["energy"] = energy
-        clean.calc = SinglePointCalculator(clean, energy=energy, forces=forces)
+        clean.calc = SinglePointCalculator(clean, energy=energy, forces=forces, stress=stress)
         out.append(clean)
     return out
+
+
+def _label(results: dict, store: Mapping, key: str | None, defaults: Sequence[str], what: str, name: str):
+    """A frame's label: ``key`` only (results or ``store``), or the results then ``defaults``."""
+    if key is not None:
+        if key in store:
+            return store[key]
+        if key in results:
+            return results[key]
+        return None
+    if results.get(what) is not None:
+        return results[what]
+    return next((store[k] for k in defaults if k in store), None)
 
 
 def read_structures(
@@ -802,12 +875,14 @@ def read_structures(
     require_energy: bool = False,
     skip_invalid: bool = False,
     progress: bool = False,
+    keys: FrameKeys | None = None,
 ) -> tuple[list[Atoms], list[tuple[str, str]]]:
     """Read every XSF file under ``paths`` (see :func:`find_xsf_files`).
 
     Args:
         paths: files and/or directories.
         require_energy: passed to :func:`read_xsf`.
+        keys: where ASE-format frames keep their labels (:class:`FrameKeys`).
         skip_invalid: if True, files that fail to parse are skipped and
             reported in the second return value; if False the first bad
             file raises.
@@ -832,7 +907,7 @@ def read_structures(
     skipped: list[tuple[str, str]] = []
     for f in iterator:
         try:
-            structures.extend(read_frames(f, require_energy=require_energy))
+            structures.extend(read_frames(f, require_energy=require_energy, keys=keys))
         except XSFError as exc:
             if not skip_invalid:
                 raise

@@ -31,7 +31,8 @@ __all__ = ["jacobian_key", "cached_jacobians"]
 def jacobian_key(structures: Sequence, spec, dtype=np.float32) -> str:
     """Hex key of the Jacobians of ``structures`` under ``spec`` and ``dtype``."""
     h = hashlib.sha256()
-    h.update(json.dumps(spec.to_config(), sort_keys=True, default=float).encode())
+    params = {k: v for k, v in spec.to_config().items() if k != "name"}  # the parameters, not their label
+    h.update(json.dumps(params, sort_keys=True, default=float).encode())
     h.update(np.dtype(dtype).str.encode())
     for s in structures:
         for arr in (np.asarray(s.species, np.int32), np.asarray(s.positions, np.float64),

@@ -188,7 +188,7 @@ class BPNN(keras.Model):
         For a committee, the members' mean.
         """
         e = self.member_atomic_energies(sf, species, atom_mask, masks)
-        return e if self.members == 1 else ops.mean(e, axis=0)
+        return e if self.members == 1 else jnp.mean(e, axis=0)  # ops.mean reduces float64 in float32 (Keras 3.15)
 
     def member_atomic_energies(self, sf, species, atom_mask, masks=None):
         """Atomic energies in eV relative to the references: (B, N), or (K, B, N) for a committee."""
@@ -239,7 +239,7 @@ class BPNN(keras.Model):
             if self.members == 1:
                 return {"energy": ops.sum(e, axis=-1)}
             e = ops.sum(e, axis=-1)
-            return {"energy": ops.mean(e, axis=0), "energy_members": e}
+            return {"energy": jnp.mean(e, axis=0), "energy_members": e}
         dtype = self._dtype()
         positions = ops.cast(inputs["positions"], dtype)
         cell = ops.cast(inputs["cell"], dtype)

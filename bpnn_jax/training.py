@@ -67,7 +67,15 @@ class TrainConfig:
     """All settings of a training run (saved as ``config.json``).
 
     Attributes:
-        preset: symmetry-function preset name.
+        preset: symmetry-function set: "auto" (artrith-urban for O/Ti
+            data, imbalzano otherwise), "artrith-urban", "imbalzano", or a
+            JSON/YAML parameter file (see :meth:`~bpnn_jax.descriptors.
+            SymmetryFunctionSet.preset`).
+        cutoff: Rc in Å of the imbalzano set (default 6.0; the others fix
+            their own).
+        energy_key, forces_key, stress_key: where extended XYZ / ASE frames
+            keep their labels (:class:`~bpnn_jax.io.FrameKeys`; None: ASE's
+            results, then the usual keys).
         hidden: nodes per hidden layer.
         activation: hidden activation.
         dropout: dropout rate.
@@ -138,7 +146,11 @@ class TrainConfig:
             ``resume`` the caller's value wins over the saved one.
     """
 
-    preset: str = "artrith-urban"
+    preset: str = "auto"
+    cutoff: float | None = None
+    energy_key: str | None = None
+    forces_key: str | None = None
+    stress_key: str | None = None
     hidden: tuple[int, ...] = (64, 64)
     activation: str = "tanh"
     dropout: float = 0.0
@@ -405,7 +417,7 @@ def compute_statistics(sf_list, species_list, energies, n_elements):
 
 def build_model(config: TrainConfig, elements: Sequence[str], reference_energies: dict) -> BPNN:
     """A fresh, uncompiled model for ``config``."""
-    spec = SymmetryFunctionSet.preset(config.preset, elements)
+    spec = SymmetryFunctionSet.preset(config.preset, elements, config.cutoff)
     keras.utils.set_random_seed(config.seed)
     return BPNN(
         spec.to_config(), hidden=config.hidden, activation=config.activation, dropout=config.dropout,
@@ -654,6 +666,69 @@ def _predict_function(model: BPNN, forces: bool):
     return cache[forces]
 
 
+#: model -> (jitted strain derivative, variables); see :func:`predict_stress`.
+_STRESS_FUNCTIONS: "weakref.WeakKeyDictionary[BPNN, tuple]" = weakref.WeakKeyDictionary()
+
+#: eV/Å³ in GPa.
+EV_PER_A3_IN_GPA = 160.21766208
+
+
+def _stress_function(model: BPNN):
+    import jax
+    import jax.numpy as jnp
+
+    if model not in _STRESS_FUNCTIONS:
+        variables = list(model.variables)
+        ref = weakref.ref(model)
+
+        def de_dstrain(values, inputs):
+            m = ref()
+
+            def energy(strain):
+                sym = 0.5 * (strain + jnp.swapaxes(strain, -1, -2))
+                deform = jnp.eye(3, dtype=strain.dtype) + sym  # rows: r -> r (I + eps)
+                pos = jnp.einsum("bni,bij->bnj", inputs["positions"], deform)
+                cell = jnp.einsum("bki,bij->bkj", inputs["cell"], deform)
+                with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+                    return jnp.sum(m.structure_energies(pos, cell, inputs))
+
+            return jax.grad(energy)(jnp.zeros_like(inputs["cell"]))
+
+        _STRESS_FUNCTIONS[model] = (jax.jit(de_dstrain), variables)
+    return _STRESS_FUNCTIONS[model]
+
+
+def predict_stress(model: BPNN, structures: Sequence[HostStructure], *, atoms_per_batch=None, dtype=np.float32,
+                   progress=False) -> np.ndarray:
+    """Model stress (n_struct, 6) in GPa, Voigt order (xx, yy, zz, yz, xz, xy), ASE's sign.
+
+    σ = (1/V) dE/dε at ε = 0 under a homogeneous symmetric strain of
+    positions and cell (the calculator's definition).  Rows of structures
+    without a periodic cell of full rank are NaN.
+    """
+    fn, variables = _stress_function(model)
+    out = np.full((len(structures), 6), np.nan)
+    if atoms_per_batch is None:
+        from .featurize import default_atoms_per_batch
+
+        atoms_per_batch = default_atoms_per_batch()
+    plan = plan_batches(structures, atoms_per_batch)
+    if progress:
+        from tqdm.auto import tqdm
+
+        plan = tqdm(plan, desc="stress", unit="batch", leave=False)
+    values = [v.value for v in variables]
+    for idx, b, n, slots in plan:
+        batch = collate([structures[k] for k in idx], b, n, slots, dtype=dtype)
+        g = np.asarray(fn(values, batch.inputs(model.elements)), np.float64)
+        for j, k in enumerate(idx):
+            volume = abs(float(np.linalg.det(np.asarray(structures[k].cell, np.float64))))
+            if volume > 1e-9:
+                m = g[j] / volume * EV_PER_A3_IN_GPA
+                out[k] = [m[0, 0], m[1, 1], m[2, 2], m[1, 2], m[0, 2], m[0, 1]]
+    return out
+
+
 def predict_structures(model: BPNN, structures: Sequence[HostStructure], *, forces=True, atoms_per_batch=None,
                        dtype=np.float32, progress=False, uncertainty=False):
     """Model energies (relative to references, eV) and forces for prepared structures.
@@ -718,7 +793,10 @@ def load_training_data(paths, config: TrainConfig, *, progress=True):
         relative to references), atoms, split (indices into the kept
         structures), files, excluded (file names above ``max_energy``).
     """
-    atoms, _ = read_structures(paths, require_energy=True, progress=progress)
+    from .io import FrameKeys
+
+    keys = FrameKeys(config.energy_key, config.forces_key, config.stress_key)
+    atoms, _ = read_structures(paths, require_energy=True, progress=progress, keys=keys)
     elements = sorted({s for a in atoms for s in a.get_chemical_symbols()})
     refs = config.reference_energies
     if refs is None or any(el not in refs for el in elements):
@@ -731,7 +809,7 @@ def load_training_data(paths, config: TrainConfig, *, progress=True):
     keep = np.ones(len(atoms), bool) if config.max_energy is None else cohesive <= config.max_energy
     excluded = [a.info["file"] for a, k in zip(atoms, keep) if not k]
     atoms = [a for a, k in zip(atoms, keep) if k]
-    spec = SymmetryFunctionSet.preset(config.preset, elements)
+    spec = SymmetryFunctionSet.preset(config.preset, elements, config.cutoff)
     structures = prepare_structures(atoms, elements, spec.cutoff, progress=progress, energy_offsets=refs)
     split = split_indices(len(structures), config.val_fraction, config.test_fraction, config.seed)
     return dict(elements=elements, references=refs, structures=structures, atoms=atoms, split=split,
@@ -836,6 +914,10 @@ def _train(paths, run_dir, config: TrainConfig, *, resume: bool, verbose: int, d
     split = data["split"]
     elements = data["elements"]
     spec = data["spec"]
+    if verbose:
+        refs = ", ".join(f"{el} {data['references'][el]:.6f}" for el in elements)
+        print(f"{len(S)} structures, elements {', '.join(elements)}; {spec.describe()}; reference energies (eV): "
+              f"{refs}", flush=True)
     if not resume:
         _write_json(run_dir / "split.json", {
             "seed": config.seed, "references": data["references"], "excluded_above_max_energy": data["excluded"],
