@@ -122,6 +122,8 @@ class HostStructure:
         slots: bucketed per-element neighbour capacities.
         energy: total energy in eV, or None.
         forces: (N, 3) float64 eV/Å, or None.
+        stress: (6,) float64 eV/Å³ (Voigt xx, yy, zz, yz, xz, xy; ASE's
+            sign), or None.
     """
 
     name: str
@@ -132,6 +134,7 @@ class HostStructure:
     slots: tuple[int, ...]
     energy: float | None = None
     forces: np.ndarray | None = None
+    stress: np.ndarray | None = None
 
     @property
     def n_atoms(self) -> int:
@@ -216,9 +219,25 @@ def prepare_structures(
                 slots=slot_layout(nl, species, len(elements)),
                 energy=energy,
                 forces=forces,
+                stress=_stress_target(atoms, name),
             )
         )
     return out
+
+
+def _stress_target(atoms, name: str) -> np.ndarray | None:
+    """(6,) Voigt stress in eV/Å³ from the attached results (periodic cells only), or None."""
+    calc = getattr(atoms, "calc", None)
+    st = (getattr(calc, "results", {}) if calc is not None else {}).get("stress")
+    if st is None or not np.all(atoms.pbc):
+        return None
+    st = np.asarray(st, np.float64).reshape(-1)
+    if st.size == 9:
+        m = st.reshape(3, 3)
+        st = np.array([m[0, 0], m[1, 1], m[2, 2], m[1, 2], m[0, 2], m[0, 1]])
+    if st.shape != (6,) or not np.all(np.isfinite(st)):
+        raise StructureError(f"{name}: the stress must be 6 (or 3 x 3) finite numbers")
+    return st
 
 
 def _targets(atoms, name: str = "structure") -> tuple[float | None, np.ndarray | None]:

@@ -118,6 +118,9 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--ema-decay", type=float, default=None, help=f"per-step decay of the weight average (default {d.ema_decay})")
     g.add_argument("--ef-atoms-per-batch", type=int, default=None,
                    help=f"padded atoms per mini-batch (default {d.ef_atoms_per_batch})")
+    g.add_argument("--stress-weight", type=float, default=None,
+                   help="weight of the mean squared stress error (GPa², structures with a stress) against the "
+                        "energy term (eV²/atom²); default 0 (no stress term); e.g. 1e-4")
     g.add_argument("--bootstrap", action="store_true", help="Poisson-bootstrap the training structures per member")
     g.add_argument("--ef-lbfgs-steps", type=int, default=None,
                    help=f"full-batch L-BFGS polish iterations after Adam (default {d.ef_lbfgs_steps})")
@@ -145,7 +148,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     args.paths, args.out = [str(p) for p in ([paths] if isinstance(paths, str) else paths)], str(out)
     overrides = {
         k: getattr(args, k)
-        for k in ("energy_key", "forces_key", "stress_key", "cutoff", "hidden", "activation", "dropout", "learning_rate", "batch_size", "energy_epochs", "lbfgs_steps", "force_epochs",
+        for k in ("stress_weight", "energy_key", "forces_key", "stress_key", "cutoff", "hidden", "activation", "dropout", "learning_rate", "batch_size", "energy_epochs", "lbfgs_steps", "force_epochs",
                   "lbfgs_force_weight", "force_weight", "force_subset", "max_energy", "patience", "seed", "force_loss", "huber_delta",
                   "atoms_per_batch", "init_model", "time_limit_minutes", "members", "ef_epochs", "ef_learning_rate",
                   "ef_final_learning_rate", "ef_warmup_epochs", "ef_force_weight", "weight_decay", "ema_decay",

@@ -56,6 +56,7 @@ __all__ = [
     "atom_descriptor_jacobian",
     "structure_descriptor_jacobian",
     "batch_descriptor_jacobian",
+    "batch_descriptor_strain_jacobian",
 ]
 
 _PRESETS = ("auto", "artrith-urban", "imbalzano")
@@ -685,3 +686,30 @@ def batch_descriptor_jacobian(batch, spec: SymmetryFunctionSet, *, chunk_size: i
     js = _atoms_jacobian(disp.reshape(B * N, M, 3), batch.neighbor_mask.reshape(B * N, M), spec, batch.slots,
                          chunk_size)
     return jax.vmap(_fold_images)(js.reshape((B, N) + js.shape[1:]), batch.neighbors)
+
+
+#: Voigt order of strain and stress components: xx, yy, zz, yz, xz, xy.
+VOIGT = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))
+
+
+def batch_descriptor_strain_jacobian(batch, spec: SymmetryFunctionSet, *, chunk_size: int = 2):
+    """Derivatives of every atom's symmetry functions by a homogeneous strain.
+
+    Under the strain r -> r (I + ε) (ε symmetric) every neighbour vector
+    moves, so dG_i/dε_ab = ½ Σ_m [r_m,a (dG_i/dr_m)_b + r_m,b (dG_i/dr_m)_a]
+    over the atom's neighbour slots m (periodic images included: this is
+    why it is taken before folding).  With it the stress of any network on
+    the functions is a contraction, σ_v = (1/V) Σ_i (dE/dG_i) · S_i[:, v].
+
+    Returns:
+        (B, N, spec.n_functions, 6) array S[b, i, f, v] = dG_{i,f}/dε_v
+        (dimensionless), v in Voigt order (:data:`VOIGT`); zero for padding.
+    """
+    B, N, M = batch.neighbors.shape
+    disp = jax.vmap(displacements)(batch.positions, batch.cell, batch.neighbors, batch.shifts)
+    d = disp.reshape(B * N, M, 3)
+    js = _atoms_jacobian(d, batch.neighbor_mask.reshape(B * N, M), spec, batch.slots, chunk_size)  # (BN, M, F, 3)
+    full = jnp.einsum("nma,nmfb->nfab", d, js)
+    full = 0.5 * (full + jnp.swapaxes(full, -1, -2))
+    out = jnp.stack([full[..., a, b] for a, b in VOIGT], axis=-1)
+    return out.reshape(B, N, -1, 6)

@@ -99,7 +99,8 @@ def evaluate_structures(model, atoms_list: Sequence, *, forces=True, max_energy:
         yy, zz, yz, xz, xy; ASE's sign, tensile positive).
     """
     from .model import total_energy
-    from .training import EV_PER_A3_IN_GPA, predict_stress, predict_structures
+    from .io import EV_PER_A3_IN_GPA
+    from .training import predict_stress, predict_structures
 
     hs = prepare_structures(atoms_list, model.elements, model.spec.cutoff, progress=progress)
     dtype = np.dtype(dtype or model.compute_dtype or "float32")

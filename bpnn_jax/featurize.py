@@ -384,6 +384,29 @@ def descriptor_jacobians(
                         desc="descriptor Jacobians", crop=lambda v, n: v[:n, :n])
 
 
+def descriptor_strain_jacobians(
+    structures: Iterable,
+    spec,
+    *,
+    dtype=np.float32,
+    atoms_per_batch: int | None = None,
+    chunk_size: int = JACOBIAN_CHUNK_SIZE,
+    progress: bool = False,
+) -> list[np.ndarray]:
+    """Strain derivatives dG_i/dε_v of every atom's symmetry functions (for stress training).
+
+    Returns:
+        One (n_k, spec.n_functions, 6) array per structure, Voigt order
+        (xx, yy, zz, yz, xz, xy); see
+        :func:`bpnn_jax.descriptors.batch_descriptor_strain_jacobian`.
+    """
+    from .descriptors import batch_descriptor_strain_jacobian
+
+    return _map_batches(structures, spec, _cached_jit(batch_descriptor_strain_jacobian, spec, chunk_size),
+                        np.zeros((0, spec.n_functions, 6)), dtype=dtype, atoms_per_batch=atoms_per_batch,
+                        chunk_size=chunk_size, progress=progress, desc="strain Jacobians", crop=lambda v, n: v[:n])
+
+
 # --------------------------------------------------------------------------
 # files
 # --------------------------------------------------------------------------

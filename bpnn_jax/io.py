@@ -39,6 +39,7 @@ from typing import IO, Any
 
 import numpy as np
 from ase import Atoms
+from ase.units import GPa as _ASE_GPA
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.data import atomic_numbers, chemical_symbols
 
@@ -701,6 +702,9 @@ def find_xsf_files(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> li
 
 
 #: info / arrays keys tried, in order, for energies and forces of frames read by ASE.
+#: eV/Å³ in GPa (from ASE's units).
+EV_PER_A3_IN_GPA = 1.0 / _ASE_GPA
+
 ENERGY_KEYS = ("energy", "REF_energy", "total_energy", "dft_energy")
 FORCES_KEYS = ("forces", "REF_forces", "dft_forces")
 #: ``info`` keys looked for (in order) for the stress (eV/Å³, ASE's sign:

@@ -112,3 +112,37 @@ def _split(flat: np.ndarray, counts: Sequence[int], F: int) -> list[np.ndarray]:
         out.append(flat[pos:pos + size].reshape(n, n, F, 3))
         pos += size
     return out
+
+
+def cached_strain_jacobians(structures: Sequence, spec, cache_dir, *, dtype=np.float32, progress: bool = False,
+                            verbose: bool = False) -> list[np.ndarray]:
+    """Strain Jacobians (n, F, 6) of ``structures`` (for stress training), from or into the cache.
+
+    Small next to the position Jacobians (n·F·6 values per structure), kept
+    in one ``.npz`` (``strain-<key>.npz``) under the same key.
+    """
+    from .featurize import descriptor_strain_jacobians
+    from .io import atomic_write
+
+    if cache_dir is None:
+        return descriptor_strain_jacobians(structures, spec, dtype=dtype, progress=progress)
+    cache_dir = Path(cache_dir)
+    path = cache_dir / f"strain-{jacobian_key(structures, spec, dtype)}.npz"
+    F = spec.n_functions
+    if path.exists():
+        with np.load(path) as data:
+            counts, flat = data["n_atoms"], data["values"]
+        if flat.size == int(counts.sum()) * F * 6:
+            if verbose:
+                print(f"strain Jacobians of {len(counts)} structures: read from {path}", flush=True)
+            return list(np.split(flat.reshape(-1, F, 6), np.cumsum(counts)[:-1]))
+    t0 = time.time()
+    out = descriptor_strain_jacobians(structures, spec, dtype=dtype, progress=progress)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    counts = np.array([len(x) for x in out], np.int64)
+    with atomic_write(path, mode="wb") as fh:
+        np.savez(fh, n_atoms=counts, values=np.concatenate([np.asarray(x, dtype).reshape(-1) for x in out])
+                 if out else np.zeros(0, dtype))
+    if verbose:
+        print(f"strain Jacobians of {len(out)} structures: {time.time() - t0:.0f} s, cached in {path}", flush=True)
+    return out

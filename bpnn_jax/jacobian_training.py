@@ -92,6 +92,10 @@ class CommitteeConfig:
             when every member has stopped).
         seed: initialisation, bootstrap and shuffling seed.
         lbfgs_steps: full-batch L-BFGS iterations after Adam (0 = none).
+        stress_weight: weight of the mean squared stress error (GPa², per
+            Voigt component of the structures that have a stress) against
+            the energy term (eV²/atom²); 0 = no stress term.  Needs
+            ``sjac`` and ``stress`` in the groups.
     """
 
     members: int = 5
@@ -109,6 +113,7 @@ class CommitteeConfig:
     patience: int = 1000
     seed: int = 0
     lbfgs_steps: int = 0
+    stress_weight: float = 0.0
 
     def weights(self) -> np.ndarray:
         """(K,) force weights."""
@@ -137,7 +142,10 @@ class Groups:
     (G, N) bool (real atoms); ``energy`` (G,) eV relative to the references;
     ``n`` (G,) atom counts; ``forces`` (G, N, 3) eV/Å; ``jac`` (G, 3N, N·F)
     Å⁻¹ with ``jac[g, 3k + c, F i + f] = dG_if / dR_kc`` (zero for padding);
-    ``index`` (G,) positions of the structures in the input lists.
+    ``index`` (G,) positions of the structures in the input lists.  For
+    stress training also ``sjac`` (G, 6, N·F) with ``sjac[g, v, F i + f] =
+    dG_if / dε_v`` (Voigt order), ``stress`` (G, 6) GPa, ``has_stress`` (G,)
+    (1 where the structure has a stress) and ``volume`` (G,) Å³.
     """
 
     arrays: list[dict]
@@ -151,11 +159,17 @@ class Groups:
         return int(sum(a["n"].sum() for a in self.arrays))
 
     @property
+    def n_stress(self) -> int:
+        """Structures with a stress target."""
+        return int(sum(a["has_stress"].sum() for a in self.arrays if "has_stress" in a))
+
+    @property
     def nbytes(self) -> int:
         return sum(v.nbytes for a in self.arrays for v in a.values())
 
 
-def group_by_size(sf_list, species_list, energies, forces_list=None, jac_list=None, dtype=np.float32) -> Groups:
+def group_by_size(sf_list, species_list, energies, forces_list=None, jac_list=None, dtype=np.float32, *,
+                  strain_list=None, stress_list=None, volumes=None) -> Groups:
     """Group structures by padded atom count (few shapes, little padding).
 
     Args:
@@ -168,6 +182,10 @@ def group_by_size(sf_list, species_list, energies, forces_list=None, jac_list=No
             Entries are released (set to None) as they are copied, to cap
             peak memory, unless the list is a tuple.
         dtype: float dtype of the arrays.
+        strain_list: per structure (n, F, 6) strain Jacobians (from
+            :func:`bpnn_jax.featurize.descriptor_strain_jacobians`), or None.
+        stress_list: per structure (6,) stress in GPa or None (no stress).
+        volumes: per structure cell volume, Å³.
 
     Returns:
         :class:`Groups` (forces and Jacobians only when given).
@@ -201,8 +219,24 @@ def group_by_size(sf_list, species_list, energies, forces_list=None, jac_list=No
             # contiguous rows, ~5x faster on a CPU than contracting the
             # (i, k, f, c) layout (which XLA transposes at every call).
             g["jac"] = jac.reshape(G, n_pad * 3, n_pad * F)
+        if strain_list is not None:
+            sjac = np.zeros((G, 6, n_pad, F), dtype)
+            g["stress"] = np.zeros((G, 6), dtype)
+            g["has_stress"] = np.zeros((G,), dtype)
+            g["volume"] = np.ones((G,), dtype)
+            for b, k in enumerate(idx):
+                n = len(species_list[k])
+                sjac[b, :, :n] = np.transpose(np.asarray(strain_list[k]), (2, 0, 1))
+                if stress_list[k] is not None:
+                    g["stress"][b] = stress_list[k]
+                    g["has_stress"][b] = 1.0
+                    g["volume"][b] = volumes[k]
+            g["sjac"] = sjac.reshape(G, 6, n_pad * F)
         out.append(g)
     return Groups(out)
+
+
+from .io import EV_PER_A3_IN_GPA  # noqa: E402
 
 
 # -------------------------------------------------------------- the model
@@ -238,7 +272,7 @@ def init_params(key, members: int, n_elements: int, n_functions: int, hidden: Se
     return {"W": W, "b": b}
 
 
-def committee_outputs(params, stats, sf, species, mask, activation="tanh", jac=None):
+def committee_outputs(params, stats, sf, species, mask, activation="tanh", jac=None, sjac=None, volume=None):
     """Energies (and Jacobian forces) of every member for a batch.
 
     Args:
@@ -250,10 +284,13 @@ def committee_outputs(params, stats, sf, species, mask, activation="tanh", jac=N
         mask: (B, N) real atoms.
         activation: hidden activation name.
         jac: optional (B, 3N, N·F) descriptor Jacobians.
+        sjac, volume: optional (B, 6, N·F) strain Jacobians and (B,) cell
+            volumes (Å³), with ``jac``.
 
     Returns:
         dict: ``energy`` (K, B) eV; with ``jac`` also ``forces`` (K, B, N, 3)
-        eV/Å.
+        eV/Å; with ``sjac`` also ``stress`` (K, B, 6) GPa, Voigt order,
+        σ = (1/V) dE/dε.
     """
     import jax
     import jax.numpy as jnp
@@ -281,44 +318,67 @@ def committee_outputs(params, stats, sf, species, mask, activation="tanh", jac=N
     energy, vjp = jax.vjp(energies, sf_k)
     (dedg,) = vjp(jnp.ones_like(energy))  # (K, B, N, F): dE_kb/dG
     forces = -jnp.einsum("bij,kbj->kbi", jac, dedg.reshape(K, B, N * F))
-    return {"energy": energy, "forces": forces.reshape(K, B, N, 3)}
+    out = {"energy": energy, "forces": forces.reshape(K, B, N, 3)}
+    if sjac is not None:
+        de_deps = jnp.einsum("bvj,kbj->kbv", sjac, dedg.reshape(K, B, N * F))
+        out["stress"] = EV_PER_A3_IN_GPA * de_deps / volume[None, :, None]
+    return out
+
+
+def _outputs(params, stats, g, activation):
+    return committee_outputs(params, stats, g["sf"], g["species"], g["mask"], activation, g.get("jac"),
+                             g.get("sjac"), g.get("volume"))
 
 
 def _squared_errors(params, stats, g, activation, weights=None):
-    """Per member: (sum_s w (dE/n)², sum_s w sum_ac dF², sum_s w, sum_s w 3 n)."""
+    """Per member: sums (w (dE/n)², w dF², w, w 3n, w dσ² (GPa²), w 6 [has stress])."""
     import jax.numpy as jnp
 
-    out = committee_outputs(params, stats, g["sf"], g["species"], g["mask"], activation, g.get("jac"))
+    out = _outputs(params, stats, g, activation)
     K = out["energy"].shape[0]
     w = jnp.ones((K,) + g["energy"].shape, out["energy"].dtype) if weights is None else weights
     w = w * (g["n"] > 0)
     de = (out["energy"] - g["energy"]) / jnp.maximum(g["n"], 1.0)
     se = jnp.sum(w * de * de, axis=1)
+    z = jnp.zeros_like(se)
     if "forces" not in out:
-        z = jnp.zeros_like(se)
-        return se, z, jnp.sum(w, axis=1), z
+        return se, z, jnp.sum(w, axis=1), z, z, z
     df = jnp.where(g["mask"][None, ..., None], out["forces"] - g["forces"], 0.0)
     sf = jnp.sum(w * jnp.sum(df * df, axis=(2, 3)), axis=1)
-    return se, sf, jnp.sum(w, axis=1), jnp.sum(w * 3.0 * g["n"], axis=1)
+    ss, ns = z, z
+    if "stress" in out:
+        ws = w * g["has_stress"]
+        ds = out["stress"] - g["stress"]
+        ss = jnp.sum(ws * jnp.sum(ds * ds, axis=-1), axis=1)
+        ns = jnp.sum(6.0 * ws, axis=1)
+    return se, sf, jnp.sum(w, axis=1), jnp.sum(w * 3.0 * g["n"], axis=1), ss, ns
 
 
-def member_losses(params, stats, g, force_weight, activation="tanh", weights=None, normalizers=None):
+def member_losses(params, stats, g, force_weight, activation="tanh", weights=None, normalizers=None,
+                  stress_weight=0.0):
     """(K,) per-member objectives of one batch (see the module doc).
 
     Args:
-        normalizers: ``(structures, force components)`` to divide the
-            energy and force sums by; None divides by this batch's own
-            (weighted) counts, the batch mean.  Fixed values make sums over
-            batches add up to one objective: training passes the average
-            counts per step (an epoch is then the full-batch objective), the
-            L-BFGS polish the counts of the whole training set.
+        normalizers: ``(structures, force components[, stress
+            components])`` to divide the energy, force (and stress) sums by;
+            None divides by this batch's own (weighted) counts, the batch
+            mean.  Fixed values make sums over batches add up to one
+            objective: training passes the average counts per step (an
+            epoch is then the full-batch objective), the L-BFGS polish the
+            counts of the whole training set.
+        stress_weight: weight of the mean squared stress error (GPa²).
     """
     import jax.numpy as jnp
 
-    se, sf, ns, nf = _squared_errors(params, stats, g, activation, weights)
+    se, sf, ns, nf, ss, nss = _squared_errors(params, stats, g, activation, weights)
     if normalizers is not None:
-        ns, nf = normalizers
-    return se / jnp.maximum(ns, 1e-12) + force_weight * sf / jnp.maximum(nf, 1e-12)
+        ns, nf = normalizers[:2]
+        if len(normalizers) > 2:
+            nss = normalizers[2]
+    loss = se / jnp.maximum(ns, 1e-12) + force_weight * sf / jnp.maximum(nf, 1e-12)
+    if stress_weight:
+        loss = loss + stress_weight * ss / jnp.maximum(nss, 1e-12)
+    return loss
 
 
 # ------------------------------------------------------------- training
@@ -379,6 +439,8 @@ def _stats_arrays(stats: dict, dtype) -> dict:
 
 #: The arrays of a group that the jitted steps take (``index`` stays on the host).
 _DEVICE_KEYS = ("sf", "species", "mask", "energy", "n", "forces", "jac")
+#: Present for stress training only.
+_STRESS_KEYS = ("sjac", "stress", "has_stress", "volume")
 
 
 def _device_groups(groups: Groups, dtype) -> list[dict]:
@@ -386,24 +448,30 @@ def _device_groups(groups: Groups, dtype) -> list[dict]:
     import jax
 
     return [jax.device_put({k: (np.asarray(g[k], dtype) if np.issubdtype(g[k].dtype, np.floating) else g[k])
-                            for k in _DEVICE_KEYS}) for g in groups.arrays]
+                            for k in _DEVICE_KEYS + _STRESS_KEYS if k in g}) for g in groups.arrays]
 
 
 def _evaluate_groups(fn, params, stats, groups_dev) -> dict:
     """Sums of squared errors per member and of the committee mean."""
     K = params["W"][0].shape[1]
-    tot = np.zeros((4, K))
-    mean_se = mean_sf = 0.0
+    tot = np.zeros((6, K))
+    mean_se = mean_sf = mean_ss = 0.0
     for g in groups_dev:
-        se, sf, ns, nf, mse, msf = fn(params, stats, g)
-        tot += np.asarray([se, sf, ns, nf], np.float64)
+        se, sf, ns, nf, ss, nss, mse, msf, mss = fn(params, stats, g)
+        tot += np.asarray([se, sf, ns, nf, ss, nss], np.float64)
         mean_se += float(mse)
         mean_sf += float(msf)
-    ns, nf = tot[2], tot[3]
-    return {"energy_rmse_mev_atom": 1e3 * np.sqrt(tot[0] / ns), "force_rmse_ev_a": np.sqrt(tot[1] / np.maximum(nf, 1)),
-            "energy_mse": tot[0] / ns, "force_mse": tot[1] / np.maximum(nf, 1),
-            "mean_energy_rmse_mev_atom": 1e3 * math.sqrt(mean_se / ns[0]),
-            "mean_force_rmse_ev_a": math.sqrt(mean_sf / max(nf[0], 1))}
+        mean_ss += float(mss)
+    ns, nf, nss = tot[2], tot[3], tot[5]
+    out = {"energy_rmse_mev_atom": 1e3 * np.sqrt(tot[0] / ns), "force_rmse_ev_a": np.sqrt(tot[1] / np.maximum(nf, 1)),
+           "energy_mse": tot[0] / ns, "force_mse": tot[1] / np.maximum(nf, 1),
+           "stress_mse": tot[4] / np.maximum(nss, 1),
+           "mean_energy_rmse_mev_atom": 1e3 * math.sqrt(mean_se / ns[0]),
+           "mean_force_rmse_ev_a": math.sqrt(mean_sf / max(nf[0], 1))}
+    if nss[0] > 0:
+        out["stress_rmse_gpa"] = np.sqrt(tot[4] / nss)
+        out["mean_stress_rmse_gpa"] = math.sqrt(mean_ss / nss[0])
+    return out
 
 
 def _validation_function(activation):
@@ -412,7 +480,7 @@ def _validation_function(activation):
 
     @jax.jit
     def fn(params, stats, g):
-        out = committee_outputs(params, stats, g["sf"], g["species"], g["mask"], activation, g["jac"])
+        out = _outputs(params, stats, g, activation)
         valid = (g["n"] > 0).astype(out["energy"].dtype)
         de = (out["energy"] - g["energy"]) / jnp.maximum(g["n"], 1.0)
         df = jnp.where(g["mask"][None, ..., None], out["forces"] - g["forces"], 0.0)
@@ -421,8 +489,18 @@ def _validation_function(activation):
         mde = (jnp.mean(out["energy"], 0) - g["energy"]) / jnp.maximum(g["n"], 1.0)
         mdf = jnp.where(g["mask"][..., None], jnp.mean(out["forces"], 0) - g["forces"], 0.0)
         K = out["energy"].shape[0]
-        return (se, sf, jnp.full((K,), jnp.sum(valid)), jnp.full((K,), 3.0 * jnp.sum(g["n"])),
-                jnp.sum(valid * mde * mde), jnp.sum(mdf * mdf))
+        if "stress" in out:
+            hs = g["has_stress"]
+            ds = out["stress"] - g["stress"]
+            ss = jnp.sum(hs * jnp.sum(ds * ds, axis=-1), axis=1)
+            nss = jnp.full((K,), 6.0 * jnp.sum(hs))
+            mds = jnp.mean(out["stress"], 0) - g["stress"]
+            mss = jnp.sum(hs * jnp.sum(mds * mds, axis=-1))
+        else:
+            ss = nss = jnp.zeros((K,), out["energy"].dtype)
+            mss = jnp.zeros((), out["energy"].dtype)
+        return (se, sf, jnp.full((K,), jnp.sum(valid)), jnp.full((K,), 3.0 * jnp.sum(g["n"])), ss, nss,
+                jnp.sum(valid * mde * mde), jnp.sum(mdf * mdf), mss)
 
     return fn
 
@@ -507,6 +585,10 @@ def fit_committee(train: Groups, val: Groups, stats: dict, cfg: CommitteeConfig,
     steps_per_epoch = len(_epoch_batches(train, cfg, 0))
     e_norm = train.n_structures / steps_per_epoch
     f_norm = 3.0 * train.n_atoms / steps_per_epoch
+    s_norm = 6.0 * train.n_stress / steps_per_epoch
+    s_weight = float(cfg.stress_weight)
+    if s_weight and not train.n_stress:
+        raise ValueError("stress_weight > 0 needs training structures with a stress (and strain Jacobians)")
     opt = _optimizer(cfg, steps_per_epoch)
     params = init_params(jax.random.PRNGKey(cfg.seed), K, S, F, cfg.hidden, dtype)
     state = {"params": params, "opt_state": opt.init(params), "ema": params, "best_params": params,
@@ -536,7 +618,8 @@ def fit_committee(train: Groups, val: Groups, stats: dict, cfg: CommitteeConfig,
             # component weigh the same whatever the size of the batch it is
             # in (per-batch means gave a 6-atom structure, batched 128 at a
             # time, 1/16 of the weight of a 95-atom one).
-            return jnp.sum(member_losses(p, st, batch, lam, act, w, normalizers=(e_norm, f_norm)))
+            return jnp.sum(member_losses(p, st, batch, lam, act, w, normalizers=(e_norm, f_norm, s_norm),
+                                         stress_weight=s_weight))
 
         value, grads = jax.value_and_grad(loss)(params)
         updates, opt_state = opt.update(grads, opt_state, params)
@@ -569,7 +652,7 @@ def fit_committee(train: Groups, val: Groups, stats: dict, cfg: CommitteeConfig,
         # Early in training the average trails far behind: use the raw weights then.
         judged = e if (ema_decay > 0 and epoch >= cfg.warmup_epochs) else p
         m = _evaluate_groups(val_fn, judged, st, val_dev)
-        obj = m["energy_mse"] + lam_np * m["force_mse"]
+        obj = m["energy_mse"] + lam_np * m["force_mse"] + s_weight * m["stress_mse"]
         better = (obj < state["best_objective"]) & ~stopped
         if np.any(better):
             sel = jnp.asarray(better)
@@ -589,6 +672,7 @@ def fit_committee(train: Groups, val: Groups, stats: dict, cfg: CommitteeConfig,
                "val_committee_force_rmse_ev_a": m["mean_force_rmse_ev_a"],
                "val_member_energy_rmse_mev_atom": np.round(m["energy_rmse_mev_atom"], 4).tolist(),
                "val_member_force_rmse_ev_a": np.round(m["force_rmse_ev_a"], 5).tolist(),
+               **({"val_committee_stress_rmse_gpa": m["mean_stress_rmse_gpa"]} if "mean_stress_rmse_gpa" in m else {}),
                "learning_rate": float(_lr_schedule(cfg, steps_per_epoch)((epoch + 1) * steps_per_epoch))}
         state["history"].append(rec)
         if on_epoch is not None:
@@ -598,7 +682,9 @@ def fit_committee(train: Groups, val: Groups, stats: dict, cfg: CommitteeConfig,
             print(f"[ef] epoch {epoch + 1}/{cfg.epochs}: loss {loss_mean:.3g}, val energy "
                   f"{rec['val_energy_rmse_mev_atom']:.2f} meV/atom (committee {rec['val_committee_energy_rmse_mev_atom']:.2f}),"
                   f" forces {rec['val_force_rmse_ev_a']:.3f} eV/Å (committee {rec['val_committee_force_rmse_ev_a']:.3f}),"
-                  f" {train_s:.1f} s", flush=True)
+                  + (f" stress (committee) {rec['val_committee_stress_rmse_gpa']:.3f} GPa,"
+                     if "val_committee_stress_rmse_gpa" in rec else "")
+                  + f" {train_s:.1f} s", flush=True)
         out_of_time = deadline is not None and time.time() > deadline
         if path is not None and (time.time() - last_save > checkpoint_seconds or out_of_time
                                  or state["epoch"] == cfg.epochs):
@@ -657,9 +743,12 @@ def polish_lbfgs(params, train: Groups, val: Groups, stats: dict, cfg: Committee
     tr, va = _device_groups(train, dtype), _device_groups(val, dtype)
     n_s = float(train.n_structures)
     n_f = 3.0 * train.n_atoms
+    n_ss = 6.0 * train.n_stress
+    s_weight = float(cfg.stress_weight)
 
     def objective(p, groups):
-        return sum(jnp.sum(member_losses(p, st, g, lam, cfg.activation, normalizers=(n_s, n_f))) for g in groups)
+        return sum(jnp.sum(member_losses(p, st, g, lam, cfg.activation, normalizers=(n_s, n_f, n_ss),
+                                         stress_weight=s_weight)) for g in groups)
 
     opt = optax.lbfgs()
 
@@ -676,7 +765,7 @@ def polish_lbfgs(params, train: Groups, val: Groups, stats: dict, cfg: Committee
     P = jax.device_put(params)
     state = opt.init(P)
     m = _evaluate_groups(val_fn, P, st, va)
-    best_obj = m["energy_mse"] + lam_np * m["force_mse"]
+    best_obj = m["energy_mse"] + lam_np * m["force_mse"] + s_weight * m["stress_mse"]
     best = P
     history = [{"iteration": 0, **{k: np.asarray(v).tolist() for k, v in m.items()}}]
     t0 = time.time()
@@ -684,7 +773,7 @@ def polish_lbfgs(params, train: Groups, val: Groups, stats: dict, cfg: Committee
         P, state, value = step(P, state, tr)
         if it % log_every == 0 or it == steps:
             m = _evaluate_groups(val_fn, P, st, va)
-            obj = m["energy_mse"] + lam_np * m["force_mse"]
+            obj = m["energy_mse"] + lam_np * m["force_mse"] + s_weight * m["stress_mse"]
             if not np.all(np.isfinite(obj)):
                 if verbose:
                     print(f"[lbfgs] {it}: non-finite validation objective; kept the best point", flush=True)

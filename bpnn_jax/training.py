@@ -41,7 +41,7 @@ import keras
 from .batch import HostStructure, collate, plan_batches, prepare_structures
 from .descriptors import SymmetryFunctionSet
 from .errors import BPNNInputError
-from .io import REFERENCE_ENERGIES_TIO2, atomic_write, read_structures
+from .io import EV_PER_A3_IN_GPA, REFERENCE_ENERGIES_TIO2, atomic_write, read_structures
 from .model import BPNN
 from .neighbors import round_up
 
@@ -73,6 +73,10 @@ class TrainConfig:
             SymmetryFunctionSet.preset`).
         cutoff: Rc in Å of the imbalzano set (default 6.0; the others fix
             their own).
+        stress_weight: weight of the mean squared stress error (GPa² per
+            Voigt component, structures with a stress) against the energy
+            term (eV²/atom²) in the committee stage; 0 = no stress term.
+            Strain Jacobians are then computed and cached too.
         energy_key, forces_key, stress_key: where extended XYZ / ASE frames
             keep their labels (:class:`~bpnn_jax.io.FrameKeys`; None: ASE's
             results, then the usual keys).
@@ -151,6 +155,7 @@ class TrainConfig:
     energy_key: str | None = None
     forces_key: str | None = None
     stress_key: str | None = None
+    stress_weight: float = 0.0
     hidden: tuple[int, ...] = (64, 64)
     activation: str = "tanh"
     dropout: float = 0.0
@@ -198,7 +203,8 @@ class TrainConfig:
             learning_rate=self.ef_learning_rate, final_learning_rate=self.ef_final_learning_rate,
             warmup_epochs=self.ef_warmup_epochs, weight_decay=self.weight_decay, force_weight=self.ef_force_weight,
             ema_decay=self.ema_decay, atoms_per_batch=self.ef_atoms_per_batch, bootstrap=self.bootstrap,
-            patience=self.patience, seed=self.seed, lbfgs_steps=self.ef_lbfgs_steps)
+            patience=self.patience, seed=self.seed, lbfgs_steps=self.ef_lbfgs_steps,
+            stress_weight=self.stress_weight)
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
@@ -669,8 +675,6 @@ def _predict_function(model: BPNN, forces: bool):
 #: model -> (jitted strain derivative, variables); see :func:`predict_stress`.
 _STRESS_FUNCTIONS: "weakref.WeakKeyDictionary[BPNN, tuple]" = weakref.WeakKeyDictionary()
 
-#: eV/Å³ in GPa.
-EV_PER_A3_IN_GPA = 160.21766208
 
 
 def _stress_function(model: BPNN):
@@ -1082,10 +1086,24 @@ def _train_committee(data, train_s, val_s, run_dir: Path, config: TrainConfig, *
     jac, _ = cached_jacobians(train_s + val_s, spec, run_dir / "cache", progress=verbose == 1, verbose=verbose > 0)
     jac_train, jac_val = jac[:len(train_s)], jac[len(train_s):]
     del jac
+    stress_kw = {"train": {}, "val": {}}
+    if cfg.stress_weight > 0:
+        from .jacobian_cache import cached_strain_jacobians
+
+        if not any(s.stress is not None for s in train_s):
+            raise BPNNInputError("--stress-weight > 0 but no training structure has a stress (ASE's results, "
+                                 "an info 'stress'/'virial' key, or --stress-key)")
+        sj = cached_strain_jacobians(train_s + val_s, spec, run_dir / "cache", progress=verbose == 1,
+                                     verbose=verbose > 0)
+        for name, part, jacs in (("train", train_s, sj[:len(train_s)]), ("val", val_s, sj[len(train_s):])):
+            stress_kw[name] = dict(
+                strain_list=jacs,
+                stress_list=[None if s.stress is None else s.stress * EV_PER_A3_IN_GPA for s in part],
+                volumes=[abs(float(np.linalg.det(s.cell))) for s in part])
     train_g = jt.group_by_size(sf_train, [s.species for s in train_s], [s.energy for s in train_s],
-                               [s.forces for s in train_s], jac_train)
+                               [s.forces for s in train_s], jac_train, **stress_kw["train"])
     val_g = jt.group_by_size(sf_val, [s.species for s in val_s], [s.energy for s in val_s],
-                             [s.forces for s in val_s], jac_val)
+                             [s.forces for s in val_s], jac_val, **stress_kw["val"])
     del jac_train, jac_val
     if verbose:
         print(f"E+F committee of {cfg.members}: {train_g.n_structures} training structures "

@@ -307,3 +307,39 @@ def test_large_cells_are_padded_tightly():
     assert np.all(padded[large] - sizes[large] < LARGE_CELL_PAD)
     assert np.all(padded[large] % LARGE_CELL_PAD == 0)
     assert calculator_padding(10200) == 10240  # the x1.5 ladder gave 15136
+
+
+def test_cell_relaxation_compiles_a_bounded_number_of_programs(data_dir):
+    """BFGS + FrechetCellFilter on a strained 24-atom cell: the cell changes at every step, the programs do not.
+
+    Counted with JAX's monitoring events (one lowering per compiled program,
+    whether or not the persistent cache then serves it), not timed.
+    """
+    from ase.filters import FrechetCellFilter
+    from ase.optimize import BFGS
+
+    from bpnn_jax.model import load_model
+
+    atoms = read_xsf(data_dir / "structure0001.xsf")
+    atoms.set_cell(atoms.cell.array * 1.03, scale_atoms=True)
+    calc = BPNNCalculator(load_model("tio2"), warn_extrapolation=False)
+    atoms.calc = calc
+    atoms.get_potential_energy()  # the first program
+    lowered = []
+
+    def listener(name, duration, **kw):
+        if name == "/jax/core/compile/jaxpr_to_mlir_module_duration":
+            lowered.append(duration)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        opt = BFGS(FrechetCellFilter(atoms), logfile=None)
+        opt.run(fmax=0.02, steps=25)
+    finally:
+        jax.monitoring.clear_event_listeners()
+    assert opt.nsteps >= 10  # a real relaxation: the cell moved many times
+    assert calc.nl_builds >= opt.nsteps // 2
+    # Measured: 25 steps, 26 neighbour-list builds, 2 new programs (the
+    # neighbour-slot buckets shrink twice as the cell contracts), 3 in all.
+    assert len(lowered) <= 3, (len(lowered), calc.compiled_shapes)
+    assert len(calc.compiled_shapes) <= 4

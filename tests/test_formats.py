@@ -278,7 +278,8 @@ def test_predicted_stress_equals_calculator(make_random_model, data_dir):
     from bpnn_jax.batch import prepare_structures
     from bpnn_jax.calculator import BPNNCalculator
     from bpnn_jax.io import read_xsf
-    from bpnn_jax.training import EV_PER_A3_IN_GPA, predict_stress
+    from bpnn_jax.io import EV_PER_A3_IN_GPA
+    from bpnn_jax.training import predict_stress
 
     atoms = [read_xsf(data_dir / f) for f in ("structure1632.xsf", "structure0001.xsf")]
     model = make_random_model(atoms)
@@ -314,3 +315,23 @@ def test_train_and_evaluate_cu_au_with_references_and_stress(tmp_path, capsys):
     bad.write_text("Xx: 1\n")
     assert main(["train", str(path), "--out", str(tmp_path / "r2"), "--references", str(bad)]) == 2
     assert "bad.yaml: 'Xx' is not an element symbol" in capsys.readouterr().err
+
+
+def test_stress_training_lowers_held_out_stress_error(tmp_path, capsys):
+    """--stress-weight trains on EMT stresses (strain Jacobians): held-out stress error drops, energies stay good."""
+    path = tmp_path / "cuau.extxyz"
+    ase.io.write(path, _cu_au(40, seed=3), format="extxyz")
+    metrics = {}
+    for label, extra in (("plain", []), ("stress", ["--stress-weight", "1e-4"])):
+        run = tmp_path / label
+        assert main(["train", str(path), "--out", str(run), "--members", "2", "--hidden", "16,16", "--ef-epochs",
+                     "60", "--ef-atoms-per-batch", "64", "--quiet", *extra]) == 0
+        out = tmp_path / f"{label}.json"
+        assert main(["evaluate", str(run / "model.keras"), "--split", str(run / "split.json"), "--json",
+                     str(out)]) == 0
+        metrics[label] = json.loads(out.read_text())
+    log = capsys.readouterr().out
+    assert "strain Jacobians of 36 structures" in log and "stress (committee)" in log
+    print({k: (m["stress_rmse_gpa"], m["energy_rmse_mev_atom"]) for k, m in metrics.items()})
+    assert metrics["stress"]["stress_rmse_gpa"] < 0.7 * metrics["plain"]["stress_rmse_gpa"]
+    assert metrics["stress"]["energy_rmse_mev_atom"] < 10.0

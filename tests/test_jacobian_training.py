@@ -262,3 +262,31 @@ def test_train_committee_cli_and_evaluate_json(six_atom_files, tmp_path):
     assert main(["predict", str(run / "model.keras"), *files[:3], "--out", str(csv_path)]) == 0
     header, *lines = csv_path.read_text().splitlines()
     assert header.split(",")[-1] == "energy_std_ev" and len(lines) == 3 and all(float(l.split(",")[-1]) > 0 for l in lines)
+
+
+def test_jacobian_stress_equals_calculator_stress(setup):
+    """Strain Jacobians: the committee's stress from the Jacobian path equals the calculator's (end to end)."""
+    from bpnn_jax.featurize import descriptor_strain_jacobians
+    from bpnn_jax.io import EV_PER_A3_IN_GPA
+
+    hosts, spec = setup["hosts"], setup["spec"]
+    sf = featurize_host(hosts, spec, dtype=np.float64)
+    jac = descriptor_jacobians(hosts, spec, dtype=np.float64)
+    sj = descriptor_strain_jacobians(hosts, spec, dtype=np.float64)
+    vol = [abs(np.linalg.det(h.cell)) for h in hosts]
+    groups = jt.group_by_size(sf, [h.species for h in hosts], [h.energy for h in hosts], [h.forces for h in hosts],
+                              tuple(jac), dtype=np.float64, strain_list=sj, stress_list=[np.zeros(6)] * len(hosts),
+                              volumes=vol)
+    model, params, st = setup["model"], setup["params"], setup["st"]
+    seen = 0
+    for g in groups.arrays:
+        out = jt.committee_outputs(params, st, g["sf"], g["species"], g["mask"], "tanh", g["jac"], g["sjac"],
+                                   g["volume"])
+        for b, k in enumerate(g["index"]):
+            a = setup["atoms"][k].copy()
+            a.calc = BPNNCalculator(model, warn_extrapolation=False)
+            ref = a.get_stress() * EV_PER_A3_IN_GPA
+            got = np.asarray(out["stress"])[:, b].mean(axis=0)
+            np.testing.assert_allclose(got, ref, rtol=1e-9, atol=1e-9 * np.abs(ref).max())
+            seen += 1
+    assert seen == len(hosts)
