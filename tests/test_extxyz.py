@@ -104,6 +104,6 @@ def test_train_and_evaluate_on_emt_copper(cu_file, tmp_path):
     m = json.loads(out.read_text())
     print("Cu EMT held-out:", m["energy_rmse_mev_atom"], "meV/atom", m["force_rmse_ev_a"], "eV/Å")
     # EMT forces here have an RMS of ~0.5 eV/Å, energies spread over ~60 meV/atom.
-    assert m["energy_rmse_mev_atom"] < 5.0  # measured 1.5
-    assert m["force_rmse_ev_a"] < 0.12  # measured 0.070
+    assert m["energy_rmse_mev_atom"] < 5.0  # measured 0.94 (imbalzano set; 1.5 with artrith-urban)
+    assert m["force_rmse_ev_a"] < 0.12  # measured 0.072 (0.070 with artrith-urban)
     assert all(r["file"].startswith(str(cu_file) + "@") for r in m["per_structure"])
