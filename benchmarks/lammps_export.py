@@ -47,7 +47,7 @@ def run_case(target: int, precision: str, args, tmp: Path) -> dict:
     import jax
 
     from bpnn_jax import BPNNCalculator
-    from bpnn_jax.lammps import _compiled_program, export_lammps, lammps_layout, read_bundle, run_bundle
+    from bpnn_jax.lammps import compile_bundle, export_lammps, lammps_layout, read_bundle, run_bundle
 
     atoms = rutile(rutile_repeats(target))
     n = len(atoms)
@@ -59,7 +59,7 @@ def run_case(target: int, precision: str, args, tmp: Path) -> dict:
     t_export = time.perf_counter() - t0
     bundle = read_bundle(path)
     t0 = time.perf_counter()
-    exe = _compiled_program(bundle)
+    exe = compile_bundle(bundle)
     t_compile = time.perf_counter() - t0
     layout = lammps_layout(atoms, ("O", "Ti"), 6.5, max_atoms=max_atoms, max_neighbors=128, rows=n,
                            dtype=precision)

@@ -43,7 +43,6 @@ import dataclasses
 import io
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Callable, Sequence

@@ -65,6 +65,8 @@ __all__ = [
     "neighbor_matrix_energy",
     "export_lammps",
     "lammps_layout",
+    "compile_bundle",
+    "read_bundle",
     "run_bundle",
     "verify_bundle",
 ]
@@ -314,8 +316,8 @@ def lammps_layout(atoms, elements: Sequence[str], cutoff: float, *, max_atoms: i
     return LammpsLayout(positions, all_species, n, nghost, neighbors, num, owner)
 
 
-def _compiled_program(bundle: dict, program: str = "energy_and_forces"):
-    """The bundle's program compiled for this process's backend of the bundle's platform."""
+def compile_bundle(bundle: dict, program: str = "energy_and_forces"):
+    """``(executable, device)``: the bundle's program compiled for this process's backend of its platform."""
     from jax._src import xla_bridge
     from jaxlib import xla_client
 
@@ -339,7 +341,7 @@ def run_bundle(bundle: dict, layout: LammpsLayout, executable=None) -> tuple[flo
         (energy in eV, (nlocal, 3) forces in eV/Å with ghost forces summed
         into their owners, as LAMMPS's reverse communication does).
     """
-    exe, device = executable or _compiled_program(bundle)
+    exe, device = executable or compile_bundle(bundle)
     dtype = np.float64 if bundle["contract"]["precision"] == "float64" else np.float32
     args = [layout.positions.astype(dtype), layout.species, np.int32(layout.nlocal), np.int32(layout.nghost),
             layout.neighbors, layout.num_neighbors]
@@ -389,7 +391,7 @@ def verify_bundle(path, structures, model=None, *, names: Sequence[str] | None =
     calc = BPNNCalculator(ref, dtype=contract["precision"], warn_extrapolation=False)
     if tuple(calc.model.elements) != tuple(meta["elements"]):
         raise LammpsExportError(f"{path}: bundle elements {meta['elements']} differ from the model's {list(calc.model.elements)}")
-    executable = _compiled_program(bundle)
+    executable = compile_bundle(bundle)
     rows = int(contract.get("max_owned") or contract["max_atoms"])
     out_rows = []
     for k, atoms in enumerate(structures):

@@ -61,13 +61,12 @@ from .training import (
     DescriptorDataset,
     GeometryDataset,
     TrainConfig,
-    _atomic_save,
-    _EpochState,
     compute_statistics,
     featurize_host,
     load_training_data,
     predict_structures,
 )
+from .training.run_state import EpochState, atomic_save
 
 __all__ = [
     "OBJECTIVE_NAME",
@@ -1009,8 +1008,8 @@ def retrain(hypermodel: BPNNHyperModel, data: TuningData, values: Mapping, run_d
     train_ds.set_epoch(initial)  # the batches a run without interruption would see
     if initial < epochs:
         model.fit(train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=initial, verbose=verbose,
-                  callbacks=[_EpochState(run_dir, stage, OBJECTIVE_NAME)])
-    _atomic_save(model, run_dir / "model.keras")
+                  callbacks=[EpochState(run_dir, stage, OBJECTIVE_NAME)])
+    atomic_save(model, run_dir / "model.keras")
     state = json.loads(state_path.read_text()) if state_path.exists() else {}
     with atomic_write(state_path) as fh:
         json.dump({**state, "stage": stage, "complete": True}, fh, indent=2, default=float)

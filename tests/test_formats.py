@@ -335,3 +335,17 @@ def test_stress_training_lowers_held_out_stress_error(tmp_path, capsys):
     print({k: (m["stress_rmse_gpa"], m["energy_rmse_mev_atom"]) for k, m in metrics.items()})
     assert metrics["stress"]["stress_rmse_gpa"] < 0.7 * metrics["plain"]["stress_rmse_gpa"]
     assert metrics["stress"]["energy_rmse_mev_atom"] < 10.0
+
+
+def test_train_with_defaults_alone_on_cu_au(tmp_path):
+    """Multi-element extended XYZ, ``train FILE`` with no options: small held-out errors against EMT."""
+    path = tmp_path / "cuau.extxyz"
+    ase.io.write(path, _cu_au(40, seed=5), format="extxyz")
+    run = tmp_path / "run"
+    assert main(["train", str(path), "--out", str(run), "--quiet"]) == 0
+    out = tmp_path / "m.json"
+    assert main(["evaluate", str(run / "model.keras"), "--split", str(run / "split.json"), "--json", str(out)]) == 0
+    m = json.loads(out.read_text())
+    print("Cu-Au EMT held-out, defaults:", m["energy_rmse_mev_atom"], m["force_rmse_ev_a"], m.get("stress_rmse_gpa"))
+    assert m["energy_rmse_mev_atom"] < 5.0
+    assert m["force_rmse_ev_a"] < 0.15

@@ -43,12 +43,12 @@ def test_exported_program_equals_calculator_float64(bundle64, data_dir):
 
 def test_bundle_types_follow_model_elements_and_unknown_types_give_nan(bundle64, data_dir):
     """Type t is element t-1: swapping O and Ti changes the energy; a type past the elements is NaN."""
-    from bpnn_jax.lammps import _compiled_program, lammps_layout, read_bundle, run_bundle
+    from bpnn_jax.lammps import compile_bundle, lammps_layout, read_bundle, run_bundle
 
     bundle = read_bundle(bundle64)
     assert bundle["bpnn_jax"]["lammps_types"] == {"1": "O", "2": "Ti"}
     atoms = read_xsf(data_dir / THIN)
-    exe = _compiled_program(bundle)
+    exe = compile_bundle(bundle)
     layout = lammps_layout(atoms, ("O", "Ti"), 6.5, max_atoms=2048, max_neighbors=160, rows=96)
     e, _ = run_bundle(bundle, layout, exe)
     n = layout.nlocal + layout.nghost

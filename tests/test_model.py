@@ -267,7 +267,7 @@ def interrupted_run(data_dir, tmp_path_factory, six_atom_files):
     """
     files = list(six_atom_files)
     run_dir = tmp_path_factory.mktemp("run")
-    original = training._EpochState.on_epoch_end
+    original = training.run_state.EpochState.on_epoch_end
 
     def interrupt_after_4(self, epoch, logs=None):
         original(self, epoch, logs)
@@ -275,7 +275,7 @@ def interrupted_run(data_dir, tmp_path_factory, six_atom_files):
             raise KeyboardInterrupt
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(training._EpochState, "on_epoch_end", interrupt_after_4)
+        mp.setattr(training.run_state.EpochState, "on_epoch_end", interrupt_after_4)
         with pytest.raises(KeyboardInterrupt):
             training.train(files, run_dir, _config(energy_epochs=15), verbose=0)
     state = json.loads((run_dir / "state.json").read_text())
@@ -441,7 +441,7 @@ def test_force_lbfgs_refuses_jacobians_beyond_memory(monkeypatch, structures, mo
     from bpnn_jax.errors import BPNNInputError
 
     h = host(model, structures[BULK])
-    monkeypatch.setattr(training.os, "sysconf", lambda name: 4096 if name == "SC_PAGE_SIZE" else 2 ** 10)  # 4 MB
+    monkeypatch.setattr(training.run_state.os, "sysconf", lambda name: 4096 if name == "SC_PAGE_SIZE" else 2 ** 10)  # 4 MB
     with pytest.raises(BPNNInputError, match=r"descriptor Jacobians of 3 structures.*--force-epochs"):
         training.force_training_data([h, h, h], model.spec, verbose=0)
 
@@ -509,7 +509,7 @@ def test_predict_structures_reuses_its_compilation_and_sees_new_weights(model, c
     """predict_structures keeps one jitted function per model; weights are arguments, never stale."""
     h = host(model, structures[THIN])
     e1, f1 = training.predict_structures(model, [h], dtype=np.float64)
-    fn_first = training._predict_function(model, True)[0]
+    fn_first = training.predict._predict_function(model, True)[0]
     direct = predict(call, model, structures[THIN])
     assert e1[0] == pytest.approx(direct[0], abs=1e-10)
     np.testing.assert_allclose(f1[0], direct[1], atol=1e-10)
@@ -521,4 +521,4 @@ def test_predict_structures_reuses_its_compilation_and_sees_new_weights(model, c
         assert e2[0] == pytest.approx(expected, abs=1e-10) and abs(e2[0] - e1[0]) > 1e-6
     finally:
         model.set_weights(weights)
-    assert training._predict_function(model, True)[0] is fn_first
+    assert training.predict._predict_function(model, True)[0] is fn_first

@@ -391,7 +391,7 @@ def _interrupt_at_save(monkeypatch, name: str, call: int):
     A truncated temporary file is left behind (as a kill would), and a stray
     temporary file of ``atomic_write`` too; then KeyboardInterrupt is raised.
     """
-    original = training._atomic_save
+    original = training.run_state.atomic_save
     count = {"n": 0}
 
     def save(model, path):
@@ -405,7 +405,7 @@ def _interrupt_at_save(monkeypatch, name: str, call: int):
                 raise KeyboardInterrupt
         original(model, path)
 
-    monkeypatch.setattr(training, "_atomic_save", save)
+    monkeypatch.setattr(training.run_state, "atomic_save", save)
 
 
 def test_interrupted_run_resumes_to_identical_weights(cached, tmp_path, monkeypatch):
@@ -444,7 +444,7 @@ def test_resume_restores_plateau_and_early_stopping_counters(cached, tmp_path, m
     rate at the end of epoch 6 and early stopping (patience 8) ends the run
     at epoch 9, whether or not the run was interrupted after epoch 4."""
     config = _config(energy_epochs=30, learning_rate=1e-20, min_learning_rate=1e-25)
-    original = training._EpochState.on_epoch_end
+    original = training.run_state.EpochState.on_epoch_end
 
     def stop_after_4(self, epoch, logs=None):
         original(self, epoch, logs)
@@ -452,7 +452,7 @@ def test_resume_restores_plateau_and_early_stopping_counters(cached, tmp_path, m
             raise KeyboardInterrupt
 
     with monkeypatch.context() as mp:
-        mp.setattr(training._EpochState, "on_epoch_end", stop_after_4)
+        mp.setattr(training.run_state.EpochState, "on_epoch_end", stop_after_4)
         with pytest.raises(KeyboardInterrupt):
             training.train(None, tmp_path, config, verbose=0, data=cached)
     saved = json.loads((tmp_path / "state.json").read_text())["schedule"]
@@ -477,13 +477,13 @@ _KILL_HARNESS = textwrap.dedent(
     z = np.load(cache_file, allow_pickle=False)
     cache = {str(n): z[f"sf{k}"] for k, n in enumerate(z["names"])}
     training.featurize_host = lambda hs, spec, **kw: [cache[h.name] for h in hs]
-    original = training._EpochState.on_epoch_end
+    original = training.run_state.EpochState.on_epoch_end
 
     def slow(self, epoch, logs=None):
         original(self, epoch, logs)
         time.sleep(sleep)
 
-    training._EpochState.on_epoch_end = slow
+    training.run_state.EpochState.on_epoch_end = slow
     config = training.TrainConfig.from_json(json.loads(sys.argv[5]))
     training.train(list(z["names"]), run_dir, config, resume=resume, verbose=0)
     print("finished")
@@ -545,7 +545,7 @@ def test_nan_loss_never_saves_a_nan_model(bad_epoch, cached, tmp_path, monkeypat
     every saved model (model, best, last) has finite weights and optimizer
     state."""
     current = {"epoch": 0}
-    begin = training._EpochState.on_epoch_begin
+    begin = training.run_state.EpochState.on_epoch_begin
 
     def track(self, epoch, logs=None):
         current["epoch"] = epoch
@@ -559,7 +559,7 @@ def test_nan_loss_never_saves_a_nan_model(bad_epoch, cached, tmp_path, monkeypat
             y = {"energy": np.full_like(y["energy"], np.nan)}
         return x, y
 
-    monkeypatch.setattr(training._EpochState, "on_epoch_begin", track)
+    monkeypatch.setattr(training.run_state.EpochState, "on_epoch_begin", track)
     monkeypatch.setattr(training.DescriptorDataset, "__getitem__", poisoned)
     model = training.train(None, tmp_path, _config(energy_epochs=6), verbose=0, data=cached)
     out = capsys.readouterr().out

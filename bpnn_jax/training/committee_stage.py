@@ -1,0 +1,86 @@
+"""The committee stage (``--members K``): energies, forces (and stress) on cached descriptor
+Jacobians, all members at once; see :mod:`bpnn_jax.jacobian_training`."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+from ..errors import BPNNInputError
+from ..io import EV_PER_A3_IN_GPA
+from ..model import BPNN
+from .data import compute_statistics, featurize_host
+from .config import TrainConfig
+from .run_state import atomic_save, physical_memory_gb, require_forces, write_json
+
+
+def train_committee(data, train_s, val_s, run_dir: Path, config: TrainConfig, *, resume: bool, verbose: int,
+                     deadline) -> BPNN:
+    """The E+F committee stage (``config.members >= 1``); see :mod:`bpnn_jax.jacobian_training`."""
+    from .. import jacobian_training as jt
+    from ..jacobian_cache import cached_jacobians
+
+    spec = data["spec"]
+    cfg = config.committee_config()
+    require_forces(train_s + val_s)
+    t0 = time.time()
+    sf_train = featurize_host(train_s, spec, atoms_per_batch=config.atoms_per_batch, progress=verbose == 1)
+    sf_val = featurize_host(val_s, spec, atoms_per_batch=config.atoms_per_batch, progress=verbose == 1)
+    stats = compute_statistics(sf_train, [s.species for s in train_s], [s.energy for s in train_s],
+                               len(data["elements"]))
+    if verbose:
+        print(f"descriptors of {len(train_s)} + {len(val_s)} structures: {time.time() - t0:.1f} s", flush=True)
+    gb = sum(s.n_atoms ** 2 for s in train_s + val_s) * spec.n_functions * 3 * 4 / 1e9
+    ram = physical_memory_gb()
+    if 2.2 * gb > 0.9 * ram:
+        raise BPNNInputError(
+            f"the descriptor Jacobians of {len(train_s) + len(val_s)} structures need ~{2.2 * gb:.0f} GB "
+            f"(n_atoms² · {spec.n_functions} · 3 floats each, grouped); this machine has {ram:.0f} GB: use "
+            f"fewer or smaller structures, or --members 0 for the energy stages")
+    jac, _ = cached_jacobians(train_s + val_s, spec, run_dir / "cache", progress=verbose == 1, verbose=verbose > 0)
+    jac_train, jac_val = jac[:len(train_s)], jac[len(train_s):]
+    del jac
+    stress_kw = {"train": {}, "val": {}}
+    if cfg.stress_weight > 0:
+        from ..jacobian_cache import cached_strain_jacobians
+
+        if not any(s.stress is not None for s in train_s):
+            raise BPNNInputError("--stress-weight > 0 but no training structure has a stress (ASE's results, "
+                                 "an info 'stress'/'virial' key, or --stress-key)")
+        sj = cached_strain_jacobians(train_s + val_s, spec, run_dir / "cache", progress=verbose == 1,
+                                     verbose=verbose > 0)
+        for name, part, jacs in (("train", train_s, sj[:len(train_s)]), ("val", val_s, sj[len(train_s):])):
+            stress_kw[name] = dict(
+                strain_list=jacs,
+                stress_list=[None if s.stress is None else s.stress * EV_PER_A3_IN_GPA for s in part],
+                volumes=[abs(float(np.linalg.det(s.cell))) for s in part])
+    train_g = jt.group_by_size(sf_train, [s.species for s in train_s], [s.energy for s in train_s],
+                               [s.forces for s in train_s], jac_train, **stress_kw["train"])
+    val_g = jt.group_by_size(sf_val, [s.species for s in val_s], [s.energy for s in val_s],
+                             [s.forces for s in val_s], jac_val, **stress_kw["val"])
+    del jac_train, jac_val
+    if verbose:
+        print(f"E+F committee of {cfg.members}: {train_g.n_structures} training structures "
+              f"({train_g.n_atoms} atoms), {val_g.n_structures} validation; {train_g.nbytes / 1e9:.2f} + "
+              f"{val_g.nbytes / 1e9:.2f} GB", flush=True)
+    result = jt.fit_committee(train_g, val_g, stats, cfg, run_dir=run_dir, resume=resume, verbose=verbose,
+                              deadline=deadline)
+    params = result["params"]
+    summary = {k: v for k, v in result.items() if k not in ("params", "history")}
+    if result["complete"] and cfg.lbfgs_steps > 0:
+        polish = jt.polish_lbfgs(params, train_g, val_g, stats, cfg, steps=cfg.lbfgs_steps, verbose=verbose,
+                                 deadline=deadline)
+        params = polish["params"]
+        summary["lbfgs"] = {k: v for k, v in polish.items() if k != "params"}
+    model = jt.to_model(params, stats, spec, cfg, data["references"])
+    model.uncertainty_threshold = jt.calibrate_threshold(model, val_g)
+    summary["uncertainty_threshold_ev_atom"] = model.uncertainty_threshold
+    write_json(run_dir / "ef.json", summary)
+    atomic_save(model, run_dir / "model.keras" if result["complete"] else run_dir / "checkpoints" / "last.keras")
+    if not result["complete"]:
+        print(f"E+F stage stopped before its last epoch; the best point so far is in "
+              f"{run_dir / 'checkpoints' / 'last.keras'}; continue with --resume", flush=True)
+    return model

@@ -1,0 +1,184 @@
+"""The options of a training run (:class:`TrainConfig`) and its named set-ups."""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+
+from ..io import REFERENCE_ENERGIES_TIO2
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """All settings of a training run (saved as ``config.json``).
+
+    Attributes:
+        preset: symmetry-function set: "auto" (artrith-urban for O/Ti
+            data, imbalzano otherwise), "artrith-urban", "imbalzano", or a
+            JSON/YAML parameter file (see :meth:`~bpnn_jax.descriptors.
+            SymmetryFunctionSet.preset`).
+        cutoff: Rc in Å of the imbalzano set (default 6.0; the others fix
+            their own).
+        stress_weight: weight of the mean squared stress error (GPa² per
+            Voigt component, structures with a stress) against the energy
+            term (eV²/atom²) in the committee stage; 0 = no stress term.
+            Strain Jacobians are then computed and cached too.
+        energy_key, forces_key, stress_key: where extended XYZ / ASE frames
+            keep their labels (:class:`~bpnn_jax.io.FrameKeys`; None: ASE's
+            results, then the usual keys).
+        hidden: nodes per hidden layer.
+        activation: hidden activation.
+        dropout: dropout rate.
+        learning_rate: initial Adam learning rate.
+        min_learning_rate: floor of the plateau schedule.
+        batch_size: structures per batch (None: ``atoms_per_batch`` decides).
+        atoms_per_batch: padded atoms per batch when batch_size is None.
+        energy_epochs: epochs of the energy stage on cached descriptors.
+        lbfgs_steps: full-batch L-BFGS iterations on energies after the
+            Adam epochs of the energy stage (0 = none).
+        lbfgs_force_weight: weight of the force MSE (eV²/Å²) in those
+            L-BFGS iterations; > 0 trains energies and forces jointly on
+            cached descriptor Jacobians (:func:`refine_lbfgs`), which costs
+            a one-off ~5 ms per atom on a CPU and n_atoms² · F · 12 bytes of
+            memory per structure (TiO2 set: ~3 GB).  0 = energies only.
+            The default, 1e-4, trained the shipped ``tio2`` (test forces
+            1.25 -> 0.47 eV/Å for energies 6.2 -> 6.5 meV/atom).
+        force_epochs: epochs of the end-to-end energy+force stage.
+        force_weight: weight of the force MSE (eV²/Å²) against the per-atom
+            energy MSE (eV²/atom²) in the force stage; 0 = energies only.
+            With energy errors ~0.01 eV/atom and force errors ~0.5 eV/Å,
+            3e-4 gives the two terms similar size; 1e-2 let forces swamp
+            the energies.
+        force_lr_factor: learning rate of the force stage relative to
+            ``learning_rate`` when it follows an energy stage.
+        force_subset: training structures drawn per force epoch (None: all).
+        energy_loss: "mse" or "mae".
+        force_loss: "mse" or "huber" (see :class:`~bpnn_jax.model.BPNN`).
+        huber_delta: eV/Å where the Huber force loss turns linear.
+        init_model: start from this trained model (a ``.keras`` path or a
+            shipped name such as "tio2") instead of a fresh network: its
+            architecture, statistics and reference energies are kept, and
+            with ``energy_epochs=0`` training goes straight to the
+            energy+force stage at ``learning_rate`` (fine-tuning).
+        time_limit_minutes: stop after the epoch that crosses this wall
+            time (whole run); the best epoch so far is kept.  None = no limit.
+        max_energy: structures with cohesive energy above this (eV/atom) are
+            excluded from training and validation (aenet's MAXENERGY);
+            None keeps everything.
+        val_fraction, test_fraction: split fractions.
+        seed: split, initialisation and shuffling seed.
+        patience: early-stopping patience (epochs) per stage.
+        reference_energies: free-atom energies (eV); None = fitted by least
+            squares on composition.
+        members: committee size K of the E+F stage on cached descriptor
+            Jacobians (:mod:`bpnn_jax.jacobian_training`); 0 = the
+            energy-then-L-BFGS stages above instead.  With K >= 1 the run is:
+            descriptors, Jacobians (cached in ``RUN_DIR/cache``), mini-batch
+            Adam on energies and forces for every member at once, optional
+            L-BFGS polish, a BPNN with ``members=K``.
+        ef_epochs: Adam epochs of that stage.
+        ef_learning_rate, ef_final_learning_rate: peak and final learning
+            rate (linear warm-up over ``ef_warmup_epochs``, cosine decay).
+        ef_warmup_epochs: warm-up epochs.
+        ef_force_weight: force weight lambda of that stage (eV²/Å²
+            against eV²/atom²).
+        weight_decay: decoupled weight decay of the kernels (AdamW).
+        ema_decay: per-step decay of the validated weight average.
+        ef_atoms_per_batch: padded atoms per mini-batch.
+        bootstrap: Poisson bootstrap of the training structures per member.
+        ef_lbfgs_steps: full-batch L-BFGS polish iterations (all members
+            at once) after Adam.
+        data_parallel: train with ``keras.distribution.DataParallel`` over
+            all local devices (:func:`data_parallel_distribution`): weights
+            replicated, every batch split over the devices.  Batch sizes
+            must then be multiples of the device count (automatic ones are
+            rounded up).  A property of the machine, not of the model: on
+            ``resume`` the caller's value wins over the saved one.
+    """
+
+    preset: str = "auto"
+    cutoff: float | None = None
+    energy_key: str | None = None
+    forces_key: str | None = None
+    stress_key: str | None = None
+    stress_weight: float = 0.0
+    hidden: tuple[int, ...] = (64, 64)
+    activation: str = "tanh"
+    dropout: float = 0.0
+    learning_rate: float = 1e-3
+    min_learning_rate: float = 1e-5
+    batch_size: int | None = None
+    atoms_per_batch: int = 256
+    energy_epochs: int = 1000
+    lbfgs_steps: int = 1000
+    lbfgs_force_weight: float = 1e-4
+    force_epochs: int = 0
+    force_weight: float = 3e-4
+    force_lr_factor: float = 0.05
+    force_subset: int | None = None
+    energy_loss: str = "mse"
+    force_loss: str = "mse"
+    huber_delta: float = 1.0
+    init_model: str | None = None
+    time_limit_minutes: float | None = None
+    max_energy: float | None = 1.0
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    seed: int = 0
+    patience: int = 100
+    reference_energies: dict | None = dataclasses.field(default_factory=lambda: dict(REFERENCE_ENERGIES_TIO2))
+    members: int = 0
+    ef_epochs: int = 300
+    ef_learning_rate: float = 2e-3
+    ef_final_learning_rate: float = 2e-5
+    ef_warmup_epochs: int = 5
+    ef_force_weight: float | tuple = 1e-3
+    weight_decay: float = 1e-5
+    ema_decay: float = 0.99
+    ef_atoms_per_batch: int = 768
+    bootstrap: bool = False
+    ef_lbfgs_steps: int = 0
+    data_parallel: bool = False
+
+    def committee_config(self):
+        """The :class:`~bpnn_jax.jacobian_training.CommitteeConfig` of the E+F stage."""
+        from ..jacobian_training import CommitteeConfig
+
+        return CommitteeConfig(
+            members=self.members, hidden=tuple(self.hidden), activation=self.activation, epochs=self.ef_epochs,
+            learning_rate=self.ef_learning_rate, final_learning_rate=self.ef_final_learning_rate,
+            warmup_epochs=self.ef_warmup_epochs, weight_decay=self.weight_decay, force_weight=self.ef_force_weight,
+            ema_decay=self.ema_decay, atoms_per_batch=self.ef_atoms_per_batch, bootstrap=self.bootstrap,
+            patience=self.patience, seed=self.seed, lbfgs_steps=self.ef_lbfgs_steps,
+            stress_weight=self.stress_weight)
+
+    def to_json(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["hidden"] = list(self.hidden)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> "TrainConfig":
+        d = dict(d)
+        d["hidden"] = tuple(d["hidden"])
+        if isinstance(d.get("ef_force_weight"), list):
+            d["ef_force_weight"] = tuple(d["ef_force_weight"])
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+#: Named set-ups.  "seed" reproduces the original student study (MAE loss,
+#: Adam lr 1e-4, batch 20, 80 epochs, 5 x 64 nodes, no dropout), energies
+#: only; "default" is the most accurate set-up we found.
+PRESETS: dict[str, dict] = {
+    "seed": dict(
+        hidden=(64, 64, 64, 64, 64), learning_rate=1e-4, batch_size=20, energy_epochs=80, force_epochs=0,
+        energy_loss="mae", patience=1000, min_learning_rate=1e-4, lbfgs_steps=0,
+    ),
+    "default": dict(),
+}
+
+
+#: Options that ``--resume`` takes from the command line (the rest come from the run's config.json).
+RESUME_OPTIONS = ("time_limit_minutes", "ef_lbfgs_steps", "lbfgs_steps")

@@ -1,0 +1,162 @@
+"""Predictions of a model for prepared structures: energies, forces, committee spread, stress."""
+
+from __future__ import annotations
+
+import weakref
+from typing import Sequence
+
+import numpy as np
+
+import keras
+
+from ..batch import HostStructure, collate, plan_batches
+from ..io import EV_PER_A3_IN_GPA
+from ..model import BPNN
+
+
+#: model -> {forces: (jitted predict, variables)}; see :func:`_predict_function`.
+_PREDICT_FUNCTIONS: "weakref.WeakKeyDictionary[BPNN, dict]" = weakref.WeakKeyDictionary()
+
+
+def _predict_function(model: BPNN, forces: bool):
+    """Cached ``(jit f(values, inputs) -> model outputs, variables)`` of a model.
+
+    The variable values are arguments, not constants baked into the trace,
+    so one compiled program per batch shape serves every call (also after
+    the weights change, e.g. between epochs).  Cached per model in a weak
+    dictionary, as the calculator caches its evaluators.
+    """
+    import jax
+
+    cache = _PREDICT_FUNCTIONS.setdefault(model, {})
+    if forces not in cache:
+        variables = list(model.variables)
+        ref = weakref.ref(model)
+
+        def predict(values, inputs):
+            m = ref()
+            saved = m.compute_forces
+            m.compute_forces = forces  # read while tracing
+            try:
+                with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+                    return m(inputs, training=False)
+            finally:
+                m.compute_forces = saved
+
+        cache[forces] = (jax.jit(predict), variables)
+    return cache[forces]
+
+
+#: model -> (jitted strain derivative, variables); see :func:`predict_stress`.
+_STRESS_FUNCTIONS: "weakref.WeakKeyDictionary[BPNN, tuple]" = weakref.WeakKeyDictionary()
+
+
+def _stress_function(model: BPNN):
+    import jax
+    import jax.numpy as jnp
+
+    if model not in _STRESS_FUNCTIONS:
+        variables = list(model.variables)
+        ref = weakref.ref(model)
+
+        def de_dstrain(values, inputs):
+            m = ref()
+
+            def energy(strain):
+                sym = 0.5 * (strain + jnp.swapaxes(strain, -1, -2))
+                deform = jnp.eye(3, dtype=strain.dtype) + sym  # rows: r -> r (I + eps)
+                pos = jnp.einsum("bni,bij->bnj", inputs["positions"], deform)
+                cell = jnp.einsum("bki,bij->bkj", inputs["cell"], deform)
+                with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+                    return jnp.sum(m.structure_energies(pos, cell, inputs))
+
+            return jax.grad(energy)(jnp.zeros_like(inputs["cell"]))
+
+        _STRESS_FUNCTIONS[model] = (jax.jit(de_dstrain), variables)
+    return _STRESS_FUNCTIONS[model]
+
+
+def predict_stress(model: BPNN, structures: Sequence[HostStructure], *, atoms_per_batch=None, dtype=np.float32,
+                   progress=False) -> np.ndarray:
+    """Model stress (n_struct, 6) in GPa, Voigt order (xx, yy, zz, yz, xz, xy), ASE's sign.
+
+    σ = (1/V) dE/dε at ε = 0 under a homogeneous symmetric strain of
+    positions and cell (the calculator's definition).  Rows of structures
+    without a periodic cell of full rank are NaN.
+    """
+    fn, variables = _stress_function(model)
+    out = np.full((len(structures), 6), np.nan)
+    if atoms_per_batch is None:
+        from ..featurize import default_atoms_per_batch
+
+        atoms_per_batch = default_atoms_per_batch()
+    plan = plan_batches(structures, atoms_per_batch)
+    if progress:
+        from tqdm.auto import tqdm
+
+        plan = tqdm(plan, desc="stress", unit="batch", leave=False)
+    values = [v.value for v in variables]
+    for idx, b, n, slots in plan:
+        batch = collate([structures[k] for k in idx], b, n, slots, dtype=dtype)
+        g = np.asarray(fn(values, batch.inputs(model.elements)), np.float64)
+        for j, k in enumerate(idx):
+            volume = abs(float(np.linalg.det(np.asarray(structures[k].cell, np.float64))))
+            if volume > 1e-9:
+                m = g[j] / volume * EV_PER_A3_IN_GPA
+                out[k] = [m[0, 0], m[1, 1], m[2, 2], m[1, 2], m[0, 2], m[0, 1]]
+    return out
+
+
+def predict_structures(model: BPNN, structures: Sequence[HostStructure], *, forces=True, atoms_per_batch=None,
+                       dtype=np.float32, progress=False, uncertainty=False):
+    """Model energies (relative to references, eV) and forces for prepared structures.
+
+    ``atoms_per_batch`` None: 256 on CPU, 8192 on a GPU
+    (:func:`bpnn_jax.featurize.default_atoms_per_batch`).  For a committee
+    (``model.members > 1``) energies and forces are the members' means.
+
+    Args:
+        uncertainty: also return the committee spread (zeros for a single
+            network).
+
+    Returns:
+        (energies (n_struct,) float64, list of (n_atoms, 3) force arrays or
+        None); with ``uncertainty`` also energy_std (n_struct,) eV (standard
+        deviation of the members' total energies) and a list of (n_atoms,)
+        force spreads eV/Å (per atom, sqrt(mean_k |F_k - F_mean|²)), or
+        None without forces.
+    """
+    fn, variables = _predict_function(model, bool(forces))
+    energies = np.zeros(len(structures))
+    e_std = np.zeros(len(structures))
+    out_f: list = [None] * len(structures)
+    f_std: list = [None] * len(structures)
+    if atoms_per_batch is None:
+        from ..featurize import default_atoms_per_batch
+
+        atoms_per_batch = default_atoms_per_batch()
+    plan = plan_batches(structures, atoms_per_batch)
+    it = plan
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(plan, desc="predict", unit="batch", leave=False)
+    values = [v.value for v in variables]
+    for idx, b, n, slots in it:
+        batch = collate([structures[k] for k in idx], b, n, slots, dtype=dtype)
+        res = fn(values, batch.inputs(model.elements))
+        e = np.asarray(res["energy"], np.float64)
+        em = np.asarray(res["energy_members"], np.float64) if "energy_members" in res else None
+        fm = np.asarray(res["forces_members"], np.float64) if (forces and "forces_members" in res) else None
+        for j, k in enumerate(idx):
+            n_k = structures[k].n_atoms
+            energies[k] = e[j]
+            if em is not None:
+                e_std[k] = float(em[:, j].std())
+            if forces:
+                out_f[k] = np.asarray(res["forces"][j, :n_k], np.float64)
+                f_std[k] = (np.zeros(n_k) if fm is None else
+                            np.sqrt(np.mean(np.sum((fm[:, j, :n_k] - out_f[k]) ** 2, axis=-1), axis=0)))
+    if uncertainty:
+        return energies, (out_f if forces else None), e_std, (f_std if forces else None)
+    return energies, (out_f if forces else None)
