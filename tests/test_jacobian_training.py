@@ -290,3 +290,28 @@ def test_jacobian_stress_equals_calculator_stress(setup):
             np.testing.assert_allclose(got, ref, rtol=1e-9, atol=1e-9 * np.abs(ref).max())
             seen += 1
     assert seen == len(hosts)
+
+
+def test_each_member_keeps_its_best_epoch_over_the_whole_run(setup):
+    """A member's best point follows its validation objective to the end, whatever the patience.
+
+    (A member used to be frozen once it had not improved for ``patience``
+    epochs, which kept points from the noisy start of long schedules.)  With
+    patience 1 and a noisy learning rate, the best epoch must still be the
+    argmin of each member's objective over all epochs, and the run goes on
+    while any member improves.
+    """
+    groups = _small_groups(setup)
+    lam = (1e-2, 1e-3)
+    cfg = jt.CommitteeConfig(members=2, hidden=(6,), epochs=14, warmup_epochs=1, atoms_per_batch=24,
+                             learning_rate=3e-2, patience=1, ema_decay=0.0, force_weight=lam)
+    res = jt.fit_committee(groups, groups, setup["stats"], cfg, verbose=0)
+    hist = res["history"]
+    e = np.array([r["val_member_energy_rmse_mev_atom"] for r in hist]) / 1e3
+    f = np.array([r["val_member_force_rmse_ev_a"] for r in hist])
+    obj = e**2 + np.asarray(lam)[None, :] * f**2
+    for k in range(2):
+        assert res["best_epoch"][k] == int(np.argmin(obj[:, k])) + 1, (k, obj[:, k])
+    # The run ended only when neither member had improved for `patience` epochs (or at the last epoch).
+    last = res["epochs_run"]
+    assert last == cfg.epochs or all(last - b > cfg.patience for b in res["best_epoch"])
