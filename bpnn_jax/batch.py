@@ -15,6 +15,7 @@ import numpy as np
 from flax import struct
 
 from .errors import StructureError
+from .io import stress_voigt
 from .neighbors import (
     ATOM_BUCKETS,
     MIN_DISTANCE,
@@ -231,13 +232,7 @@ def _stress_target(atoms, name: str) -> np.ndarray | None:
     st = (getattr(calc, "results", {}) if calc is not None else {}).get("stress")
     if st is None or not np.all(atoms.pbc):
         return None
-    st = np.asarray(st, np.float64).reshape(-1)
-    if st.size == 9:
-        m = st.reshape(3, 3)
-        st = np.array([m[0, 0], m[1, 1], m[2, 2], m[1, 2], m[0, 2], m[0, 1]])
-    if st.shape != (6,) or not np.all(np.isfinite(st)):
-        raise StructureError(f"{name}: the stress must be 6 (or 3 x 3) finite numbers")
-    return st
+    return stress_voigt(st, name)
 
 
 def _targets(atoms, name: str = "structure") -> tuple[float | None, np.ndarray | None]:

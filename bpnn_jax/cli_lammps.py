@@ -96,7 +96,7 @@ def _verify(args: argparse.Namespace) -> int:
         raise BPNNInputError(f"{args.verify}: the bundle records no model; give it with --model")
     model = load_model(model_ref, dtype=precision)
     atoms = read_inputs(args.args, model, model_ref, require_energy=False, skip_invalid=args.skip_invalid)
-    result = verify_bundle(args.verify, atoms, model)
+    result = verify_bundle(args.verify, atoms, model, bundle=bundle)
     e_tol, f_tol = VERIFY_TOLERANCES[precision]
     e_tol = args.energy_tolerance if args.energy_tolerance is not None else e_tol
     f_tol = args.force_tolerance if args.force_tolerance is not None else f_tol

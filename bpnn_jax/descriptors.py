@@ -45,6 +45,7 @@ import numpy as np
 
 from .cutoffs import cosine_cutoff
 from .errors import BPNNInputError
+from .io import VOIGT
 from .geometry import displacements, safe_norm
 
 __all__ = [
@@ -172,7 +173,8 @@ class SymmetryFunctionSet:
             elements: the elements, in column order.
             cutoff: Rc in Å for ``imbalzano`` (others fix their own).
         """
-        key = _PRESET_ALIASES.get(name.lower().replace("_", "-"), name.lower().replace("_", "-"))
+        key = name.lower().replace("_", "-")
+        key = _PRESET_ALIASES.get(key, key)
         if key == "auto":
             key = "artrith-urban" if set(elements) <= set(ARTRITH_URBAN_ELEMENTS) else "imbalzano"
         if key == "artrith-urban":
@@ -182,7 +184,7 @@ class SymmetryFunctionSet:
         if name.lower().endswith((".json", ".yaml", ".yml")):
             return cls.from_file(name, elements)
         raise BPNNInputError(f"unknown symmetry-function set {name!r}; known: {', '.join(_PRESETS)}, "
-                         f"or a .json/.yaml parameter file")
+                             f"or a .json/.yaml parameter file")
 
     @classmethod
     def from_file(cls, path, elements: Sequence[str] | None = None) -> "SymmetryFunctionSet":
@@ -688,10 +690,6 @@ def batch_descriptor_jacobian(batch, spec: SymmetryFunctionSet, *, chunk_size: i
     return jax.vmap(_fold_images)(js.reshape((B, N) + js.shape[1:]), batch.neighbors)
 
 
-#: Voigt order of strain and stress components: xx, yy, zz, yz, xz, xy.
-VOIGT = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))
-
-
 def batch_descriptor_strain_jacobian(batch, spec: SymmetryFunctionSet, *, chunk_size: int = 2):
     """Derivatives of every atom's symmetry functions by a homogeneous strain.
 
@@ -703,7 +701,7 @@ def batch_descriptor_strain_jacobian(batch, spec: SymmetryFunctionSet, *, chunk_
 
     Returns:
         (B, N, spec.n_functions, 6) array S[b, i, f, v] = dG_{i,f}/dε_v
-        (dimensionless), v in Voigt order (:data:`VOIGT`); zero for padding.
+        (dimensionless), v in Voigt order (:data:`bpnn_jax.io.VOIGT`); zero for padding.
     """
     B, N, M = batch.neighbors.shape
     disp = jax.vmap(displacements)(batch.positions, batch.cell, batch.neighbors, batch.shifts)

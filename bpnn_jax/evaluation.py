@@ -118,10 +118,9 @@ def evaluate_structures(model, atoms_list: Sequence, *, forces=True, max_energy:
     refs = model.reference_energies
     cohesive = (e_true - np.array([math.fsum(refs.get(s, 0.0) for s in sy) for sy in symbols])) / n
     s_true = np.full((len(atoms_list), 6), np.nan)
-    for k, a in enumerate(atoms_list):
-        st = None if a.calc is None else a.calc.results.get("stress")
-        if st is not None and np.all(a.pbc):
-            s_true[k] = np.asarray(st, np.float64).reshape(-1)[:6] * EV_PER_A3_IN_GPA
+    for k, h in enumerate(hs):  # prepare_structures read each periodic structure's stress (Voigt, eV/Å³)
+        if h.stress is not None:
+            s_true[k] = h.stress * EV_PER_A3_IN_GPA
     has_stress = np.all(np.isfinite(s_true), axis=1)
     s_pred = np.full_like(s_true, np.nan)
     if has_stress.any():

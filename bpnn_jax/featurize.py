@@ -66,9 +66,6 @@ def default_atoms_per_batch() -> int:
 
     return DEFAULT_ATOMS_PER_BATCH if jax.default_backend() == "cpu" else ACCELERATOR_ATOMS_PER_BATCH
 
-#: Elements the built-in presets were made for.
-_PRESET_ELEMENTS: dict[str, tuple[str, ...]] = {"artrith-urban": ("O", "Ti"), "auto": ("O", "Ti")}
-
 #: Structures whose full neighbour lists are built at a time before
 #: compaction (bounds the transient memory).
 _PREPARE_BLOCK = 256
@@ -430,8 +427,10 @@ def default_elements(symbols: Iterable[str], preset: str = "artrith-urban") -> t
     Returns:
         The element tuple.
     """
+    from .descriptors import ARTRITH_URBAN_ELEMENTS  # the set "auto" picks for them
+
     found = set(symbols)
-    usual = _PRESET_ELEMENTS.get(preset.lower().replace("_", "-"))
+    usual = ARTRITH_URBAN_ELEMENTS if preset.lower().replace("_", "-") in ("artrith-urban", "auto") else None
     if usual is not None and found <= set(usual):
         return usual
     return tuple(sorted(found))

@@ -26,8 +26,8 @@ A non-periodic structure uses an ``ATOMS`` block instead of
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import csv
+import dataclasses
 import math
 import os
 import re
@@ -55,6 +55,8 @@ __all__ = [
     "read_xsf",
     "sample_data_dir",
     "read_frames",
+    "stress_voigt",
+    "voigt_6",
     "structure_energy",
     "write_energy_csv",
     "write_xsf",
@@ -701,10 +703,13 @@ def find_xsf_files(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> li
     return found
 
 
-#: info / arrays keys tried, in order, for energies and forces of frames read by ASE.
 #: eV/Å³ in GPa (from ASE's units).
 EV_PER_A3_IN_GPA = 1.0 / _ASE_GPA
 
+#: Voigt order of stress and strain components: xx, yy, zz, yz, xz, xy.
+VOIGT = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))
+
+#: info / arrays keys tried, in order, for energies and forces of frames read by ASE.
 ENERGY_KEYS = ("energy", "REF_energy", "total_energy", "dft_energy")
 FORCES_KEYS = ("forces", "REF_forces", "dft_forces")
 #: ``info`` keys looked for (in order) for the stress (eV/Å³, ASE's sign:
@@ -730,15 +735,21 @@ class FrameKeys:
     stress: str | None = None
 
 
-def _stress_voigt(value, name: str, volume: float | None, virial: bool) -> np.ndarray:
-    """(6,) stress in eV/Å³, Voigt order (xx, yy, zz, yz, xz, xy), from 6 or 9 numbers."""
+def stress_voigt(value, name: str, volume: float | None = None, virial: bool = False) -> np.ndarray:
+    """(6,) stress in eV/Å³, :data:`VOIGT` order, from 6 (Voigt) or 9 (3 x 3) numbers.
+
+    With ``virial`` the value is a virial W (eV) and σ = −W/V is returned.
+
+    Raises:
+        XSFError: not 6 or 9 finite numbers, or a virial without a volume;
+            the message starts with ``name``.
+    """
     try:
         arr = np.asarray(value, np.float64).reshape(-1)
     except (TypeError, ValueError):
         raise XSFError(name, f"stress/virial {value!r} is not numbers") from None
     if arr.size == 9:
-        m = arr.reshape(3, 3)
-        arr = np.array([m[0, 0], m[1, 1], m[2, 2], m[1, 2], m[0, 2], m[0, 1]])
+        arr = voigt_6(arr.reshape(3, 3))
     elif arr.size != 6:
         raise XSFError(name, f"stress/virial must have 6 or 9 components, got {arr.size}")
     if not np.all(np.isfinite(arr)):
@@ -748,6 +759,12 @@ def _stress_voigt(value, name: str, volume: float | None, virial: bool) -> np.nd
             raise XSFError(name, "a virial needs a periodic cell with a volume")
         arr = -arr / volume
     return arr
+
+
+def voigt_6(tensor: np.ndarray) -> np.ndarray:
+    """(..., 6) components of (..., 3, 3) tensors in :data:`VOIGT` order."""
+    tensor = np.asarray(tensor)
+    return np.stack([tensor[..., a, b] for a, b in VOIGT], axis=-1)
 
 
 def _frame_reference(path: Path) -> tuple[Path, int] | None:
@@ -792,7 +809,6 @@ def read_frames(path: str | os.PathLike, *, require_energy: bool = False, keys: 
     if path.suffix.lower() == ".xsf":
         return [read_xsf(path, require_energy=require_energy)]
     import ase.io
-    from ase.calculators.singlepoint import SinglePointCalculator
 
     try:
         frames = ase.io.read(path, index=":")
@@ -813,8 +829,8 @@ def read_frames(path: str | os.PathLike, *, require_energy: bool = False, keys: 
     for k, atoms in enumerate(frames):
         name = f"{path}@{k}"
         results = dict(getattr(atoms.calc, "results", None) or {})
-        energy = _label(results, atoms.info, keys.energy, ENERGY_KEYS, "energy", name)
-        forces = _label(results, atoms.arrays, keys.forces, FORCES_KEYS, "forces", name)
+        energy = _label(results, atoms.info, keys.energy, ENERGY_KEYS, "energy")
+        forces = _label(results, atoms.arrays, keys.forces, FORCES_KEYS, "forces")
         if not np.all(np.isfinite(atoms.positions)):
             bad = int(np.flatnonzero(~np.all(np.isfinite(atoms.positions), axis=1))[0])
             raise XSFError(name, f"atom {bad} has a non-finite position")
@@ -838,19 +854,19 @@ def read_frames(path: str | os.PathLike, *, require_energy: bool = False, keys: 
         volume = float(abs(np.linalg.det(atoms.cell.array))) if np.all(atoms.pbc) else None
         stress = None
         if keys.stress is not None:
-            raw = _label(results, atoms.info, keys.stress, (), "stress", name)
+            raw = _label(results, atoms.info, keys.stress, (), "stress")
             if raw is not None:
-                stress = _stress_voigt(raw, name, volume, virial="virial" in keys.stress.lower())
+                stress = stress_voigt(raw, name, volume, virial="virial" in keys.stress.lower())
         else:
             raw = results.get("stress")
             if raw is None:
                 raw = next((atoms.info[key] for key in STRESS_KEYS if key in atoms.info), None)
             if raw is not None:
-                stress = _stress_voigt(raw, name, volume, virial=False)
+                stress = stress_voigt(raw, name, volume, virial=False)
             else:
                 raw = next((atoms.info[key] for key in VIRIAL_KEYS if key in atoms.info), None)
                 if raw is not None:
-                    stress = _stress_voigt(raw, name, volume, virial=True)
+                    stress = stress_voigt(raw, name, volume, virial=True)
         clean = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
         clean.info["file"] = name
         if energy is not None:
@@ -860,7 +876,7 @@ def read_frames(path: str | os.PathLike, *, require_energy: bool = False, keys: 
     return out
 
 
-def _label(results: dict, store: Mapping, key: str | None, defaults: Sequence[str], what: str, name: str):
+def _label(results: dict, store: Mapping, key: str | None, defaults: Sequence[str], what: str):
     """A frame's label: ``key`` only (results or ``store``), or the results then ``defaults``."""
     if key is not None:
         if key in store:

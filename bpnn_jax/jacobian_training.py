@@ -49,6 +49,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from .io import EV_PER_A3_IN_GPA
+
 __all__ = [
     "CommitteeConfig",
     "Groups",
@@ -234,9 +236,6 @@ def group_by_size(sf_list, species_list, energies, forces_list=None, jac_list=No
     return Groups(out)
 
 
-from .io import EV_PER_A3_IN_GPA  # noqa: E402
-
-
 # -------------------------------------------------------------- the model
 #: Element-wise activations, float64-preserving.
 def _activation(name: str):
@@ -328,11 +327,10 @@ def _outputs(params, stats, g, activation):
                              g.get("sjac"), g.get("volume"))
 
 
-def _squared_errors(params, stats, g, activation, weights=None):
-    """Per member: sums (w (dE/n)², w dF², w, w 3n, w dσ² (GPa²), w 6 [has stress])."""
+def _error_sums(out, g, weights=None):
+    """Per member (the leading axis of ``out``): sums (w (dE/n)², w dF², w, w 3n, w dσ² (GPa²), w 6 [has stress])."""
     import jax.numpy as jnp
 
-    out = _outputs(params, stats, g, activation)
     K = out["energy"].shape[0]
     w = jnp.ones((K,) + g["energy"].shape, out["energy"].dtype) if weights is None else weights
     w = w * (g["n"] > 0)
@@ -350,6 +348,11 @@ def _squared_errors(params, stats, g, activation, weights=None):
         ss = jnp.sum(ws * jnp.sum(ds * ds, axis=-1), axis=1)
         ns = jnp.sum(6.0 * ws, axis=1)
     return se, sf, jnp.sum(w, axis=1), jnp.sum(w * 3.0 * g["n"], axis=1), ss, ns
+
+
+def _squared_errors(params, stats, g, activation, weights=None):
+    """:func:`_error_sums` of the members' outputs for group (or batch) ``g``."""
+    return _error_sums(_outputs(params, stats, g, activation), g, weights)
 
 
 def member_losses(params, stats, g, force_weight, activation="tanh", weights=None, normalizers=None,
@@ -472,6 +475,11 @@ def _evaluate_groups(fn, params, stats, groups_dev) -> dict:
     return out
 
 
+def _validation_objective(m: dict, force_weights: np.ndarray, stress_weight: float) -> np.ndarray:
+    """(K,) per-member validation objectives from :func:`_evaluate_groups` metrics (the training loss's form)."""
+    return m["energy_mse"] + force_weights * m["force_mse"] + stress_weight * m["stress_mse"]
+
+
 def _validation_function(activation):
     import jax
     import jax.numpy as jnp
@@ -479,26 +487,10 @@ def _validation_function(activation):
     @jax.jit
     def fn(params, stats, g):
         out = _outputs(params, stats, g, activation)
-        valid = (g["n"] > 0).astype(out["energy"].dtype)
-        de = (out["energy"] - g["energy"]) / jnp.maximum(g["n"], 1.0)
-        df = jnp.where(g["mask"][None, ..., None], out["forces"] - g["forces"], 0.0)
-        se = jnp.sum(valid * de * de, axis=1)
-        sf = jnp.sum(df * df, axis=(1, 2, 3))
-        mde = (jnp.mean(out["energy"], 0) - g["energy"]) / jnp.maximum(g["n"], 1.0)
-        mdf = jnp.where(g["mask"][..., None], jnp.mean(out["forces"], 0) - g["forces"], 0.0)
-        K = out["energy"].shape[0]
-        if "stress" in out:
-            hs = g["has_stress"]
-            ds = out["stress"] - g["stress"]
-            ss = jnp.sum(hs * jnp.sum(ds * ds, axis=-1), axis=1)
-            nss = jnp.full((K,), 6.0 * jnp.sum(hs))
-            mds = jnp.mean(out["stress"], 0) - g["stress"]
-            mss = jnp.sum(hs * jnp.sum(mds * mds, axis=-1))
-        else:
-            ss = nss = jnp.zeros((K,), out["energy"].dtype)
-            mss = jnp.zeros((), out["energy"].dtype)
-        return (se, sf, jnp.full((K,), jnp.sum(valid)), jnp.full((K,), 3.0 * jnp.sum(g["n"])), ss, nss,
-                jnp.sum(valid * mde * mde), jnp.sum(mdf * mdf), mss)
+        members = _error_sums(out, g)
+        # The committee's mean prediction, as a committee of one.
+        mean = _error_sums({k: jnp.mean(v, axis=0, keepdims=True) for k, v in out.items()}, g)
+        return members + (mean[0][0], mean[1][0], mean[4][0])
 
     return fn
 
@@ -650,7 +642,7 @@ def fit_committee(train: Groups, val: Groups, stats: dict, cfg: CommitteeConfig,
         # Early in training the average trails far behind: use the raw weights then.
         judged = e if (ema_decay > 0 and epoch >= cfg.warmup_epochs) else p
         m = _evaluate_groups(val_fn, judged, st, val_dev)
-        obj = m["energy_mse"] + lam_np * m["force_mse"] + s_weight * m["stress_mse"]
+        obj = _validation_objective(m, lam_np, s_weight)
         # Every member's best point follows its validation objective to the
         # end: freezing a member once it had not improved for `patience`
         # epochs kept points from the noisy high-learning-rate phase of long
@@ -769,7 +761,7 @@ def polish_lbfgs(params, train: Groups, val: Groups, stats: dict, cfg: Committee
     P = jax.device_put(params)
     state = opt.init(P)
     m = _evaluate_groups(val_fn, P, st, va)
-    best_obj = m["energy_mse"] + lam_np * m["force_mse"] + s_weight * m["stress_mse"]
+    best_obj = _validation_objective(m, lam_np, s_weight)
     best = P
     history = [{"iteration": 0, **{k: np.asarray(v).tolist() for k, v in m.items()}}]
     t0 = time.time()
@@ -777,7 +769,7 @@ def polish_lbfgs(params, train: Groups, val: Groups, stats: dict, cfg: Committee
         P, state, value = step(P, state, tr)
         if it % log_every == 0 or it == steps:
             m = _evaluate_groups(val_fn, P, st, va)
-            obj = m["energy_mse"] + lam_np * m["force_mse"] + s_weight * m["stress_mse"]
+            obj = _validation_objective(m, lam_np, s_weight)
             if not np.all(np.isfinite(obj)):
                 if verbose:
                     print(f"[lbfgs] {it}: non-finite validation objective; kept the best point", flush=True)

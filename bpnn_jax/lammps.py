@@ -279,19 +279,19 @@ def lammps_layout(atoms, elements: Sequence[str], cutoff: float, *, max_atoms: i
     image = np.any(shifts != 0, axis=1)
     # One ghost per distinct (atom, shift) image.
     keys = np.concatenate([nl.neighbors[image, None].astype(np.int64), shifts[image]], axis=1)
-    uniq, inverse = np.unique(keys, axis=0, return_inverse=True) if len(keys) else (np.zeros((0, 4), np.int64), np.zeros(0, np.int64))
+    uniq, inverse = np.unique(keys, axis=0, return_inverse=True)
     nghost = len(uniq)
     if n + nghost > max_atoms:
         raise LammpsExportError(f"{name}: {n} atoms + {nghost} ghosts exceed the bundle's max_atoms = {max_atoms}")
     if n > rows:
         raise LammpsExportError(f"{name}: {n} owned atoms exceed the bundle's {rows} neighbour-matrix rows (max_owned)")
-    ghost_pos = pos[uniq[:, 0]] + uniq[:, 1:].astype(np.float64) @ cell if nghost else np.zeros((0, 3))
+    ghost_pos = pos[uniq[:, 0]] + uniq[:, 1:].astype(np.float64) @ cell
     positions = np.zeros((max_atoms, 3), dtype)
     positions[:n] = pos
     positions[n:n + nghost] = ghost_pos
     all_species = np.zeros(max_atoms, np.int32)
     all_species[:n] = species
-    all_species[n:n + nghost] = species[uniq[:, 0]] if nghost else []
+    all_species[n:n + nghost] = species[uniq[:, 0]]
     target = np.asarray(nl.neighbors, np.int64).copy()
     target[image] = n + np.asarray(inverse).reshape(-1)
     # The full list within the cut-off, in a shuffled order per row.
@@ -312,7 +312,7 @@ def lammps_layout(atoms, elements: Sequence[str], cutoff: float, *, max_atoms: i
         neighbors[:len(row), i] = rng.permutation(row)
     num = np.zeros(rows, np.int32)
     num[:n] = counts
-    owner = np.concatenate([np.arange(n), uniq[:, 0] if nghost else np.zeros(0, np.int64)])
+    owner = np.concatenate([np.arange(n), uniq[:, 0]])
     return LammpsLayout(positions, all_species, n, nghost, neighbors, num, owner)
 
 
@@ -365,7 +365,8 @@ def read_bundle(path) -> dict:
     return bundle
 
 
-def verify_bundle(path, structures, model=None, *, names: Sequence[str] | None = None, skin: float = 1.0) -> dict:
+def verify_bundle(path, structures, model=None, *, names: Sequence[str] | None = None, skin: float = 1.0,
+                  bundle: dict | None = None) -> dict:
     """Exported program against the calculator on each structure.
 
     Args:
@@ -375,6 +376,8 @@ def verify_bundle(path, structures, model=None, *, names: Sequence[str] | None =
             one recorded in the bundle.
         names: labels of the structures (default: ``atoms.info["file"]``).
         skin: ghost-shell skin of the layout, Å.
+        bundle: the contents of ``path`` when the caller has read them
+            already (:func:`read_bundle`).
 
     Returns:
         dict with ``max_abs_energy_error_ev``, ``max_rel_energy_error``,
@@ -383,7 +386,7 @@ def verify_bundle(path, structures, model=None, *, names: Sequence[str] | None =
     """
     from .calculator import BPNNCalculator
 
-    bundle = read_bundle(path)
+    bundle = read_bundle(path) if bundle is None else bundle
     meta, contract = bundle[METADATA_KEY], bundle["contract"]
     ref = model if model is not None else meta["model"]
     if not ref:

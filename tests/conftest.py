@@ -127,3 +127,22 @@ SIX_ATOM_FILES = (
 def six_atom_files(data_dir) -> list[Path]:
     """Paths of :data:`SIX_ATOM_FILES`: small, cheap training data (one padded shape)."""
     return [data_dir / name for name in SIX_ATOM_FILES]
+
+
+@pytest.fixture(scope="session")
+def train_and_evaluate():
+    """``run(data, run_dir, *flags) -> metrics``: ``train DATA --out RUN_DIR --quiet FLAGS``, then
+    ``evaluate`` of the run's model on its own test split; returns the ``--json`` report (dict)."""
+    import json
+
+    from bpnn_jax.cli import main
+
+    def run(data, run_dir, *flags) -> dict:
+        run_dir = Path(run_dir)
+        assert main(["train", str(data), "--out", str(run_dir), "--quiet", *flags]) == 0
+        out = run_dir / "metrics.json"
+        assert main(["evaluate", str(run_dir / "model.keras"), "--split", str(run_dir / "split.json"), "--json",
+                     str(out)]) == 0
+        return json.loads(out.read_text())
+
+    return run

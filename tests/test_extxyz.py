@@ -95,13 +95,9 @@ def test_bad_extxyz_names_file_and_frame(cu_file, tmp_path, capsys):
     assert not out.exists()
 
 
-def test_train_and_evaluate_on_emt_copper(cu_file, tmp_path):
-    run = tmp_path / "run"
-    assert main(["train", str(cu_file), "--out", str(run), "--members", "2", "--hidden", "16,16",
-                 "--ef-epochs", "150", "--ef-atoms-per-batch", "96", "--quiet"]) == 0
-    out = tmp_path / "metrics.json"
-    assert main(["evaluate", str(run / "model.keras"), "--split", str(run / "split.json"), "--json", str(out)]) == 0
-    m = json.loads(out.read_text())
+def test_train_and_evaluate_on_emt_copper(cu_file, tmp_path, train_and_evaluate):
+    m = train_and_evaluate(cu_file, tmp_path / "run", "--members", "2", "--hidden", "16,16", "--ef-epochs", "150",
+                           "--ef-atoms-per-batch", "96")
     print("Cu EMT held-out:", m["energy_rmse_mev_atom"], "meV/atom", m["force_rmse_ev_a"], "eV/Å")
     # EMT forces here have an RMS of ~0.5 eV/Å, energies spread over ~60 meV/atom.
     assert m["energy_rmse_mev_atom"] < 5.0  # measured 0.94 (imbalzano set; 1.5 with artrith-urban)
@@ -109,13 +105,10 @@ def test_train_and_evaluate_on_emt_copper(cu_file, tmp_path):
     assert all(r["file"].startswith(str(cu_file) + "@") for r in m["per_structure"])
 
 
-def test_train_with_defaults_alone_on_emt_copper(cu_file, tmp_path):
+def test_train_with_defaults_alone_on_emt_copper(cu_file, tmp_path, train_and_evaluate):
     """``train FILE.extxyz`` with no options at all: the general descriptor set, fitted references, small errors."""
     run = tmp_path / "defaults"
-    assert main(["train", str(cu_file), "--out", str(run), "--quiet"]) == 0
-    out = tmp_path / "m.json"
-    assert main(["evaluate", str(run / "model.keras"), "--split", str(run / "split.json"), "--json", str(out)]) == 0
-    m = json.loads(out.read_text())
+    m = train_and_evaluate(cu_file, run)
     print("Cu EMT held-out, defaults:", m["energy_rmse_mev_atom"], m["force_rmse_ev_a"], m.get("stress_rmse_gpa"))
     assert m["energy_rmse_mev_atom"] < 2.0  # measured 0.35
     assert m["force_rmse_ev_a"] < 0.06  # measured 0.019

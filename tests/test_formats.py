@@ -292,44 +292,35 @@ def test_predicted_stress_equals_calculator(make_random_model, data_dir):
     assert np.abs(got).max() > 0.01
 
 
-def test_train_and_evaluate_cu_au_with_references_and_stress(tmp_path, capsys):
+def test_train_and_evaluate_cu_au_with_references_and_stress(tmp_path, capsys, train_and_evaluate):
     frames = _cu_au(40, seed=3)
     path = tmp_path / "cuau.extxyz"
     ase.io.write(path, frames, format="extxyz")
     refs = tmp_path / "refs.yaml"
     refs.write_text("Cu: -0.01\n")
     run = tmp_path / "run"
-    assert main(["train", str(path), "--out", str(run), "--members", "2", "--hidden", "16,16", "--ef-epochs", "60",
-                 "--ef-atoms-per-batch", "64", "--references", str(refs), "--reference", "Au=0.02", "--quiet"]) == 0
+    m = train_and_evaluate(path, run, "--members", "2", "--hidden", "16,16", "--ef-epochs", "60",
+                           "--ef-atoms-per-batch", "64", "--references", str(refs), "--reference", "Au=0.02")
     out = capsys.readouterr().out
     assert "imbalzano symmetry functions: 96 per atom" in out and "Au 0.020000" in out and "Cu -0.010000" in out
     split = json.loads((run / "split.json").read_text())
     assert split["references"] == {"Au": 0.02, "Cu": -0.01}
-    m_out = tmp_path / "m.json"
-    assert main(["evaluate", str(run / "model.keras"), "--split", str(run / "split.json"), "--json",
-                 str(m_out)]) == 0
-    m = json.loads(m_out.read_text())
     assert m["n_stress_components"] == 6 * m["n_structures"]
-    assert 0 < m["stress_rmse_gpa"] < 20 and "stress RMSE" in capsys.readouterr().out
+    assert 0 < m["stress_rmse_gpa"] < 20 and "stress RMSE" in out
     bad = tmp_path / "bad.yaml"
     bad.write_text("Xx: 1\n")
     assert main(["train", str(path), "--out", str(tmp_path / "r2"), "--references", str(bad)]) == 2
     assert "bad.yaml: 'Xx' is not an element symbol" in capsys.readouterr().err
 
 
-def test_stress_training_lowers_held_out_stress_error(tmp_path, capsys):
+def test_stress_training_lowers_held_out_stress_error(tmp_path, capsys, train_and_evaluate):
     """--stress-weight trains on EMT stresses (strain Jacobians): held-out stress error drops, energies stay good."""
     path = tmp_path / "cuau.extxyz"
     ase.io.write(path, _cu_au(40, seed=3), format="extxyz")
     metrics = {}
     for label, extra in (("plain", []), ("stress", ["--stress-weight", "1e-4"])):
-        run = tmp_path / label
-        assert main(["train", str(path), "--out", str(run), "--members", "2", "--hidden", "16,16", "--ef-epochs",
-                     "60", "--ef-atoms-per-batch", "64", "--quiet", *extra]) == 0
-        out = tmp_path / f"{label}.json"
-        assert main(["evaluate", str(run / "model.keras"), "--split", str(run / "split.json"), "--json",
-                     str(out)]) == 0
-        metrics[label] = json.loads(out.read_text())
+        metrics[label] = train_and_evaluate(path, tmp_path / label, "--members", "2", "--hidden", "16,16",
+                                            "--ef-epochs", "60", "--ef-atoms-per-batch", "64", *extra)
     log = capsys.readouterr().out
     assert "strain Jacobians of 36 structures" in log and "stress (committee)" in log
     print({k: (m["stress_rmse_gpa"], m["energy_rmse_mev_atom"]) for k, m in metrics.items()})
@@ -337,15 +328,11 @@ def test_stress_training_lowers_held_out_stress_error(tmp_path, capsys):
     assert metrics["stress"]["energy_rmse_mev_atom"] < 10.0
 
 
-def test_train_with_defaults_alone_on_cu_au(tmp_path):
+def test_train_with_defaults_alone_on_cu_au(tmp_path, train_and_evaluate):
     """Multi-element extended XYZ, ``train FILE`` with no options: small held-out errors against EMT."""
     path = tmp_path / "cuau.extxyz"
     ase.io.write(path, _cu_au(40, seed=5), format="extxyz")
-    run = tmp_path / "run"
-    assert main(["train", str(path), "--out", str(run), "--quiet"]) == 0
-    out = tmp_path / "m.json"
-    assert main(["evaluate", str(run / "model.keras"), "--split", str(run / "split.json"), "--json", str(out)]) == 0
-    m = json.loads(out.read_text())
+    m = train_and_evaluate(path, tmp_path / "run")
     print("Cu-Au EMT held-out, defaults:", m["energy_rmse_mev_atom"], m["force_rmse_ev_a"], m.get("stress_rmse_gpa"))
     assert m["energy_rmse_mev_atom"] < 5.0
     assert m["force_rmse_ev_a"] < 0.15

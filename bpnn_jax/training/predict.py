@@ -10,7 +10,7 @@ import numpy as np
 import keras
 
 from ..batch import HostStructure, collate, plan_batches
-from ..io import EV_PER_A3_IN_GPA
+from ..io import EV_PER_A3_IN_GPA, voigt_6
 from ..model import BPNN
 
 
@@ -102,8 +102,7 @@ def predict_stress(model: BPNN, structures: Sequence[HostStructure], *, atoms_pe
         for j, k in enumerate(idx):
             volume = abs(float(np.linalg.det(np.asarray(structures[k].cell, np.float64))))
             if volume > 1e-9:
-                m = g[j] / volume * EV_PER_A3_IN_GPA
-                out[k] = [m[0, 0], m[1, 1], m[2, 2], m[1, 2], m[0, 2], m[0, 1]]
+                out[k] = voigt_6(g[j]) / volume * EV_PER_A3_IN_GPA
     return out
 
 
