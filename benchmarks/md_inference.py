@@ -110,7 +110,7 @@ def run_size(model, target: int, args, rng) -> dict:
     atoms = rutile(reps)
     n = len(atoms)
     ref = atoms.positions.copy()
-    calc = BPNNCalculator(model, skin=args.skin, warn_extrapolation=False)
+    calc = BPNNCalculator(model, skin=args.skin, warn_extrapolation=False, member_forces=args.member_forces)
     atoms.calc = calc
     row = {"target": target, "repeats": list(reps), "n_atoms": n, "cell_A": [round(x, 3) for x in atoms.cell.lengths()]}
     log(f"size {target}: rutile {reps[0]}x{reps[1]}x{reps[2]} = {n} atoms")
@@ -210,7 +210,9 @@ def markdown(res: dict) -> str:
     lines = [
         f"# MD step benchmark: BPNNCalculator on rutile ({res['tag']})",
         "",
-        f"{res['date']} · model `tio2` (shipped) · energy + forces + stress per step · skin {s['skin']} Å · "
+        f"{res['date']} · model `tio2` (shipped) · energy + forces + stress per step"
+        f"{'' if s.get('member_forces', True) else ' (forces of the committee mean only: member_forces=False)'} · "
+        f"skin {s['skin']} Å · "
         f"random displacements σ = {s['amplitude']} Å per step about the lattice sites · {s['warmup']} warm-up "
         f"steps, then up to {s['steps']} timed steps (median reported)",
         "",
@@ -267,6 +269,9 @@ def main(argv=None) -> int:
     ap.add_argument("--amplitude", type=float, default=0.02, help="σ of the random displacements, Å (default 0.02)")
     ap.add_argument("--skin", type=float, default=0.5, help="neighbour-list skin, Å (the calculator's default 0.5)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--member-forces", action=argparse.BooleanOptionalAction, default=True,
+                    help="a committee's per-member forces (forces_std; the calculator's default) or, with "
+                         "--no-member-forces, the forces of the mean energy only (one backward pass)")
     args = ap.parse_args(argv)
     sizes = [int(float(x)) for x in args.sizes.split(",") if x.strip()]
 
@@ -278,6 +283,7 @@ def main(argv=None) -> int:
     res = new_result("md_inference", args, dtype)
     res["settings"] = {"sizes": sizes, "steps": args.steps, "warmup": args.warmup, "max_seconds": args.max_seconds,
                        "amplitude": args.amplitude, "skin": args.skin, "seed": args.seed,
+                       "member_forces": args.member_forces,
                        "structure": f"rutile a={A} c={C} u={U}"}
     res["sizes"] = []
     log(f"MD step benchmark on {res['machine']['device']} ({res['machine']['device_kind']}), sizes {sizes}")

@@ -107,20 +107,25 @@ def _format_report(report: Sequence[tuple[int, int]], n_atoms: int, tolerance: f
 
 # ------------------------------------------------------------ the function
 #: model -> jitted evaluation function (shared by all calculators of a model).
-_EVALUATORS: "weakref.WeakKeyDictionary[BPNN, object]" = weakref.WeakKeyDictionary()
+_EVALUATORS: "weakref.WeakKeyDictionary[BPNN, dict]" = weakref.WeakKeyDictionary()
 
 
-def _evaluator(model: BPNN):
+def _evaluator(model: BPNN, member_forces: bool = True):
     """Jitted ``f(values, positions, cell, inputs)`` for ``model``, and its variables.
 
     Returns ``(f, variables)``; ``values`` are the current values of
     ``variables`` (a snapshot of ``model.variables``), in that order.  ``f``
     returns a dict: ``energies`` (B, N) relative atomic energies (eV),
     ``forces`` (B, N, 3) eV/Å, ``de_dstrain`` (B, 3, 3) dE/dε at ε = 0
-    (eV) and ``sf`` (B, N, F) symmetry functions.
+    (eV) and ``sf`` (B, N, F) symmetry functions; for a committee also
+    ``energy_members`` (K,) eV and, with ``member_forces``,
+    ``forces_members`` (K, B, N, 3) eV/Å (one backward pass per member;
+    without, the forces of the mean energy take one backward pass).
     """
+    committee = getattr(model, "members", 1) > 1
+    key = bool(member_forces) and committee
     try:
-        return _EVALUATORS[model]
+        return _EVALUATORS[model][key]
     except (KeyError, TypeError):
         pass
     variables = list(model.variables)
@@ -164,9 +169,21 @@ def _evaluator(model: BPNN):
                 "de_dstrain": jnp.mean(g_strain, axis=0), "sf": sf, "energy_members": e_k,
                 "forces_members": -g_pos}
 
-    fn = (jax.jit(evaluate_committee if getattr(model, "members", 1) > 1 else evaluate), variables)
+    def evaluate_committee_mean(values, positions, cell, inputs):
+        # Forces and stress of the mean energy: one backward pass in all.
+        def mean_energy(p, s):
+            e_k, aux = member_energies(values, p, cell, s, inputs)
+            return jnp.mean(e_k), (e_k, aux)
+
+        strain = jnp.zeros_like(cell)
+        (g_pos, g_strain), (e_k, (e, sf)) = jax.grad(mean_energy, argnums=(0, 1), has_aux=True)(positions, strain)
+        return {"energies": jnp.mean(e, axis=0), "forces": -g_pos, "de_dstrain": g_strain, "sf": sf,
+                "energy_members": e_k}
+
+    body = (evaluate_committee if key else evaluate_committee_mean) if committee else evaluate
+    fn = (jax.jit(body), variables)
     try:
-        _EVALUATORS[model] = fn
+        _EVALUATORS.setdefault(model, {})[key] = fn
     except TypeError:  # not weak-referenceable: no sharing, still correct
         pass
     return fn
@@ -200,15 +217,19 @@ class BPNNCalculator(Calculator):
     also hold ``energy_std`` (eV, standard deviation of the members' total
     energies) and ``forces_std`` (N,) eV/Å (per atom, sqrt(mean_k |F_k -
     F_mean|²)); the extrapolation warning also fires when ``energy_std``
-    per atom exceeds ``model.uncertainty_threshold``.
+    per atom exceeds ``model.uncertainty_threshold``.  The members' forces
+    cost one backward pass each; ``member_forces=False`` (for MD, where
+    ``energy_std`` is the usual monitor) takes the forces of the mean
+    energy in one pass and leaves ``forces_std`` out.
 
     Args:
         model: a BPNN, or a path / shipped name for :func:`~bpnn_jax.model.
             load_model`.
         skin: neighbour-list skin in Å; the list (cut-off Rc + skin) is
             rebuilt only when an atom has moved more than skin/2 since the
-            last build, or the cell, pbc or atomic numbers changed.  0
-            rebuilds on every move.
+            last build (measured in the build's cell, with a changed cell's
+            strain taking its share of the skin; see ``_needs_rebuild``),
+            or pbc or atomic numbers changed.  0 rebuilds on every move.
         dtype: float dtype of the whole evaluation (positions, cell,
             descriptors and networks); None uses the model's compute dtype.
             ``"float64"`` on a float32 model evaluates a float64 copy of it
@@ -222,6 +243,9 @@ class BPNNCalculator(Calculator):
             cell), e.g. along an NVE trajectory.
         tolerance: allowed excess beyond each function's [min, max] range,
             as a fraction of the range.
+        member_forces: for a committee, compute every member's forces
+            (for ``forces_std``); False = only the mean's (about K times
+            less backward work).  Ignored for a single model.
         **kwargs: passed to :class:`ase.calculators.calculator.Calculator`.
 
     Attributes:
@@ -246,6 +270,7 @@ class BPNNCalculator(Calculator):
         dtype=None,
         warn_extrapolation: bool = True,
         tolerance: float = 0.05,
+        member_forces: bool = True,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -264,7 +289,8 @@ class BPNNCalculator(Calculator):
         self.nl_builds = 0
         self.last_extrapolation: list[tuple[int, int]] = []
         self.compiled_shapes: set = set()
-        self._fn, self._variables = _evaluator(model)
+        self.member_forces = bool(member_forces)
+        self._fn, self._variables = _evaluator(model, self.member_forces)
         self._nl = None  # state of the current neighbour list (dict)
         self._warned_key = None
 
@@ -288,16 +314,32 @@ class BPNNCalculator(Calculator):
         return str(atoms.info.get("file", atoms.get_chemical_formula()))
 
     def _needs_rebuild(self, atoms) -> bool:
+        """Whether the list built at (R0, h0) may miss a pair within Rc of (R, h).
+
+        Without a cell change: some atom moved more than skin/2.  With one
+        (a relaxation with a cell filter, NPT), positions are mapped back to
+        the build cell, R~ = R h⁻¹ h0, and the pair vectors are r = r~ F
+        with F = h0⁻¹ h, so |r| < Rc needs |r~| < Rc / σ_min(F); the list
+        holds every pair within Rc + skin at the build, so it stays valid
+        while Rc / σ_min(F) + 2 max|R~ − R0| <= Rc + skin.
+        """
         st = self._nl
         if st is None or len(atoms) != len(st["numbers"]):
             return True
-        if not (np.array_equal(atoms.numbers, st["numbers"]) and np.array_equal(atoms.pbc, st["pbc"])
-                and np.array_equal(atoms.cell.array, st["cell"])):
+        if not (np.array_equal(atoms.numbers, st["numbers"]) and np.array_equal(atoms.pbc, st["pbc"])):
             return True
         if len(atoms) == 0:
-            return False
-        moved = np.sqrt(np.max(np.sum((atoms.positions - st["positions"]) ** 2, axis=1)))
-        return bool(moved > 0.5 * self.skin)
+            return not np.array_equal(atoms.cell.array, st["cell"])
+        positions, reach = atoms.positions, self.cutoff
+        if not np.array_equal(atoms.cell.array, st["cell"]):
+            cell, cell0 = np.asarray(atoms.cell.array, np.float64), st["cell"]
+            if atoms.cell.rank < 3 or abs(np.linalg.det(cell0)) < 1e-12:
+                return True
+            deform = np.linalg.solve(cell0, cell)  # F = h0⁻¹ h
+            reach = self.cutoff / np.linalg.svd(deform, compute_uv=False)[-1]
+            positions = np.linalg.solve(cell.T, positions.T).T @ cell0  # R h⁻¹ h0
+        moved = np.sqrt(np.max(np.sum((positions - st["positions"]) ** 2, axis=1)))
+        return bool(reach + 2.0 * moved > self.cutoff + self.skin)
 
     def _build(self, atoms) -> None:
         species = self._species(atoms)
@@ -328,8 +370,11 @@ class BPNNCalculator(Calculator):
         positions = np.zeros_like(inputs["positions"])
         positions[0, :n] = atoms.positions
         inputs["positions"] = positions
+        # The current cell: the list may outlive small cell changes (see _needs_rebuild).
+        cell = np.array(atoms.cell.array, dtype=inputs["cell"].dtype)[None]
+        inputs["cell"] = cell
         values = [v.value for v in self._variables]
-        out = self._fn(values, positions, inputs["cell"], inputs)
+        out = self._fn(values, positions, cell, inputs)
         self.compiled_shapes.add(st["shape"])
 
         refs = self.model.reference_energies
@@ -347,8 +392,9 @@ class BPNNCalculator(Calculator):
             self.results["stress"] = full_3x3_to_voigt_6_stress(de_dstrain / atoms.get_volume())
         if "energy_members" in out:
             e_k = np.asarray(out["energy_members"], np.float64)
-            f_k = np.asarray(out["forces_members"][:, 0, :n], np.float64)
             self.results["energy_std"] = float(e_k.std())
+        if "forces_members" in out:
+            f_k = np.asarray(out["forces_members"][:, 0, :n], np.float64)
             self.results["forces_std"] = np.sqrt(np.mean(np.sum((f_k - self.results["forces"]) ** 2, -1), 0))
 
         sf = np.asarray(out["sf"][0, :n])
@@ -374,5 +420,5 @@ class BPNNCalculator(Calculator):
             parts.append(
                 f"{self._name(atoms)}: committee energy spread {1e3 * spread / len(atoms):.1f} meV/atom exceeds "
                 f"the validation-calibrated threshold {1e3 * threshold:.1f} meV/atom; the model is extrapolating "
-                f"(energy_std and forces_std are in the results).")
+                f"(see {'energy_std and forces_std' if 'forces_std' in self.results else 'energy_std'} in the results).")
         warnings.warn(" ".join(parts), ExtrapolationWarning, stacklevel=2)

@@ -70,6 +70,7 @@ from .training.run_state import EpochState, atomic_save
 
 __all__ = [
     "OBJECTIVE_NAME",
+    "grid_label",
     "OBJECTIVE",
     "DEFAULT_CHOICES",
     "RESULT_COLUMNS",
@@ -116,6 +117,12 @@ RESULT_COLUMNS = (
 
 def _log(msg: str) -> None:
     print(msg, flush=True)
+
+
+def grid_label(values: Mapping) -> str:
+    """``name=value ...`` of a grid point, for logs and directory names."""
+    return " ".join(f"{n}={v:g}" if isinstance(v, numbers.Real) and not isinstance(v, bool) else f"{n}={v}"
+                    for n, v in values.items())
 
 
 def _fmt_duration(seconds: float) -> str:
@@ -508,16 +515,24 @@ class ResultsTable:
 
     Args:
         path: the CSV file.
+        hp_names: the hyper-parameters that name a grid point (default:
+            the study's, :data:`HP_NAMES`).
+        columns: the CSV columns, ``hp_names`` among them (default
+            :data:`RESULT_COLUMNS`).
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, *, hp_names: Sequence[str] = HP_NAMES,
+                 columns: Sequence[str] = RESULT_COLUMNS):
         self.path = Path(path)
         self.lock_path = self.path.with_name(f".{self.path.name}.lock")
+        self.hp_names = tuple(hp_names)
+        self.columns = tuple(columns)
+        if not set(self.hp_names) <= set(self.columns):
+            raise ValueError(f"the columns {self.columns} lack hyper-parameters of {self.hp_names}")
 
-    @staticmethod
-    def key(values: Mapping) -> tuple:
+    def key(self, values: Mapping) -> tuple:
         """The grid point of a row or of a ``HyperParameters.values`` dict."""
-        return tuple(_norm(values[n]) for n in HP_NAMES)
+        return tuple(_norm(values[n]) for n in self.hp_names)
 
     @contextlib.contextmanager
     def _locked(self):
@@ -564,12 +579,12 @@ class ResultsTable:
             rows = self._read()
             if any(self.key(r) == self.key(row) for r in rows):
                 return False
-            rows.append({c: row.get(c) for c in RESULT_COLUMNS})
+            rows.append({c: row.get(c) for c in self.columns})
             with atomic_write(self.path, newline="") as fh:
-                w = csv.DictWriter(fh, fieldnames=list(RESULT_COLUMNS))
+                w = csv.DictWriter(fh, fieldnames=list(self.columns))
                 w.writeheader()
                 for r in rows:
-                    w.writerow({c: ("" if r.get(c) is None else r.get(c)) for c in RESULT_COLUMNS})
+                    w.writerow({c: ("" if r.get(c) is None else r.get(c)) for c in self.columns})
             return True
 
 
@@ -608,9 +623,10 @@ class ResumableGridSearchOracle(keras_tuner.oracles.GridSearchOracle):
             lists.append([hp.default, *values])
         return [dict(zip(names, combo)) for combo in itertools.product(*lists)]
 
-    @staticmethod
-    def _key(values: Mapping) -> tuple:
-        return ResultsTable.key(values)
+    def _key(self, values: Mapping) -> tuple:
+        if self.results is not None:
+            return self.results.key(values)
+        return tuple(_norm(values[n]) for n in sorted(values))
 
     def _taken(self) -> set:
         if self.results is not None:
@@ -766,6 +782,10 @@ class BPNNGridSearch(keras_tuner.GridSearch):
         keras_tuner.Tuner.__init__(self, oracle, hypermodel, **kwargs)
         self.session_seconds: list[float] = []
 
+    #: The metric the oracle minimises, and the metrics a recorded row answers with.
+    objective_name = OBJECTIVE_NAME
+    metric_names = ("val_energy_rmse_mev_atom", "val_energy_rmse_ev_total", "val_force_rmse_ev_a")
+
     def on_search_begin(self):
         """Save the project before the first trial, so a run killed in it reloads (and numbers trials) cleanly."""
         super().on_search_begin()
@@ -786,13 +806,12 @@ class BPNNGridSearch(keras_tuner.GridSearch):
         Returns:
             The validation metrics (the objective included).
         """
-        values = {n: trial.hyperparameters.values[n] for n in HP_NAMES}
-        label = " ".join(f"{n}={values[n]:g}" for n in HP_NAMES)
+        values = {n: trial.hyperparameters.values[n] for n in self.results.hp_names}
+        label = grid_label(values)
         recorded = self.results.get(values)
         if recorded is not None:
             _log(f"[grid] {label}: recorded already (trial {recorded['trial_id']}), not trained again")
-            return {k: float(recorded[k]) for k in ("val_energy_rmse_mev_atom", "val_energy_rmse_ev_total",
-                                                     "val_force_rmse_ev_a") if recorded.get(k) is not None}
+            return {k: float(recorded[k]) for k in self.metric_names if recorded.get(k) is not None}
         rows = self.results.rows()
         done, total = len(rows), self._grid_size
         times = [float(r["seconds"]) for r in rows if r.get("seconds") is not None]
@@ -801,7 +820,7 @@ class BPNNGridSearch(keras_tuner.GridSearch):
         t0 = time.time()
         try:
             metrics, epochs_run = self.train_trial(trial, *args, **kwargs)
-            if not math.isfinite(metrics[OBJECTIVE_NAME]):
+            if not math.isfinite(metrics[self.objective_name]):
                 raise FloatingPointError(f"{label}: non-finite validation error")
         except Exception as exc:  # KerasTuner marks the trial failed; say why
             _log(f"[grid] trial {done + 1}/{total} ({label}) failed: {type(exc).__name__}: {exc}")
@@ -810,10 +829,14 @@ class BPNNGridSearch(keras_tuner.GridSearch):
         self.results.append({"trial_id": trial.trial_id, **values, **metrics, "epochs_run": epochs_run,
                              "seconds": round(seconds, 2)})
         self.session_seconds.append(seconds)
-        force = f", {metrics['val_force_rmse_ev_a']:.4f} eV/Å" if "val_force_rmse_ev_a" in metrics else ""
-        _log(f"[grid] trial {done + 1}/{total} done in {seconds:.0f} s: val {metrics[OBJECTIVE_NAME]:.2f} meV/atom, "
-             f"{metrics['val_energy_rmse_ev_total']:.3f} eV total{force}")
+        _log(f"[grid] trial {done + 1}/{total} done in {seconds:.0f} s: {self.describe_metrics(metrics)}")
         return metrics
+
+    def describe_metrics(self, metrics: Mapping) -> str:
+        """One line of a trial's validation metrics, for the log."""
+        force = f", {metrics['val_force_rmse_ev_a']:.4f} eV/Å" if "val_force_rmse_ev_a" in metrics else ""
+        return (f"val {metrics[OBJECTIVE_NAME]:.2f} meV/atom, {metrics['val_energy_rmse_ev_total']:.3f} eV "
+                f"total{force}")
 
     def train_trial(self, trial, data: TuningData, *, epochs: int, batch_size: int, seed: int = 0,
                     fit_verbose: int = 2, atoms_per_batch: int = 256, **kwargs) -> tuple[dict, int]:

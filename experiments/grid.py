@@ -4,6 +4,7 @@ Run from the repository root::
 
     python -m experiments.grid                 # the study's 3 x 3 x 3 x 2 grid on all data
     python -m experiments.grid --quick         # tiny grid on 60 structures (about a minute)
+    python -m experiments.grid --ef            # energy+force grid of the committee recipe (experiments/grid_ef.py)
 
 Kill it at any moment and run the same command again: finished grid points
 are not trained again, an interrupted one is.  Outputs under ``--out``:
@@ -60,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subset", type=int, default=None,
                    help="use N structures drawn at random with --seed (default all; --quick 60)")
     p.add_argument("--seed", type=int, default=0, help="subset, split, initialisation and shuffling seed")
+    p.add_argument("--ef", action="store_true",
+                   help="tune the energy+force committee recipe instead (layers 2,3 x nodes 64,96,128,160; "
+                        "`--ef --help` lists its options)")
     p.add_argument("--quick", action="store_true",
                    help="tiny grid (layers 1,2 x nodes 8 x lr 1e-3 x dropout 0) on 60 structures, 3 epochs")
     p.add_argument("--layers", type=int, nargs="+", default=None, help="choices of hidden layers (default 4 5 6)")
@@ -83,7 +87,7 @@ def _settings(args, choices: dict, data_dir: Path) -> dict:
     }
 
 
-def _check_settings(out: Path, settings: dict) -> str | None:
+def check_settings(out: Path, settings: dict) -> str | None:
     """Write ``grid.json`` or compare with it; an error message if they differ."""
     from bpnn_jax.io import atomic_write
 
@@ -118,6 +122,11 @@ def main(argv: list[str] | None = None) -> int:
         0 when every grid point is in ``results.csv``, 1 when some failed
         (run again to retry them), 2 on a settings mismatch.
     """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--ef" in argv:  # the energy+force grid has its own options
+        from experiments import grid_ef
+
+        return grid_ef.main([a for a in argv if a != "--ef"])
     args = build_parser().parse_args(argv)
     preset = QUICK if args.quick else FULL
     for name in ("epochs", "batch_size", "subset", "retrain_epochs", "retrain_batch_size", "layers", "nodes",
@@ -140,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     choices = {hp.name: list(hp.values) for hp in hps.space}
     out.mkdir(parents=True, exist_ok=True)
     settings = _settings(args, choices, data_dir)
-    problem = _check_settings(out, settings)
+    problem = check_settings(out, settings)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
@@ -180,9 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[grid] search finished in {time.time() - t0:.0f} s", flush=True)
 
     rows = results.rows()
-    done = {ResultsTable.key(r) for r in rows}
+    done = {results.key(r) for r in rows}
     grid = tuner.oracle.grid()
-    missing = [g for g in grid if ResultsTable.key(g) not in done]
+    missing = [g for g in grid if results.key(g) not in done]
     if missing:
         print(f"[grid] warning: {len(missing)} grid point(s) failed and are not in results.csv "
               f"(run the same command again to retry them): {missing}", flush=True)

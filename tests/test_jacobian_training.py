@@ -156,6 +156,15 @@ def test_committee_mean_and_spread_equal_its_members_one_by_one(setup):
         a.calc = c
         stress.append(a.get_stress())
     np.testing.assert_allclose(res["stress"], np.mean(stress, 0), atol=1e-12)
+    # member_forces=False (one backward pass, for MD): the same mean results, no forces_std.
+    b = setup["atoms"][0].copy()
+    b.calc = BPNNCalculator(model, warn_extrapolation=False, member_forces=False)
+    assert abs(b.get_potential_energy() - energy) < 1e-9
+    fast = b.calc.results
+    assert abs(fast["energy_std"] - res["energy_std"]) < 1e-12
+    np.testing.assert_allclose(fast["forces"], res["forces"], atol=1e-10)
+    np.testing.assert_allclose(fast["stress"], res["stress"], atol=1e-12)
+    assert "forces_std" not in fast
 
 
 def test_committee_saves_and_reloads_with_identical_outputs(setup, tmp_path):

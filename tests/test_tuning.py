@@ -158,7 +158,7 @@ class _ToyGridSearch(BPNNGridSearch):
 
     def train_trial(self, trial, log, crash_in=None, **kwargs):
         v = trial.hyperparameters.values
-        log.append(ResultsTable.key(v))
+        log.append(self.results.key(v))
         if crash_in is not None and len(log) == crash_in:
             raise _SimulatedCrash()
         score = v["layers"] * v["nodes"] * v["learning_rate"] * 1e3 + v["dropout"]
@@ -198,7 +198,7 @@ def test_every_grid_point_exactly_once_across_crashes(tmp_path, monkeypatch, whe
         trained += session
     rows = results.rows()
     grid = ResumableGridSearchOracle(hyperparameters=grid_hyperparameters()).grid()
-    assert sorted(ResultsTable.key(r) for r in rows) == sorted(ResultsTable.key(g) for g in grid)
+    assert sorted(results.key(r) for r in rows) == sorted(results.key(g) for g in grid)
     assert len({r["trial_id"] for r in rows}) == len(rows)
     assert crashes == 6
     if where == "mid_trial":  # each interrupted trial is trained once more, nothing else
