@@ -148,7 +148,14 @@ def test_committee_mean_and_spread_equal_its_members_one_by_one(setup):
     assert abs(energy - tot - e[0]) < 1e-9
     assert abs(res["energy_std"] - e_std[0]) < 1e-9
     np.testing.assert_allclose(res["forces"], f[0], atol=1e-10)
-    np.testing.assert_allclose(res["forces_std"], f_std[0], atol=1e-10)
+    # The members' forces are computed when forces_std is asked for (or always with member_forces=True).
+    assert "forces_std" not in res
+    np.testing.assert_allclose(atoms.calc.get_property("forces_std", atoms), f_std[0], atol=1e-10)
+    np.testing.assert_allclose(atoms.calc.results["forces"], f[0], atol=1e-10)
+    always = setup["atoms"][0].copy()
+    always.calc = BPNNCalculator(model, warn_extrapolation=False, member_forces=True)
+    always.get_forces()
+    np.testing.assert_allclose(always.calc.results["forces_std"], f_std[0], atol=1e-10)
     single = [BPNNCalculator(_member_model(setup, k), warn_extrapolation=False) for k in range(K)]
     stress = []
     for c in single:
@@ -156,7 +163,7 @@ def test_committee_mean_and_spread_equal_its_members_one_by_one(setup):
         a.calc = c
         stress.append(a.get_stress())
     np.testing.assert_allclose(res["stress"], np.mean(stress, 0), atol=1e-12)
-    # member_forces=False (one backward pass, for MD): the same mean results, no forces_std.
+    # member_forces=False: the same mean results, never forces_std.
     b = setup["atoms"][0].copy()
     b.calc = BPNNCalculator(model, warn_extrapolation=False, member_forces=False)
     assert abs(b.get_potential_energy() - energy) < 1e-9
