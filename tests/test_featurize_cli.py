@@ -222,3 +222,14 @@ def test_cli_skip_invalid_structure(oracle_paths, tmp_path, capsys):
     with np.load(out, allow_pickle=False) as z:
         assert z["files"].tolist() == [oracle_paths[0]]
         assert z["n_atoms"].tolist() == [24]
+
+
+def test_featurize_command_does_not_import_keras(oracle_paths, tmp_path):
+    """A featurize process pays for JAX only: Keras (1-2 s to import) stays out of it."""
+    code = ("import sys\nfrom bpnn_jax.cli import main\n"
+            f"rc = main(['featurize', {str(oracle_paths[0])!r}, '--out', {str(tmp_path / 'f.npz')!r}])\n"
+            "print(rc, 'keras' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-2:] == ["0", "False"], out.stdout
+    assert (tmp_path / "f.npz").exists()

@@ -30,13 +30,36 @@ atomic), ``best.keras``, ``history.csv`` / ``ef_history.csv``,
 
 from __future__ import annotations
 
+import importlib
+
 from .config import PRESETS, RESUME_OPTIONS, TrainConfig
-from .data import compute_statistics, featurize_host, fit_energy_references, load_training_data, split_indices
-from .datasets import DescriptorDataset, GeometryDataset
-from .lbfgs import force_training_data, refine_lbfgs
-from .predict import predict_stress, predict_structures
-from .run import build_model, train
-from .run_state import data_parallel_distribution
+
+# Everything but the options is imported on first use (PEP 562): the
+# datasets import Keras (~1-2 s), which commands such as ``featurize`` or
+# ``energies`` never need, and the CLI reads TrainConfig's defaults for
+# every command.
+_LAZY = {
+    "compute_statistics": ".data", "featurize_host": ".data", "fit_energy_references": ".data",
+    "load_training_data": ".data", "split_indices": ".data",
+    "DescriptorDataset": ".datasets", "GeometryDataset": ".datasets",
+    "force_training_data": ".lbfgs", "refine_lbfgs": ".lbfgs",
+    "predict_stress": ".predict", "predict_structures": ".predict",
+    "build_model": ".run", "train": ".run",
+    "data_parallel_distribution": ".run_state",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "TrainConfig",
