@@ -3,7 +3,7 @@
 Usage::
 
     python benchmarks/speed_suite.py [--data DIR] [--every 9] [--md-sizes 96,1000,10000] [--md-steps 5]
-                                     [--skip-md] [--skip-dscribe] [--out-dir DIR] [--tag TAG]
+                                     [--parts process,dscribe,md] [--out-dir DIR] [--tag TAG]
 
 Parts, each in fresh processes:
 
@@ -108,12 +108,21 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=2, help="warm runs per command (best reported)")
     ap.add_argument("--md-sizes", default="96,1000,10000")
     ap.add_argument("--md-steps", type=int, default=5)
-    ap.add_argument("--skip-md", action="store_true")
-    ap.add_argument("--skip-dscribe", action="store_true")
+    ap.add_argument("--parts", default="process,dscribe,md",
+                    help="comma-separated parts to run (default all); the others are kept from the previous "
+                         "results file of the same tag, when there is one")
     args = ap.parse_args(argv)
     args.tag = args.tag or default_tag()
+    parts = {p.strip() for p in args.parts.split(",") if p.strip()}
     res = new_result("speed_suite", args, "float32")
     out_dir = Path(args.out_dir)
+    previous = out_dir / f"speed_suite_{args.tag}.json"
+    if previous.exists() and parts != {"process", "dscribe", "md"}:
+        old = json.loads(previous.read_text())
+        for key, part in (("process", "process"), ("dscribe_compare", "dscribe"), ("md", "md")):
+            if part not in parts and key in old:
+                res[key] = old[key]
+                res.setdefault("notes", []).append(f"part '{part}' from the run of {old.get('date')}")
     files = sorted(Path(args.data).glob("*.xsf"))[::args.every]
     if not files:
         raise SystemExit(f"no XSF files in {args.data}")
@@ -135,16 +144,17 @@ def main(argv=None) -> int:
             "evaluate tio2, one structure": [py, "-m", "bpnn_jax", "evaluate", "tio2", str(files[0])],
             "load_model(\"tio2\")": [py, "-c", "import bpnn_jax; bpnn_jax.load_model('tio2')"],
         }
-        res["process"] = process_times(commands, args.repeats)
-        write_results(res, out_dir, f"speed_suite_{args.tag}", markdown(res))
-        if not args.skip_dscribe:
+        if "process" in parts:
+            res["process"] = process_times(commands, args.repeats)
+            write_results(res, out_dir, f"speed_suite_{args.tag}", markdown(res))
+        if "dscribe" in parts:
             tag = f"{args.tag}-suite"
             cmd = [py, str(HERE / "dscribe_compare.py"), "--data", str(subset), "--subset", "0", "--dtypes",
                    "float32", "--n-jobs", "2", "--out-dir", str(out_dir), "--tag", tag]
             _run(cmd, dict(os.environ), HERE.parent)
             res["dscribe_compare"] = json.loads((out_dir / f"dscribe_compare_{tag}.json").read_text())
             write_results(res, out_dir, f"speed_suite_{args.tag}", markdown(res))
-    if not args.skip_md:
+    if "md" in parts:
         res["md"] = {}
         for label, flag in (("every member's forces", "--member-forces"), ("forces of the mean only",
                                                                            "--no-member-forces")):
