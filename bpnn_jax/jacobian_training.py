@@ -742,10 +742,11 @@ def polish_lbfgs(params, train: Groups, val: Groups, stats: dict, cfg: Committee
     n_ss = 6.0 * train.n_stress
     s_weight = float(cfg.stress_weight)
 
-    # Each group's loss is rematerialised in the backward pass: without it the
-    # full-batch gradient keeps every group's residuals (and transposed
-    # Jacobian copies) at once, which ran the 24 GB machine out of memory on
-    # the full TiO2 training set (4.5 GB of Jacobians).
+    # Each group's loss is rematerialised in the backward pass, so the
+    # full-batch gradient does not keep every group's residuals at once.
+    # Even so, on the full TiO2 training set (4.5 GB of Jacobians) the
+    # compiled L-BFGS step (line search included) outgrows a 24 GB machine;
+    # it fits sets a few times smaller.
     @jax.checkpoint
     def group_loss(p, g):
         return jnp.sum(member_losses(p, st, g, lam, cfg.activation, normalizers=(n_s, n_f, n_ss),

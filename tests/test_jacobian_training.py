@@ -348,3 +348,17 @@ def test_lbfgs_polish_lowers_the_objective_and_never_worsens_a_member(setup):
     assert np.all(after <= before) and np.all(after < 0.5 * before), (before, after)
     # With validation = training data, each member's kept objective is its best, here the final one.
     np.testing.assert_allclose(out["best_objective"], after, rtol=1e-6)
+
+
+def test_lbfgs_polish_too_big_for_the_machine_is_refused_before_training(six_atom_files, tmp_path, monkeypatch,
+                                                                         capsys):
+    from bpnn_jax.cli import main
+    from bpnn_jax.training import committee_stage
+
+    monkeypatch.setattr(committee_stage, "LBFGS_MEMORY_FACTOR", 1e9)  # as if the machine were far too small
+    run = tmp_path / "run"
+    files = [str(p) for p in six_atom_files[:12]]
+    assert main(["train", *files, "--out", str(run), "--members", "2", "--hidden", "8", "--ef-epochs", "3",
+                 "--ef-lbfgs-steps", "5", "--quiet"]) == 2
+    assert "--ef-lbfgs-steps 5" in capsys.readouterr().err
+    assert not (run / "ef_state.npz").exists()  # no Adam epoch was spent first

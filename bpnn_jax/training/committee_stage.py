@@ -17,6 +17,11 @@ from .config import TrainConfig
 from .run_state import atomic_save, physical_memory_gb, require_forces, write_json
 
 
+#: Peak memory of the full-batch L-BFGS polish / the grouped Jacobians it runs over (at least
+#: this: the full TiO2 set, 4.5 GB grouped, passed 23 GB before the kernel killed it).
+LBFGS_MEMORY_FACTOR = 5.5
+
+
 def train_committee(data, train_s, val_s, run_dir: Path, config: TrainConfig, *, resume: bool, verbose: int,
                      deadline) -> BPNN:
     """The E+F committee stage (``config.members >= 1``); see :mod:`bpnn_jax.jacobian_training`."""
@@ -66,6 +71,13 @@ def train_committee(data, train_s, val_s, run_dir: Path, config: TrainConfig, *,
         print(f"E+F committee of {cfg.members}: {train_g.n_structures} training structures "
               f"({train_g.n_atoms} atoms), {val_g.n_structures} validation; {train_g.nbytes / 1e9:.2f} + "
               f"{val_g.nbytes / 1e9:.2f} GB", flush=True)
+    need = LBFGS_MEMORY_FACTOR * (train_g.nbytes + val_g.nbytes) / 1e9
+    if cfg.lbfgs_steps > 0 and need > 0.9 * ram:
+        # Refused before the Adam epochs, not discovered by the kernel's OOM killer after them.
+        raise BPNNInputError(
+            f"--ef-lbfgs-steps {cfg.lbfgs_steps}: the full-batch L-BFGS polish needs ~{need:.0f} GB for these "
+            f"{(train_g.nbytes + val_g.nbytes) / 1e9:.1f} GB of grouped Jacobians (it went past 23 GB on the full "
+            f"TiO2 set's 4.5 GB); this machine has {ram:.0f} GB: use --ef-lbfgs-steps 0 or fewer structures")
     result = jt.fit_committee(train_g, val_g, stats, cfg, run_dir=run_dir, resume=resume, verbose=verbose,
                               deadline=deadline)
     params = result["params"]
