@@ -85,16 +85,7 @@ __all__ = [
 _LAZY = {"load_model": ".model", "BPNNCalculator": ".calculator"}
 
 
-def __getattr__(name: str):
-    """Import ``load_model`` and ``BPNNCalculator`` on first use (PEP 562)."""
-    if name in _LAZY:
-        import importlib
+from .lazy import lazy_attributes  # noqa: E402
 
-        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
+# ``load_model`` and ``BPNNCalculator`` are imported on first use (they pull in Keras).
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals())

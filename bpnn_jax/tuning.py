@@ -47,7 +47,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -71,6 +71,7 @@ from .training.run_state import EpochState, atomic_save
 __all__ = [
     "OBJECTIVE_NAME",
     "grid_label",
+    "merge_choices",
     "OBJECTIVE",
     "DEFAULT_CHOICES",
     "RESULT_COLUMNS",
@@ -361,26 +362,36 @@ def prepare_tuning_data(files: Sequence[Path], config: TrainConfig, *, geometry:
 
 
 # -------------------------------------------------------------- hypermodel
-def _choices(choices: Mapping[str, Iterable] | None) -> dict[str, tuple]:
-    out = dict(DEFAULT_CHOICES)
+def merge_choices(defaults: Mapping[str, tuple], choices: Mapping[str, Iterable] | None,
+                  types: Mapping[str, Callable]) -> dict[str, tuple]:
+    """A grid's choices: ``defaults`` overridden by ``choices``, each value converted by ``types[name]``.
+
+    Raises:
+        ValueError: an unknown name, no values, a repeated value, or
+            ``layers``/``nodes`` (where present) below 1.
+    """
+    out = dict(defaults)
     for name, values in (choices or {}).items():
-        if name not in DEFAULT_CHOICES:
-            raise ValueError(f"unknown hyper-parameter {name!r}; expected one of {HP_NAMES}")
+        if name not in defaults:
+            raise ValueError(f"unknown hyper-parameter {name!r}; expected one of {tuple(defaults)}")
         values = tuple(values)
         if not values:
             raise ValueError(f"no values given for {name!r}")
         out[name] = values
-    out["layers"] = tuple(int(v) for v in out["layers"])
-    out["nodes"] = tuple(int(v) for v in out["nodes"])
-    out["learning_rate"] = tuple(float(v) for v in out["learning_rate"])
-    out["dropout"] = tuple(float(v) for v in out["dropout"])
-    if any(v < 1 for v in out["layers"] + out["nodes"]):
+    out = {name: tuple(types[name](v) for v in values) for name, values in out.items()}
+    if any(v < 1 for name in ("layers", "nodes") for v in out.get(name, ())):
         raise ValueError("layers and nodes must be at least 1")
-    if any(not 0.0 <= v < 1.0 for v in out["dropout"]):
-        raise ValueError("dropout rates must be in [0, 1)")
     for name, values in out.items():
         if len(set(values)) != len(values):
             raise ValueError(f"repeated value in the choices of {name!r}: {values}")
+    return out
+
+
+def _choices(choices: Mapping[str, Iterable] | None) -> dict[str, tuple]:
+    out = merge_choices(DEFAULT_CHOICES, choices,
+                        {"layers": int, "nodes": int, "learning_rate": float, "dropout": float})
+    if any(not 0.0 <= v < 1.0 for v in out["dropout"]):
+        raise ValueError("dropout rates must be in [0, 1)")
     return out
 
 

@@ -28,7 +28,7 @@ import keras_tuner
 import numpy as np
 
 from . import jacobian_training as jt
-from .tuning import BPNNGridSearch, ResultsTable, grid_label
+from .tuning import BPNNGridSearch, ResultsTable, grid_label, merge_choices
 
 __all__ = [
     "EF_CHOICES",
@@ -64,20 +64,7 @@ def ef_grid_hyperparameters(choices: Mapping[str, Iterable] | None = None) -> ke
         ValueError: an unknown name, no values, a repeated value, layers or
             nodes < 1, an unknown activation or a negative weight decay.
     """
-    out = dict(EF_CHOICES)
-    for name, values in (choices or {}).items():
-        if name not in EF_CHOICES:
-            raise ValueError(f"unknown hyper-parameter {name!r}; expected one of {EF_HP_NAMES}")
-        values = tuple(values)
-        if not values:
-            raise ValueError(f"no values given for {name!r}")
-        out[name] = values
-    out["layers"] = tuple(int(v) for v in out["layers"])
-    out["nodes"] = tuple(int(v) for v in out["nodes"])
-    out["activation"] = tuple(str(v) for v in out["activation"])
-    out["weight_decay"] = tuple(float(v) for v in out["weight_decay"])
-    if any(v < 1 for v in out["layers"] + out["nodes"]):
-        raise ValueError("layers and nodes must be at least 1")
+    out = merge_choices(EF_CHOICES, choices, {"layers": int, "nodes": int, "activation": str, "weight_decay": float})
     known = ("tanh", "silu", "softplus", "sigmoid")
     bad = [a for a in out["activation"] if a not in known]
     if bad:
@@ -86,8 +73,6 @@ def ef_grid_hyperparameters(choices: Mapping[str, Iterable] | None = None) -> ke
         raise ValueError("weight decay must be >= 0")
     hp = keras_tuner.HyperParameters()
     for name, values in out.items():
-        if len(set(values)) != len(values):
-            raise ValueError(f"repeated value in the choices of {name!r}: {values}")
         hp.Choice(name, list(values))
     return hp
 

@@ -30,8 +30,7 @@ atomic), ``best.keras``, ``history.csv`` / ``ef_history.csv``,
 
 from __future__ import annotations
 
-import importlib
-
+from ..lazy import lazy_attributes
 from .config import PRESETS, RESUME_OPTIONS, TrainConfig
 
 # Everything but the options is imported on first use (PEP 562): the
@@ -49,16 +48,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals())
 
 
 __all__ = [
