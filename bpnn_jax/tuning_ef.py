@@ -19,7 +19,6 @@ killed midway resumes from its own ``ef_state.npz``.  The front end is
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -143,29 +142,17 @@ def prepare_ef_data(paths, config, *, subset: int | None = None, cache_dir=None,
 def validation_metrics(params, data: EFTuningData, activation: str, force_weight: float) -> dict:
     """Committee-mean validation errors and the joint objective of :mod:`this module <bpnn_jax.tuning_ef>`.
 
+    The errors are :func:`~bpnn_jax.jacobian_training.committee_validation`'s, the trainer's own.
+
     Returns:
         {"val_objective" (eV²/atom² units), "val_energy_rmse_mev_atom",
         "val_energy_mae_mev_atom", "val_force_rmse_ev_a"}.
     """
-    import jax
-
-    @jax.jit
-    def outputs(p, g):
-        out = jt.committee_outputs(p, data.stats, g["sf"], g["species"], g["mask"], activation, g["jac"])
-        return out["energy"].mean(0), out["forces"].mean(0)
-
-    de, df2, n_f = [], 0.0, 0
-    for g in data.val.arrays:
-        e, f = outputs(params, {k: g[k] for k in ("sf", "species", "mask", "jac")})
-        de.append((np.asarray(e, np.float64) - g["energy"]) / g["n"])
-        d = np.where(g["mask"][..., None], np.asarray(f, np.float64) - g["forces"], 0.0)
-        df2 += float(np.sum(d * d))
-        n_f += 3 * int(g["n"].sum())
-    de = np.concatenate(de)
-    e_mse, f_mse = float(np.mean(de * de)), df2 / max(n_f, 1)
-    return {EF_OBJECTIVE_NAME: e_mse + float(force_weight) * f_mse,
-            "val_energy_rmse_mev_atom": 1e3 * math.sqrt(e_mse), "val_energy_mae_mev_atom": 1e3 * float(np.mean(np.abs(de))),
-            "val_force_rmse_ev_a": math.sqrt(f_mse)}
+    m = jt.committee_validation(params, data.stats, data.val, activation)
+    e_rmse, f_rmse = m["mean_energy_rmse_mev_atom"], m["mean_force_rmse_ev_a"]
+    return {EF_OBJECTIVE_NAME: (e_rmse / 1e3) ** 2 + float(force_weight) * f_rmse ** 2,
+            "val_energy_rmse_mev_atom": e_rmse, "val_energy_mae_mev_atom": m["mean_energy_mae_mev_atom"],
+            "val_force_rmse_ev_a": f_rmse}
 
 
 def _slug(values: Mapping) -> str:

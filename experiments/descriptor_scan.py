@@ -30,7 +30,6 @@ import platform
 import time
 from pathlib import Path
 
-import numpy as np
 
 
 def candidates(elements):
@@ -52,18 +51,11 @@ def candidates(elements):
 
 
 def errors(params, stats, groups, activation):
-    """Committee-mean energy RMSE and MAE (meV/atom) over groups."""
-    import jax
-
+    """Committee-mean energy RMSE and MAE (meV/atom) over groups (the trainer's own validation)."""
     from bpnn_jax import jacobian_training as jt
 
-    fn = jax.jit(lambda p, g: jt.committee_outputs(p, stats, g["sf"], g["species"], g["mask"], activation)["energy"])
-    res = []
-    for g in groups.arrays:
-        e = np.asarray(fn(params, {k: g[k] for k in ("sf", "species", "mask")})).mean(0)
-        res.append((e - g["energy"]) / g["n"])
-    d = np.concatenate(res) * 1000.0
-    return float(np.sqrt(np.mean(d * d))), float(np.mean(np.abs(d)))
+    m = jt.committee_validation(params, stats, groups, activation)
+    return m["mean_energy_rmse_mev_atom"], m["mean_energy_mae_mev_atom"]
 
 
 def markdown(rows, settings) -> str:
