@@ -362,3 +362,4 @@ def test_lbfgs_polish_too_big_for_the_machine_is_refused_before_training(six_ato
                  "--ef-lbfgs-steps", "5", "--quiet"]) == 2
     assert "--ef-lbfgs-steps 5" in capsys.readouterr().err
     assert not (run / "ef_state.npz").exists()  # no Adam epoch was spent first
+    assert not list((run / "cache").glob("jacobians-*.npy"))  # nor the Jacobians

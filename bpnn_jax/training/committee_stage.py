@@ -45,6 +45,12 @@ def train_committee(data, train_s, val_s, run_dir: Path, config: TrainConfig, *,
             f"the descriptor Jacobians of {len(train_s) + len(val_s)} structures need ~{2.2 * gb:.0f} GB "
             f"(n_atoms² · {spec.n_functions} · 3 floats each, grouped); this machine has {ram:.0f} GB: use "
             f"fewer or smaller structures, or --members 0 for the energy stages")
+    if cfg.lbfgs_steps > 0 and LBFGS_MEMORY_FACTOR * gb > 0.9 * ram:
+        # Refused before the Jacobians and the Adam epochs, not found by the kernel's OOM killer after them.
+        raise BPNNInputError(
+            f"--ef-lbfgs-steps {cfg.lbfgs_steps}: the full-batch L-BFGS polish needs ~{LBFGS_MEMORY_FACTOR * gb:.0f} GB "
+            f"for these ~{gb:.1f} GB of descriptor Jacobians (it went past 23 GB on the full TiO2 set's 4.5 GB); "
+            f"this machine has {ram:.0f} GB: use --ef-lbfgs-steps 0 or fewer structures")
     jac, _ = cached_jacobians(train_s + val_s, spec, run_dir / "cache", progress=verbose == 1, verbose=verbose > 0)
     jac_train, jac_val = jac[:len(train_s)], jac[len(train_s):]
     del jac
@@ -71,13 +77,6 @@ def train_committee(data, train_s, val_s, run_dir: Path, config: TrainConfig, *,
         print(f"E+F committee of {cfg.members}: {train_g.n_structures} training structures "
               f"({train_g.n_atoms} atoms), {val_g.n_structures} validation; {train_g.nbytes / 1e9:.2f} + "
               f"{val_g.nbytes / 1e9:.2f} GB", flush=True)
-    need = LBFGS_MEMORY_FACTOR * (train_g.nbytes + val_g.nbytes) / 1e9
-    if cfg.lbfgs_steps > 0 and need > 0.9 * ram:
-        # Refused before the Adam epochs, not discovered by the kernel's OOM killer after them.
-        raise BPNNInputError(
-            f"--ef-lbfgs-steps {cfg.lbfgs_steps}: the full-batch L-BFGS polish needs ~{need:.0f} GB for these "
-            f"{(train_g.nbytes + val_g.nbytes) / 1e9:.1f} GB of grouped Jacobians (it went past 23 GB on the full "
-            f"TiO2 set's 4.5 GB); this machine has {ram:.0f} GB: use --ef-lbfgs-steps 0 or fewer structures")
     result = jt.fit_committee(train_g, val_g, stats, cfg, run_dir=run_dir, resume=resume, verbose=verbose,
                               deadline=deadline)
     params = result["params"]
