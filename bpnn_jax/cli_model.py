@@ -122,6 +122,12 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                    help="weight of the mean squared stress error (GPa², structures with a stress) against the "
                         "energy term (eV²/atom²); default 0 (no stress term); e.g. 1e-4")
     g.add_argument("--bootstrap", action="store_true", help="Poisson-bootstrap the training structures per member")
+    g.add_argument("--ef-final-epochs", type=int, default=None,
+                   help=f"the last N Adam epochs form a final phase with the force weights times "
+                        f"--ef-final-force-factor (default {d.ef_final_epochs}: none)")
+    g.add_argument("--ef-final-force-factor", type=float, default=None,
+                   help=f"force-weight factor of the final phase, < 1 weighs energies more "
+                        f"(default {d.ef_final_force_factor})")
     g.add_argument("--ef-lbfgs-steps", type=int, default=None,
                    help=f"full-batch L-BFGS polish iterations after Adam (default {d.ef_lbfgs_steps})")
     add_key_args(p)
@@ -152,7 +158,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                   "lbfgs_force_weight", "force_weight", "force_subset", "max_energy", "patience", "seed", "force_loss", "huber_delta",
                   "atoms_per_batch", "init_model", "time_limit_minutes", "members", "ef_epochs", "ef_learning_rate",
                   "ef_final_learning_rate", "ef_warmup_epochs", "ef_force_weight", "weight_decay", "ema_decay",
-                  "ef_atoms_per_batch", "ef_lbfgs_steps")
+                  "ef_atoms_per_batch", "ef_lbfgs_steps", "ef_final_epochs", "ef_final_force_factor")
         if getattr(args, k) is not None
     }
     if args.descriptors is not None:

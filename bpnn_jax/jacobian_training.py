@@ -26,6 +26,12 @@ member keeps its own best epoch by its validation objective (early
 stopping per member), and a full-batch L-BFGS polish of all members at
 once may follow (:func:`polish_lbfgs`).
 
+An optional final phase (``final_epochs`` > 0, as the second stage of
+MACE's schedule) multiplies every lambda_k by ``final_force_factor`` (< 1
+weighs energies more) for the last epochs of the cosine schedule; the
+members' best points are then chosen afresh, on the phase's own
+validation objective, from the phase's epochs only.
+
 The parameters are a plain pytree (:class:`CommitteeParams`), turned into a
 Keras :class:`~bpnn_jax.model.BPNN` with ``members=K`` by
 :func:`to_model`; its autodiff forces equal the Jacobian ones (tested).
@@ -97,6 +103,11 @@ class CommitteeConfig:
             Voigt component of the structures that have a stress) against
             the energy term (eV²/atom²); 0 = no stress term.  Needs
             ``sjac`` and ``stress`` in the groups.
+        final_epochs: the last this many of ``epochs`` form the final
+            phase (0 = none).  Patience counts within each phase; a run
+            that patience ends before its final phase has none.
+        final_force_factor: every force weight is multiplied by this in
+            the final phase.
     """
 
     members: int = 5
@@ -115,15 +126,28 @@ class CommitteeConfig:
     seed: int = 0
     lbfgs_steps: int = 0
     stress_weight: float = 0.0
+    final_epochs: int = 0
+    final_force_factor: float = 1.0
 
-    def weights(self) -> np.ndarray:
-        """(K,) force weights."""
+    def __post_init__(self):
+        if not 0 <= self.final_epochs <= self.epochs:
+            raise ValueError(f"final_epochs must lie in [0, epochs={self.epochs}], got {self.final_epochs}")
+        if not self.final_force_factor > 0:
+            raise ValueError(f"final_force_factor must be > 0, got {self.final_force_factor}")
+
+    @property
+    def final_start(self) -> int:
+        """Epoch index (0-based) at which the final phase begins (``epochs`` when there is none)."""
+        return self.epochs - self.final_epochs if self.final_epochs else self.epochs
+
+    def weights(self, epoch: int = 0) -> np.ndarray:
+        """(K,) force weights in (0-based) ``epoch``: the final phase's once it has begun."""
         w = np.atleast_1d(np.asarray(self.force_weight, np.float64))
         if w.size == 1:
             w = np.full(self.members, float(w[0]))
         if w.shape != (self.members,):
             raise ValueError(f"force_weight needs 1 or {self.members} values, got {w.size}")
-        return w
+        return w * self.final_force_factor if self.final_epochs and epoch >= self.final_start else w
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
@@ -589,7 +613,6 @@ def fit_committee(train: Groups, val: Groups, stats: dict, cfg: CommitteeConfig,
     K = cfg.members
     S = stats["sf_mean"].shape[0]
     F = stats["sf_mean"].shape[1]
-    lam = jnp.asarray(cfg.weights(), dtype)
     st = jax.device_put(_stats_arrays(stats, dtype))
     bweights = _bootstrap_weights(train, cfg)
     train_dev, val_dev = _device_groups(train, dtype), _device_groups(val, dtype)
@@ -619,7 +642,7 @@ def fit_committee(train: Groups, val: Groups, stats: dict, cfg: CommitteeConfig,
     act = cfg.activation
 
     @jax.jit
-    def step(params, opt_state, ema, g, idx, valid, bw):
+    def step(params, opt_state, ema, g, idx, valid, bw, lam):  # lam an argument: the final phase compiles nothing
         batch = {k: jnp.take(v, idx, axis=0) for k, v in g.items()}
         w = jnp.take(bw, idx, axis=1) * valid
 
@@ -645,14 +668,24 @@ def fit_committee(train: Groups, val: Groups, stats: dict, cfg: CommitteeConfig,
     complete = True
     stopped = state["epoch"] - np.asarray(state["best_epoch"]) > cfg.patience
     hist_path = None if run_dir is None else Path(run_dir) / "ef_history.csv"
-    lam_np = cfg.weights()
     while state["epoch"] < cfg.epochs and not np.all(stopped):
         epoch = state["epoch"]
+        if cfg.final_epochs and epoch == cfg.final_start:
+            # The final phase's objective differs: its best points are chosen among its own epochs
+            # (the state is saved after this epoch, so a resume past it does not reset again).
+            state["best_objective"] = np.full(K, np.inf)
+            state["best_epoch"] = np.full(K, epoch, np.int64)
+            stopped = np.zeros(K, bool)
+            if verbose:
+                print(f"[ef] final phase: epochs {epoch + 1}-{cfg.epochs}, force weights x {cfg.final_force_factor:g}",
+                      flush=True)
+        lam_np = cfg.weights(epoch)
+        lam = jnp.asarray(lam_np, dtype)
         t0 = time.time()
         loss_sum = 0.0
         p, o, e = state["params"], state["opt_state"], state["ema"]
         for gi, idx, valid in _epoch_batches(train, cfg, epoch):
-            p, o, e, value = step(p, o, e, train_dev[gi], idx, jnp.asarray(valid, dtype), bw_dev[gi])
+            p, o, e, value = step(p, o, e, train_dev[gi], idx, jnp.asarray(valid, dtype), bw_dev[gi], lam)
             loss_sum += value
         loss_mean = float(loss_sum) / steps_per_epoch / K
         if not math.isfinite(loss_mean):
@@ -691,7 +724,8 @@ def fit_committee(train: Groups, val: Groups, stats: dict, cfg: CommitteeConfig,
                "val_member_energy_rmse_mev_atom": np.round(m["energy_rmse_mev_atom"], 4).tolist(),
                "val_member_force_rmse_ev_a": np.round(m["force_rmse_ev_a"], 5).tolist(),
                **({"val_committee_stress_rmse_gpa": m["mean_stress_rmse_gpa"]} if "mean_stress_rmse_gpa" in m else {}),
-               "learning_rate": float(_lr_schedule(cfg, steps_per_epoch)((epoch + 1) * steps_per_epoch))}
+               "learning_rate": float(_lr_schedule(cfg, steps_per_epoch)((epoch + 1) * steps_per_epoch)),
+               "force_weight_factor": cfg.final_force_factor if cfg.final_epochs and epoch >= cfg.final_start else 1.0}
         state["history"].append(rec)
         if on_epoch is not None:
             on_epoch(epoch + 1, rec)
@@ -756,7 +790,7 @@ def polish_lbfgs(params, train: Groups, val: Groups, stats: dict, cfg: Committee
     import optax
 
     K = cfg.members
-    lam = jnp.asarray(cfg.weights(), dtype)
+    lam = jnp.asarray(cfg.weights(cfg.epochs), dtype)
     st = jax.device_put(_stats_arrays(stats, dtype))
     tr, va = _device_groups(train, dtype), _device_groups(val, dtype)
     n_s = float(train.n_structures)
@@ -788,7 +822,7 @@ def polish_lbfgs(params, train: Groups, val: Groups, stats: dict, cfg: Committee
         return optax.apply_updates(p, updates), s, value
 
     val_fn = _validation_function(cfg.activation)
-    lam_np = cfg.weights()
+    lam_np = cfg.weights(cfg.epochs)
     P = jax.device_put(params)
     state = opt.init(P)
     m = _evaluate_groups(val_fn, P, st, va)

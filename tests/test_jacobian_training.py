@@ -6,7 +6,8 @@
   (positions -> descriptors -> energies, forces by autodiff);
 * a committee's mean and spread equal those of its members evaluated one
   by one (predict and the ASE calculator); it saves and reloads exactly;
-* a killed E+F stage resumes bit-exactly; the Jacobian cache is reused, and
+* a killed E+F stage resumes bit-exactly (also inside an energy-weighted
+  final phase, which leaves the run before it unchanged); the Jacobian cache is reused, and
   rebuilt when the data or the descriptor set change;
 * ``train --members`` and ``evaluate --json`` (``energy_std_ev``) end to end.
 """
@@ -331,6 +332,61 @@ def test_each_member_keeps_its_best_epoch_over_the_whole_run(setup):
     # The run ended only when neither member had improved for `patience` epochs (or at the last epoch).
     last = res["epochs_run"]
     assert last == cfg.epochs or all(last - b > cfg.patience for b in res["best_epoch"])
+
+
+def test_final_phase_weighs_energies_more_and_chooses_its_best_points_afresh(setup, tmp_path):
+    """``final_epochs``: the last epochs train with every lambda times ``final_force_factor``.
+
+    Before the phase the run is the plain one, bit for bit; from its first
+    epoch it differs; every member's best epoch lies in the phase and is the
+    argmin of the phase's own objective over the phase's epochs (a better
+    earlier epoch under the first objective must not be kept); a run killed
+    inside the phase resumes to the uninterrupted result.
+    """
+    groups = _small_groups(setup)
+    lam = (1e-2, 3e-2)
+    base = jt.CommitteeConfig(members=2, hidden=(6,), epochs=10, warmup_epochs=1, atoms_per_batch=24,
+                              learning_rate=1e-2, ema_decay=0.0, force_weight=lam)
+    # A factor > 1 makes the phase's objective values larger than the first phase's: only a fresh
+    # choice of best points picks phase epochs then.
+    cfg = dataclasses.replace(base, final_epochs=4, final_force_factor=20.0)
+    np.testing.assert_allclose(cfg.weights(5), lam)
+    np.testing.assert_allclose(cfg.weights(6), 20.0 * np.asarray(lam))
+    np.testing.assert_allclose(cfg.weights(cfg.epochs), 20.0 * np.asarray(lam))  # what a polish after it uses
+    np.testing.assert_allclose(dataclasses.replace(base, final_force_factor=0.05).weights(10), lam)  # no phase
+    with pytest.raises(ValueError, match="final_epochs"):
+        dataclasses.replace(base, final_epochs=11)
+    with pytest.raises(ValueError, match="final_force_factor"):
+        dataclasses.replace(base, final_epochs=2, final_force_factor=0.0)
+
+    plain = jt.fit_committee(groups, groups, setup["stats"], base, verbose=0)
+    res = jt.fit_committee(groups, groups, setup["stats"], cfg, verbose=0, run_dir=tmp_path / "a",
+                           checkpoint_seconds=0.0)
+    loss = lambda r: [h["train_loss"] for h in r["history"]]  # noqa: E731
+    assert loss(res)[:6] == loss(plain)[:6]
+    assert all(a != b for a, b in zip(loss(res)[6:], loss(plain)[6:]))
+    assert [h["force_weight_factor"] for h in res["history"]] == [1.0] * 6 + [20.0] * 4
+    e = np.array([r["val_member_energy_rmse_mev_atom"] for r in res["history"]]) / 1e3
+    f = np.array([r["val_member_force_rmse_ev_a"] for r in res["history"]])
+    obj = e**2 + 20.0 * np.asarray(lam)[None, :] * f**2
+    for k in range(2):
+        assert res["best_epoch"][k] == 6 + int(np.argmin(obj[6:, k])) + 1, (k, obj[:, k])
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_8(epoch, rec):
+        if epoch == 8:
+            raise Killed
+
+    with pytest.raises(Killed):
+        jt.fit_committee(groups, groups, setup["stats"], cfg, run_dir=tmp_path / "b", verbose=0,
+                         checkpoint_seconds=0.0, on_epoch=kill_after_8)
+    resumed = jt.fit_committee(groups, groups, setup["stats"], cfg, run_dir=tmp_path / "b", verbose=0,
+                               resume=True, checkpoint_seconds=0.0)
+    assert resumed["best_epoch"] == res["best_epoch"] and loss(resumed) == loss(res)
+    for x, y in zip(jax.tree_util.tree_leaves(res["params"]), jax.tree_util.tree_leaves(resumed["params"])):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 def test_lbfgs_polish_lowers_the_objective_and_never_worsens_a_member(setup):

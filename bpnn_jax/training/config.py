@@ -89,6 +89,10 @@ class TrainConfig:
         bootstrap: Poisson bootstrap of the training structures per member.
         ef_lbfgs_steps: full-batch L-BFGS polish iterations (all members
             at once) after Adam.
+        ef_final_epochs: the last this many of ``ef_epochs`` are a final
+            phase with every force weight times ``ef_final_force_factor``
+            (< 1 weighs energies more; best points chosen afresh in it).
+        ef_final_force_factor: force-weight factor of that phase.
         data_parallel: train with ``keras.distribution.DataParallel`` over
             all local devices (:func:`data_parallel_distribution`): weights
             replicated, every batch split over the devices.  Batch sizes
@@ -139,6 +143,8 @@ class TrainConfig:
     ef_atoms_per_batch: int = 768
     bootstrap: bool = False
     ef_lbfgs_steps: int = 0
+    ef_final_epochs: int = 0
+    ef_final_force_factor: float = 1.0
     data_parallel: bool = False
 
     def committee_config(self):
@@ -151,7 +157,8 @@ class TrainConfig:
             warmup_epochs=self.ef_warmup_epochs, weight_decay=self.weight_decay, force_weight=self.ef_force_weight,
             ema_decay=self.ema_decay, atoms_per_batch=self.ef_atoms_per_batch, bootstrap=self.bootstrap,
             patience=self.patience, seed=self.seed, lbfgs_steps=self.ef_lbfgs_steps,
-            stress_weight=self.stress_weight)
+            stress_weight=self.stress_weight, final_epochs=self.ef_final_epochs,
+            final_force_factor=self.ef_final_force_factor)
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
