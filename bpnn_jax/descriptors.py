@@ -57,6 +57,7 @@ __all__ = [
     "atom_descriptor_jacobian",
     "structure_descriptor_jacobian",
     "batch_descriptor_jacobian",
+    "batch_descriptor_jacobian_sparse",
     "batch_descriptor_strain_jacobian",
 ]
 
@@ -688,6 +689,67 @@ def batch_descriptor_jacobian(batch, spec: SymmetryFunctionSet, *, chunk_size: i
     js = _atoms_jacobian(disp.reshape(B * N, M, 3), batch.neighbor_mask.reshape(B * N, M), spec, batch.slots,
                          chunk_size)
     return jax.vmap(_fold_images)(js.reshape((B, N) + js.shape[1:]), batch.neighbors)
+
+
+def _partner_columns(neighbors, mask):
+    """Each atom's distinct partners (itself and its neighbours' atoms) and every slot's column among them.
+
+    Args:
+        neighbors: (N, M) int neighbour atom indices.
+        mask: (N, M) bool, real neighbours.
+
+    Returns:
+        ``partners`` (N, W) int32, W = min(N, M + 1): the distinct atoms k
+        with dG_i/dR_k != 0 in ascending order, -1 after them; ``columns``
+        (N, M + 1) int32: the column of the atom itself (column 0 of this
+        array) and of every slot's atom in ``partners[i]`` (padded slots
+        point at some column; their derivatives are zero).
+    """
+    N, M = neighbors.shape
+    W = min(N, M + 1)
+    cand = jnp.concatenate([jnp.arange(N, dtype=neighbors.dtype)[:, None], jnp.where(mask, neighbors, N)], axis=1)
+
+    def row(c):
+        order = jnp.argsort(c)
+        srt = c[order]
+        first = jnp.concatenate([jnp.ones((1,), bool), srt[1:] != srt[:-1]]) & (srt < N)
+        rank = (jnp.cumsum(first) - 1).astype(c.dtype)  # duplicates share their first occurrence's rank
+        cols = jnp.zeros_like(c).at[order].set(jnp.minimum(rank, W - 1))
+        partners = jnp.full((W,), -1, c.dtype).at[jnp.where(first, rank, W)].set(srt, mode="drop")
+        return partners, cols
+
+    partners, cols = jax.vmap(row)(cand)
+    return partners.astype(jnp.int32), cols.astype(jnp.int32)
+
+
+def batch_descriptor_jacobian_sparse(batch, spec: SymmetryFunctionSet, *, chunk_size: int = 2):
+    """Descriptor Jacobians stored per atom over its partners only (memory linear in the atom count).
+
+    dG_i/dR_k is non-zero only for k = i and the atoms k with an image
+    within the cut-off of i; with images folded onto their atoms those are
+    at most min(N, M + 1) atoms, M the neighbour slots.  For cells wider
+    than ~2 Rc that is far fewer than N, so storage is (N, W) blocks instead
+    of the (N, N) of :func:`batch_descriptor_jacobian` (same values).
+
+    Returns:
+        ``values`` (B, N, W, spec.n_functions, 3), Å⁻¹, with
+        ``values[b, i, q, f] = dG_{i,f} / dR_{partners[b, i, q]}``, and
+        ``partners`` (B, N, W) int32 (-1 = unused, its values zero).
+    """
+    B, N, M = batch.neighbors.shape
+    disp = jax.vmap(displacements)(batch.positions, batch.cell, batch.neighbors, batch.shifts)
+    js = _atoms_jacobian(disp.reshape(B * N, M, 3), batch.neighbor_mask.reshape(B * N, M), spec, batch.slots,
+                         chunk_size)
+    js = js.reshape((B, N) + js.shape[1:])
+
+    def fold(js_b, neighbors, mask):
+        partners, cols = _partner_columns(neighbors, mask)
+        rows = jnp.arange(N)
+        values = jnp.zeros((N, partners.shape[1]) + js_b.shape[2:], js_b.dtype)
+        values = values.at[rows[:, None], cols[:, 1:]].add(js_b)
+        return values.at[rows, cols[:, 0]].add(-js_b.sum(axis=1)), partners
+
+    return jax.vmap(fold)(js, batch.neighbors, batch.neighbor_mask)
 
 
 def batch_descriptor_strain_jacobian(batch, spec: SymmetryFunctionSet, *, chunk_size: int = 2):

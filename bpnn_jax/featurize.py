@@ -40,6 +40,7 @@ __all__ = [
     "DEFAULT_CHUNK_SIZE",
     "CompactStructure",
     "FeatureSet",
+    "SparseJacobian",
     "default_atoms_per_batch",
     "default_elements",
     "descriptor_function",
@@ -47,6 +48,7 @@ __all__ = [
     "feature_arrays",
     "featurize",
     "featurize_files",
+    "jacobian_nbytes",
     "prepare_compact",
     "save_features",
 ]
@@ -315,9 +317,11 @@ def _map_batches(structures, spec, fn, empty, *, dtype, atoms_per_batch, chunk_s
         bar = tqdm(total=len(plan), desc=desc, unit="batch", file=sys.stderr)
 
     def finish(members, result) -> None:
-        values = np.asarray(result)
+        values = tuple(np.asarray(r) for r in result) if isinstance(result, tuple) else np.asarray(result)
         for b, k in enumerate(members):
-            out[int(k)] = np.array(crop(values[b], prepared[int(k)].n_atoms), dtype=dtype, copy=True)
+            row = tuple(v[b] for v in values) if isinstance(values, tuple) else values[b]
+            got = crop(row, prepared[int(k)].n_atoms)
+            out[int(k)] = np.array(got, dtype=dtype, copy=True) if isinstance(got, np.ndarray) else got
         if bar is not None:
             bar.update(1)
 
@@ -325,7 +329,7 @@ def _map_batches(structures, spec, fn, empty, *, dtype, atoms_per_batch, chunk_s
         pending = None  # (members, device result): one batch of lookahead
         for members, b, n, slots in plan:
             batch = collate([prepared[int(i)].host() for i in members], b, n, slots, dtype=dtype)
-            result = fn(batch)  # asynchronous dispatch
+            result = fn(batch)  # asynchronous dispatch; fn may pick its program by the batch's shape
             if pending is not None:
                 finish(*pending)
             pending = (members, result)
@@ -342,6 +346,67 @@ def _map_batches(structures, spec, fn, empty, *, dtype, atoms_per_batch, chunk_s
 JACOBIAN_CHUNK_SIZE = 2
 
 
+@dataclasses.dataclass(frozen=True)
+class SparseJacobian:
+    """One structure's descriptor Jacobian over each atom's partners only.
+
+    Attributes:
+        values: (n, w, F, 3) Å⁻¹, ``values[i, q, f, c] = dG_{i,f} / dR_{partners[i, q], c}``.
+        partners: (n, w) int32 atom indices, ascending per row, -1 after the
+            row's last partner (with zero values).  w is the largest number
+            of distinct atoms (the atom itself and the atoms of its
+            neighbours' images) of any atom, at most n.
+    """
+
+    values: np.ndarray
+    partners: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The dense (n, n, F, 3) shape this Jacobian stands for."""
+        n, _, F, c = self.values.shape
+        return (n, n, F, c)
+
+    @property
+    def width(self) -> int:
+        return int(self.values.shape[1])
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.values.nbytes + self.partners.nbytes)
+
+    def dense(self) -> np.ndarray:
+        """The (n, n, F, 3) array of :func:`descriptor_jacobians` with ``sparse=False``."""
+        n, w = self.partners.shape
+        out = np.zeros(self.shape, self.values.dtype)
+        rows, cols = np.nonzero(self.partners >= 0)
+        out[rows, self.partners[rows, cols]] = self.values[rows, cols]
+        return out
+
+
+#: With ``sparse=None``, a structure's Jacobian is kept sparse when its width
+#: is at most this fraction of its atom count (below it the index array and
+#: the scatter of the forces pay for themselves).
+SPARSE_WIDTH_FRACTION = 0.75
+
+
+def jacobian_nbytes(structure, n_functions: int, itemsize: int = 4) -> int:
+    """Upper bound of the bytes of one structure's Jacobian as :func:`descriptor_jacobians` stores it (auto layout).
+
+    Args:
+        structure: a prepared structure (:class:`~bpnn_jax.batch.HostStructure`
+            or :class:`CompactStructure`).
+        n_functions: symmetry functions per atom F.
+        itemsize: bytes per value.
+    """
+    n = int(structure.n_atoms)
+    counts = structure.counts if hasattr(structure, "counts") else structure.nl.counts
+    w = min(n, int(np.max(counts, initial=0)) + 1)  # distinct partners <= neighbours + itself
+    if w > SPARSE_WIDTH_FRACTION * n:
+        return n * n * n_functions * 3 * itemsize
+    return n * w * (n_functions * 3 * itemsize + 4)
+
+
 def descriptor_jacobians(
     structures: Iterable,
     spec,
@@ -350,17 +415,21 @@ def descriptor_jacobians(
     atoms_per_batch: int | None = None,
     chunk_size: int = JACOBIAN_CHUNK_SIZE,
     progress: bool = False,
-) -> list[np.ndarray]:
+    sparse: bool | None = None,
+) -> list:
     """Derivatives dG_i/dR_k of every atom's symmetry functions by every position.
 
     With these, forces of any network on the functions are a contraction,
     F_k = -sum_i (dE/dG_i) . J[i, k], so training on forces does not have to
     differentiate the symmetry functions again at every step (see
-    :func:`bpnn_jax.training.refine_lbfgs`).  Periodic images are folded
-    onto their atoms.
+    :mod:`bpnn_jax.jacobian_training`).  Periodic images are folded onto
+    their atoms.
 
-    Memory: n_atoms² · F · 3 values per structure (a 24-atom TiO2 cell in
-    float32: 0.5 MB; all 7033 structures of the TiO2 set: 3.4 GB).
+    Memory: dense, n_atoms² · F · 3 values per structure (a 24-atom TiO2
+    cell in float32: 0.5 MB; all 7033 structures of the TiO2 set: 3.4 GB);
+    sparse (:class:`SparseJacobian`), n_atoms · w · F · 3 with w the most
+    distinct atoms within the cut-off of any atom, so linear in the atom
+    count once a cell is wider than ~2 Rc.
 
     Args:
         structures: as for :func:`featurize`.
@@ -369,16 +438,39 @@ def descriptor_jacobians(
         atoms_per_batch: target padded atoms per batch (None: as featurize).
         chunk_size: atoms per vmapped chunk inside ``lax.map``.
         progress: tqdm progress bars on stderr.
+        sparse: False = every structure dense; True = every structure a
+            :class:`SparseJacobian`; None = sparse where its width is at
+            most :data:`SPARSE_WIDTH_FRACTION` of the atom count (small
+            cells, where every atom sees nearly every other, stay dense).
 
     Returns:
-        One array of shape (n_k, n_k, spec.n_functions, 3) per structure,
-        in Å⁻¹, J[i, k, f, c] = dG_{i,f} / dR_{k,c}.
+        One entry per structure: an array of shape (n_k, n_k,
+        spec.n_functions, 3) in Å⁻¹, J[i, k, f, c] = dG_{i,f} / dR_{k,c}, or
+        a :class:`SparseJacobian` of the same values.
     """
-    from .descriptors import batch_descriptor_jacobian
+    from .descriptors import batch_descriptor_jacobian, batch_descriptor_jacobian_sparse
 
-    return _map_batches(structures, spec, _cached_jit(batch_descriptor_jacobian, spec, chunk_size), np.zeros((0, 0, spec.n_functions, 3)), dtype=dtype,
+    dense_fn = _cached_jit(batch_descriptor_jacobian, spec, chunk_size)
+    sparse_fn = _cached_jit(batch_descriptor_jacobian_sparse, spec, chunk_size)
+    np_dtype = np.dtype(dtype)
+
+    def fn(batch):
+        B, N, M = batch.neighbors.shape
+        # The sparse program only when its width min(N, M + 1) can be below N (wide cells).
+        return sparse_fn(batch) if sparse or (sparse is None and M + 1 < N) else dense_fn(batch)
+
+    def crop(v, n):
+        if not isinstance(v, tuple):
+            return v[:n, :n]
+        values, partners = v
+        partners = partners[:n]
+        w = max(int((partners >= 0).sum(axis=1).max(initial=0)), 1)
+        out = SparseJacobian(np.array(values[:n, :w], np_dtype), np.array(partners[:, :w], np.int32))
+        return out if sparse or w <= SPARSE_WIDTH_FRACTION * n else out.dense()
+
+    return _map_batches(structures, spec, fn, np.zeros((0, 0, spec.n_functions, 3)), dtype=dtype,
                         atoms_per_batch=atoms_per_batch, chunk_size=chunk_size, progress=progress,
-                        desc="descriptor Jacobians", crop=lambda v, n: v[:n, :n])
+                        desc="descriptor Jacobians", crop=crop)
 
 
 def descriptor_strain_jacobians(

@@ -166,7 +166,11 @@ class Groups:
     ``sf`` (G, N, F) symmetry functions; ``species`` (G, N) int32; ``mask``
     (G, N) bool (real atoms); ``energy`` (G,) eV relative to the references;
     ``n`` (G,) atom counts; ``forces`` (G, N, 3) eV/Å; ``jac`` (G, 3N, N·F)
-    Å⁻¹ with ``jac[g, 3k + c, F i + f] = dG_if / dR_kc`` (zero for padding);
+    Å⁻¹ with ``jac[g, 3k + c, F i + f] = dG_if / dR_kc`` (zero for padding),
+    or, for a group of sparse Jacobians (:class:`~bpnn_jax.featurize.SparseJacobian`,
+    wide cells), ``jac_values`` (G, N, 3W, F) with ``jac_values[g, i, 3q + c, f]
+    = dG_if / dR_{p,c}`` for p = ``jac_partners[g, i, q]`` ((G, N, W) int32;
+    unused entries point at the atom itself, with zero values);
     ``index`` (G,) positions of the structures in the input lists.  For
     stress training also ``sjac`` (G, 6, N·F) with ``sjac[g, v, F i + f] =
     dG_if / dε_v`` (Voigt order), ``stress`` (G, 6) GPa, ``has_stress`` (G,)
@@ -202,8 +206,10 @@ def group_by_size(sf_list, species_list, energies, forces_list=None, jac_list=No
         species_list: per structure (n,) element indices.
         energies: per structure energy relative to the references (eV).
         forces_list: per structure (n, 3) target forces (eV/Å), or None.
-        jac_list: per structure (n, n, F, 3) Jacobians dG_i/dR_k (as from
+        jac_list: per structure (n, n, F, 3) Jacobians dG_i/dR_k or
+            :class:`~bpnn_jax.featurize.SparseJacobian` (as from
             :func:`bpnn_jax.featurize.descriptor_jacobians`), or None.
+            Dense and sparse structures go to separate groups.
             Entries are released (set to None) as they are copied, to cap
             peak memory, unless the list is a tuple.
         dtype: float dtype of the arrays.
@@ -215,14 +221,18 @@ def group_by_size(sf_list, species_list, energies, forces_list=None, jac_list=No
     Returns:
         :class:`Groups` (forces and Jacobians only when given).
     """
+    from .featurize import SparseJacobian
     from .neighbors import ATOM_BUCKETS, bucket_size
 
-    by_n: dict[int, list[int]] = {}
+    def is_sparse(k):
+        return jac_list is not None and isinstance(jac_list[k], SparseJacobian)
+
+    by_n: dict[tuple[int, bool], list[int]] = {}
     for k, sp in enumerate(species_list):
-        by_n.setdefault(bucket_size(len(sp), ATOM_BUCKETS), []).append(k)
+        by_n.setdefault((bucket_size(len(sp), ATOM_BUCKETS), is_sparse(k)), []).append(k)
     F = sf_list[0].shape[1]
     out = []
-    for n_pad, idx in sorted(by_n.items()):
+    for (n_pad, sparse), idx in sorted(by_n.items()):
         G = len(idx)
         g = {"sf": np.zeros((G, n_pad, F), dtype), "species": np.zeros((G, n_pad), np.int32),
              "mask": np.zeros((G, n_pad), bool), "energy": np.asarray([energies[k] for k in idx], dtype),
@@ -230,7 +240,22 @@ def group_by_size(sf_list, species_list, energies, forces_list=None, jac_list=No
         for b, k in enumerate(idx):
             n = len(species_list[k])
             g["sf"][b, :n], g["species"][b, :n], g["mask"][b, :n] = sf_list[k], species_list[k], True
-        if jac_list is not None:
+        if sparse:
+            g["forces"] = np.zeros((G, n_pad, 3), dtype)
+            w_pad = -(-max(jac_list[k].width for k in idx) // 8) * 8  # few shapes
+            values = np.zeros((G, n_pad, w_pad, 3, F), dtype)
+            partners = np.broadcast_to(np.arange(n_pad, dtype=np.int32)[None, :, None], (G, n_pad, w_pad)).copy()
+            for b, k in enumerate(idx):
+                n, j = len(species_list[k]), jac_list[k]
+                g["forces"][b, :n] = forces_list[k]
+                values[b, :n, :j.width] = np.transpose(np.asarray(j.values), (0, 1, 3, 2))
+                p = np.asarray(j.partners)
+                partners[b, :n, :j.width] = np.where(p >= 0, p, np.arange(n, dtype=np.int32)[:, None])
+                if isinstance(jac_list, list):
+                    jac_list[k] = None
+            g["jac_values"] = values.reshape(G, n_pad, w_pad * 3, F)
+            g["jac_partners"] = partners
+        elif jac_list is not None:
             g["forces"] = np.zeros((G, n_pad, 3), dtype)
             jac = np.zeros((G, n_pad, 3, n_pad, F), dtype)
             for b, k in enumerate(idx):
@@ -294,7 +319,8 @@ def init_params(key, members: int, n_elements: int, n_functions: int, hidden: Se
     return {"W": W, "b": b}
 
 
-def committee_outputs(params, stats, sf, species, mask, activation="tanh", jac=None, sjac=None, volume=None):
+def committee_outputs(params, stats, sf, species, mask, activation="tanh", jac=None, sjac=None, volume=None,
+                      partners=None):
     """Energies (and Jacobian forces) of every member for a batch.
 
     Args:
@@ -305,9 +331,12 @@ def committee_outputs(params, stats, sf, species, mask, activation="tanh", jac=N
         species: (B, N) element indices.
         mask: (B, N) real atoms.
         activation: hidden activation name.
-        jac: optional (B, 3N, N·F) descriptor Jacobians.
+        jac: optional (B, 3N, N·F) descriptor Jacobians, or with
+            ``partners`` the sparse (B, N, 3W, F) ``jac_values`` of
+            :class:`Groups`.
         sjac, volume: optional (B, 6, N·F) strain Jacobians and (B,) cell
             volumes (Å³), with ``jac``.
+        partners: (B, N, W) int32 ``jac_partners`` of a sparse ``jac``.
 
     Returns:
         dict: ``energy`` (K, B) eV; with ``jac`` also ``forces`` (K, B, N, 3)
@@ -339,8 +368,14 @@ def committee_outputs(params, stats, sf, species, mask, activation="tanh", jac=N
         return {"energy": energies(sf_k)}
     energy, vjp = jax.vjp(energies, sf_k)
     (dedg,) = vjp(jnp.ones_like(energy))  # (K, B, N, F): dE_kb/dG
-    forces = -jnp.einsum("bij,kbj->kbi", jac, dedg.reshape(K, B, N * F))
-    out = {"energy": energy, "forces": forces.reshape(K, B, N, 3)}
+    if partners is None:
+        forces = -jnp.einsum("bij,kbj->kbi", jac, dedg.reshape(K, B, N * F)).reshape(K, B, N, 3)
+    else:  # per atom i over its partners, then scattered onto them
+        W = partners.shape[-1]
+        contrib = jnp.einsum("bnjf,kbnf->bnjk", jac, dedg).reshape(B, N * W, 3, K)
+        per_b = jax.vmap(lambda c, p: jax.ops.segment_sum(c, p.reshape(N * W), num_segments=N))(contrib, partners)
+        forces = -jnp.transpose(per_b, (3, 0, 1, 2))  # (K, B, N, 3)
+    out = {"energy": energy, "forces": forces}
     if sjac is not None:
         de_deps = jnp.einsum("bvj,kbj->kbv", sjac, dedg.reshape(K, B, N * F))
         out["stress"] = EV_PER_A3_IN_GPA * de_deps / volume[None, :, None]
@@ -348,8 +383,9 @@ def committee_outputs(params, stats, sf, species, mask, activation="tanh", jac=N
 
 
 def _outputs(params, stats, g, activation):
-    return committee_outputs(params, stats, g["sf"], g["species"], g["mask"], activation, g.get("jac"),
-                             g.get("sjac"), g.get("volume"))
+    jac = g["jac"] if "jac" in g else g.get("jac_values")
+    return committee_outputs(params, stats, g["sf"], g["species"], g["mask"], activation, jac,
+                             g.get("sjac"), g.get("volume"), partners=g.get("jac_partners"))
 
 
 def _error_sums(out, g, weights=None):
@@ -464,7 +500,7 @@ def _stats_arrays(stats: dict, dtype) -> dict:
 
 
 #: The arrays of a group that the jitted steps take (``index`` stays on the host).
-_DEVICE_KEYS = ("sf", "species", "mask", "energy", "n", "forces", "jac")
+_DEVICE_KEYS = ("sf", "species", "mask", "energy", "n", "forces", "jac", "jac_values", "jac_partners")
 #: Present for stress training only.
 _STRESS_KEYS = ("sjac", "stress", "has_stress", "volume")
 

@@ -1,7 +1,9 @@
 """Tests of the E+F committee stage on cached descriptor Jacobians (float64).
 
 * Jacobian forces of every member equal the autodiff forces of the Keras
-  committee model, on thin 6-atom cells and the 95-atom cells (1e-10);
+  committee model, on thin 6-atom cells and the 95-atom cells (1e-10),
+  with dense and with sparse storage (and on a 256-atom Cu supercell,
+  where sparse storage keeps 19 of 256 partners per atom);
 * the loss gradient of the Jacobian path equals that of the end-to-end path
   (positions -> descriptors -> energies, forces by autodiff);
 * a committee's mean and spread equal those of its members evaluated one
@@ -28,7 +30,7 @@ from bpnn_jax import jacobian_training as jt
 from bpnn_jax.batch import collate, prepare_structures
 from bpnn_jax.calculator import BPNNCalculator
 from bpnn_jax.descriptors import SymmetryFunctionSet
-from bpnn_jax.featurize import descriptor_jacobians
+from bpnn_jax.featurize import SparseJacobian, descriptor_jacobians
 from bpnn_jax.io import REFERENCE_ENERGIES_TIO2, read_xsf
 from bpnn_jax.jacobian_cache import cached_jacobians
 from bpnn_jax.model import load_model
@@ -84,6 +86,132 @@ def test_jacobian_forces_equal_autodiff_forces(setup):
                                        rtol=1e-12)
             # padding of the group holds exact zeros
             assert np.all(np.asarray(out["forces"])[:, b, n:] == 0)
+
+
+def _copper(rep, seed=None):
+    """An fcc Cu supercell labelled by ASE's EMT (rattled when ``seed`` is given)."""
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+
+    atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(rep)
+    if seed is not None:
+        atoms.rattle(0.05, seed=seed)
+    atoms.calc = EMT()
+    atoms.get_forces()
+    return atoms
+
+
+def _sparse_setup(hosts, spec, references, seed=5):
+    """Sparse-storage groups, a float64 committee and its Keras model for ``hosts``."""
+    sf = featurize_host(hosts, spec, dtype=np.float64)
+    jac = descriptor_jacobians(hosts, spec, dtype=np.float64, sparse=True)
+    assert all(isinstance(j, SparseJacobian) for j in jac)
+    stats = compute_statistics(sf, [h.species for h in hosts], [h.energy for h in hosts], spec.n_elements)
+    stats["sf_std"] = np.maximum(stats["sf_std"], 0.05)
+    stats["energy_scale"] = 0.5
+    groups = jt.group_by_size(sf, [h.species for h in hosts], [h.energy for h in hosts], [h.forces for h in hosts],
+                              tuple(jac), dtype=np.float64)
+    assert all("jac_values" in g and "jac" not in g for g in groups.arrays)
+    params = jt.init_params(jax.random.PRNGKey(seed), K, spec.n_elements, spec.n_functions, HIDDEN, "float64")
+    model = jt.to_model(params, stats, spec, jt.CommitteeConfig(members=K, hidden=HIDDEN), references,
+                        dtype="float64")
+    return groups, params, model, jac
+
+
+@pytest.mark.parametrize("case", ["tio2", "copper"])
+def test_sparse_jacobian_forces_equal_autodiff_forces(setup, case):
+    """Sparse storage (each atom's partners only): Jacobian forces = the Keras model's autodiff forces (1e-10).
+
+    TiO2: the thin 6-atom cells and the 95-atom cells (every partner of every
+    atom stored, images folded); copper: a 256-atom EMT supercell at
+    Rc = 4 Å, where each atom has 19 of the 256 as partners, next to a
+    72-atom and a 4-atom cell.
+    """
+    if case == "tio2":
+        hosts, spec, refs = setup["hosts"], setup["spec"], REFERENCE_ENERGIES_TIO2
+    else:
+        spec = SymmetryFunctionSet.imbalzano(("Cu",), cutoff=4.0)
+        refs = {"Cu": 0.0}
+        hosts = prepare_structures([_copper((4, 4, 4), 1), _copper((3, 3, 2), 2), _copper((1, 1, 1), 3)],
+                                   spec.elements, spec.cutoff, energy_offsets=refs)
+    groups, params, model, jac = _sparse_setup(hosts, spec, refs)
+    st = _model_stats(model)
+    if case == "copper":
+        assert jac[0].width < len(hosts[0].positions) // 10, jac[0].width
+    for g in groups.arrays:
+        out = jt.committee_outputs(params, st, g["sf"], g["species"], g["mask"], "tanh", g["jac_values"],
+                                   partners=g["jac_partners"])
+        for b, k in enumerate(g["index"]):
+            h = hosts[k]
+            ref = model(_single_inputs(model, h))
+            n = h.n_atoms
+            f_ref = np.asarray(ref["forces_members"])[:, 0, :n]
+            f_jac = np.asarray(out["forces"])[:, b, :n]
+            assert np.max(np.abs(f_jac - f_ref)) <= 1e-10 * np.max(np.abs(f_ref)), h.name
+            assert np.all(np.asarray(out["forces"])[:, b, n:] == 0)
+
+
+def test_sparse_jacobians_hold_the_dense_values_in_linear_memory(setup):
+    """Same values as the dense n² blocks; partners are exactly the atoms within the cut-off; memory ∝ atoms."""
+    hosts, spec = setup["hosts"], setup["spec"]
+    dense = descriptor_jacobians(hosts, spec, dtype=np.float64, sparse=False)
+    sparse = descriptor_jacobians(hosts, spec, dtype=np.float64, sparse=True)
+    for h, d, s in zip(hosts, dense, sparse):
+        np.testing.assert_allclose(s.dense(), d, rtol=0, atol=1e-13 * np.abs(d).max())
+        # Brute force: the partners of i are i and the atoms of its neighbours' images, ascending.
+        for i in range(h.n_atoms):
+            want = np.unique(np.append(h.nl.neighbors[h.nl.centers == i], i))
+            got = s.partners[i][s.partners[i] >= 0]
+            np.testing.assert_array_equal(got, want)
+            assert np.all(s.values[i][s.partners[i] < 0] == 0)
+    # The automatic layout keeps small TiO2 cells dense (every atom sees nearly every other) ...
+    auto = descriptor_jacobians(hosts, spec, dtype=np.float64)
+    assert all(isinstance(a, np.ndarray) for a in auto)
+    # ... and stores a crystal twice as long in twice the bytes (dense would be four times).
+    cu = SymmetryFunctionSet.imbalzano(("Cu",), cutoff=4.0)
+    small, big = (descriptor_jacobians([_copper(rep)], cu, dtype=np.float32)[0] for rep in ((4, 4, 4), (4, 4, 8)))
+    assert isinstance(small, SparseJacobian) and isinstance(big, SparseJacobian)
+    assert big.width == small.width and big.nbytes == 2 * small.nbytes
+
+
+def test_training_on_sparse_groups_equals_training_on_dense_groups():
+    """The E+F Adam stage gives the same losses and parameters whichever storage the Jacobians have (float64)."""
+    spec = SymmetryFunctionSet.imbalzano(("Cu",), cutoff=4.0)
+    hosts = prepare_structures([_copper((4, 4, 4), 1), _copper((1, 1, 1), 3), _copper((1, 1, 1), 4)],
+                               spec.elements, spec.cutoff, energy_offsets={"Cu": 0.0})
+    sf = featurize_host(hosts, spec, dtype=np.float64)
+    stats = compute_statistics(sf, [h.species for h in hosts], [h.energy for h in hosts], 1)
+    cfg = jt.CommitteeConfig(members=2, hidden=(6,), epochs=3, warmup_epochs=1, atoms_per_batch=300,
+                             learning_rate=1e-2, force_weight=(1e-2, 3e-2))
+    runs = []
+    for sparse in (True, False):
+        jac = descriptor_jacobians(hosts, spec, dtype=np.float64, sparse=sparse)
+        g = jt.group_by_size(sf, [h.species for h in hosts], [h.energy for h in hosts], [h.forces for h in hosts],
+                             tuple(jac), dtype=np.float64)
+        assert all(("jac_values" in a) == sparse for a in g.arrays)
+        runs.append(jt.fit_committee(g, g, stats, cfg, verbose=0, dtype="float64"))
+    a, b = runs
+    np.testing.assert_allclose([r["train_loss"] for r in a["history"]], [r["train_loss"] for r in b["history"]],
+                               rtol=1e-10)
+    for x, y in zip(jax.tree_util.tree_leaves(a["params"]), jax.tree_util.tree_leaves(b["params"])):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-8, atol=1e-12)
+
+
+def test_sparse_jacobian_cache_round_trip(tmp_path):
+    """A cache holding dense and sparse structures returns both as computed; the layout choice is in the key."""
+    spec = SymmetryFunctionSet.imbalzano(("Cu",), cutoff=4.0)
+    hosts = prepare_structures([_copper((4, 4, 4), 1), _copper((1, 1, 1), 3)], spec.elements, spec.cutoff,
+                               energy_offsets={"Cu": 0.0})
+    a, hit = cached_jacobians(hosts, spec, tmp_path)
+    assert not hit and isinstance(a[0], SparseJacobian) and isinstance(a[1], np.ndarray)
+    b, hit = cached_jacobians(hosts, spec, tmp_path)
+    assert hit and isinstance(b[0], SparseJacobian) and isinstance(b[1], np.ndarray)
+    np.testing.assert_array_equal(a[0].values, b[0].values)
+    np.testing.assert_array_equal(a[0].partners, b[0].partners)
+    np.testing.assert_array_equal(a[1], b[1])
+    c, hit = cached_jacobians(hosts, spec, tmp_path, sparse=False)
+    assert not hit and all(isinstance(x, np.ndarray) for x in c)
+    np.testing.assert_array_equal(c[0], a[0].dense())
 
 
 def test_loss_gradient_matches_end_to_end_path(setup):

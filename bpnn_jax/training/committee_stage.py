@@ -38,13 +38,16 @@ def train_committee(data, train_s, val_s, run_dir: Path, config: TrainConfig, *,
                                len(data["elements"]))
     if verbose:
         print(f"descriptors of {len(train_s)} + {len(val_s)} structures: {time.time() - t0:.1f} s", flush=True)
-    gb = sum(s.n_atoms ** 2 for s in train_s + val_s) * spec.n_functions * 3 * 4 / 1e9
+    from ..featurize import jacobian_nbytes
+
+    # Dense n² blocks for small cells, n · (atoms within the cut-off) for wide ones (sparse storage).
+    gb = sum(jacobian_nbytes(s, spec.n_functions) for s in train_s + val_s) / 1e9
     ram = physical_memory_gb()
     if 2.2 * gb > 0.9 * ram:
         raise BPNNInputError(
             f"the descriptor Jacobians of {len(train_s) + len(val_s)} structures need ~{2.2 * gb:.0f} GB "
-            f"(n_atoms² · {spec.n_functions} · 3 floats each, grouped); this machine has {ram:.0f} GB: use "
-            f"fewer or smaller structures, or --members 0 for the energy stages")
+            f"(n_atoms · min(n_atoms, partners) · {spec.n_functions} · 3 floats each, grouped); this machine has "
+            f"{ram:.0f} GB: use fewer or smaller structures, or --members 0 for the energy stages")
     if cfg.lbfgs_steps > 0 and LBFGS_MEMORY_FACTOR * gb > 0.9 * ram:
         # Refused before the Jacobians and the Adam epochs, not found by the kernel's OOM killer after them.
         raise BPNNInputError(

@@ -30,7 +30,7 @@ def force_training_data(structures, spec, verbose) -> tuple[list, list]:
             f"(n_atoms² · {spec.n_functions} · 3 floats each), this machine has {ram:.0f} GB; train energies only "
             f"in L-BFGS (--lbfgs-force-weight 0) and forces end to end (--force-epochs), or use fewer or smaller "
             f"structures")
-    jac = descriptor_jacobians(structures, spec, dtype=np.float32, progress=verbose == 1)
+    jac = descriptor_jacobians(structures, spec, dtype=np.float32, progress=verbose == 1, sparse=False)
     if verbose:
         print(f"descriptor Jacobians of {len(structures)} structures ({gb:.2f} GB): {time.time() - t0:.0f} s",
               flush=True)
