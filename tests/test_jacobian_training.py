@@ -328,6 +328,23 @@ def _small_groups(setup):
     return f32
 
 
+def _killed_and_resumed(groups, stats, cfg, run_dir, kill_at):
+    """Run the E+F stage, kill it inside epoch ``kill_at``'s callback, then resume it to the end."""
+
+    class Killed(Exception):
+        pass
+
+    def kill(epoch, rec):
+        if epoch == kill_at:
+            raise Killed
+
+    with pytest.raises(Killed):
+        jt.fit_committee(groups, groups, stats, cfg, run_dir=run_dir, verbose=0, checkpoint_seconds=0.0,
+                         on_epoch=kill)
+    return jt.fit_committee(groups, groups, stats, cfg, run_dir=run_dir, verbose=0, resume=True,
+                            checkpoint_seconds=0.0)
+
+
 def test_killed_ef_stage_resumes_bit_exactly(setup, tmp_path):
     groups = _small_groups(setup)
     cfg = jt.CommitteeConfig(members=2, hidden=(6,), epochs=6, warmup_epochs=1, atoms_per_batch=24,
@@ -335,19 +352,8 @@ def test_killed_ef_stage_resumes_bit_exactly(setup, tmp_path):
     full = jt.fit_committee(groups, groups, setup["stats"], cfg, run_dir=tmp_path / "a", verbose=0,
                             checkpoint_seconds=0.0)
 
-    class Killed(Exception):
-        pass
-
-    def kill_after_3(epoch, rec):
-        if epoch == 3:
-            raise Killed
-
-    with pytest.raises(Killed):
-        jt.fit_committee(groups, groups, setup["stats"], cfg, run_dir=tmp_path / "b", verbose=0,
-                         checkpoint_seconds=0.0, on_epoch=kill_after_3)
     # The epoch-3 state was not yet written when the kill came: resume redoes it.
-    resumed = jt.fit_committee(groups, groups, setup["stats"], cfg, run_dir=tmp_path / "b", verbose=0,
-                               resume=True, checkpoint_seconds=0.0)
+    resumed = _killed_and_resumed(groups, setup["stats"], cfg, tmp_path / "b", 3)
     assert resumed["epochs_run"] == full["epochs_run"] == 6
     for x, y in zip(jax.tree_util.tree_leaves(full["params"]), jax.tree_util.tree_leaves(resumed["params"])):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
@@ -500,18 +506,7 @@ def test_final_phase_weighs_energies_more_and_chooses_its_best_points_afresh(set
     for k in range(2):
         assert res["best_epoch"][k] == 6 + int(np.argmin(obj[6:, k])) + 1, (k, obj[:, k])
 
-    class Killed(Exception):
-        pass
-
-    def kill_after_8(epoch, rec):
-        if epoch == 8:
-            raise Killed
-
-    with pytest.raises(Killed):
-        jt.fit_committee(groups, groups, setup["stats"], cfg, run_dir=tmp_path / "b", verbose=0,
-                         checkpoint_seconds=0.0, on_epoch=kill_after_8)
-    resumed = jt.fit_committee(groups, groups, setup["stats"], cfg, run_dir=tmp_path / "b", verbose=0,
-                               resume=True, checkpoint_seconds=0.0)
+    resumed = _killed_and_resumed(groups, setup["stats"], cfg, tmp_path / "b", 8)
     assert resumed["best_epoch"] == res["best_epoch"] and loss(resumed) == loss(res)
     for x, y in zip(jax.tree_util.tree_leaves(res["params"]), jax.tree_util.tree_leaves(resumed["params"])):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
