@@ -256,8 +256,11 @@ class BPNNCalculator(Calculator):
         nl_builds: number of neighbour-list builds so far.
         last_extrapolation: :func:`extrapolation_report` of the latest
             calculation.
-        compiled_shapes: padded shapes (B, N, slots) evaluated so far; each
-            costs one XLA compilation.
+        compiled_shapes: padded shapes (B, N, slots) evaluated so far.
+        compiled_programs: (evaluator, shape) pairs evaluated so far, each
+            one XLA compilation (at most): a committee has two evaluators,
+            ``"mean_forces"`` and ``"member_forces"`` (when ``forces_std``
+            is asked for); a single network only ``"forces"``.
 
     Raises:
         StructureError: (from a calculation) an atom of an element the model
@@ -293,6 +296,7 @@ class BPNNCalculator(Calculator):
         self.nl_builds = 0
         self.last_extrapolation: list[tuple[int, int]] = []
         self.compiled_shapes: set = set()
+        self.compiled_programs: set = set()
         self.member_forces = None if member_forces is None else bool(member_forces)
         self._fn, self._variables = _evaluator(model, bool(self.member_forces))
         self._nl = None  # state of the current neighbour list (dict)
@@ -378,11 +382,15 @@ class BPNNCalculator(Calculator):
         cell = np.array(atoms.cell.array, dtype=inputs["cell"].dtype)[None]
         inputs["cell"] = cell
         values = [v.value for v in self._variables]
-        fn = self._fn
+        fn, members = self._fn, bool(self.member_forces)
         if self.member_forces is None and "forces_std" in properties:
             fn, _ = _evaluator(self.model, True)
+            members = True
         out = fn(values, positions, cell, inputs)
         self.compiled_shapes.add(st["shape"])
+        committee = getattr(self.model, "members", 1) > 1
+        self.compiled_programs.add(
+            (("member_forces" if members else "mean_forces") if committee else "forces", st["shape"]))
 
         refs = self.model.reference_energies
         ref_atoms = np.array([refs.get(s, 0.0) for s in atoms.get_chemical_symbols()], np.float64)

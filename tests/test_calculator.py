@@ -367,4 +367,4 @@ def test_cell_relaxation_compiles_a_bounded_number_of_programs(data_dir):
     # strain-aware skin: 26 builds, and the neighbour-slot buckets shrank
     # twice as the cell contracted, 3 programs).
     assert len(lowered) <= 3, (len(lowered), calc.compiled_shapes)
-    assert len(calc.compiled_shapes) <= 4
+    assert len(calc.compiled_programs) <= 4

@@ -279,7 +279,11 @@ def test_committee_mean_and_spread_equal_its_members_one_by_one(setup):
     np.testing.assert_allclose(res["forces"], f[0], atol=1e-10)
     # The members' forces are computed when forces_std is asked for (or always with member_forces=True).
     assert "forces_std" not in res
+    assert {e for e, _ in atoms.calc.compiled_programs} == {"mean_forces"}
     np.testing.assert_allclose(atoms.calc.get_property("forces_std", atoms), f_std[0], atol=1e-10)
+    # Two programs for one shape: the mean's forces, then every member's (compiled_shapes alone undercounts).
+    assert {e for e, _ in atoms.calc.compiled_programs} == {"mean_forces", "member_forces"}
+    assert len(atoms.calc.compiled_shapes) == 1
     np.testing.assert_allclose(atoms.calc.results["forces"], f[0], atol=1e-10)
     always = setup["atoms"][0].copy()
     always.calc = BPNNCalculator(model, warn_extrapolation=False, member_forces=True)
