@@ -40,7 +40,8 @@ Everything the stage needs to resume is in ``run_dir/ef_state.npz``
 (parameters, optimizer state, EMA, best parameters, epoch, history),
 written atomically every ``checkpoint_seconds`` and at the end; batches
 are ordered by (seed, epoch) alone, so a resumed run repeats the
-uninterrupted one.
+uninterrupted one.  A run with a final phase also keeps the state at the
+phase's start in ``run_dir/ef_state_phase1.npz`` (same layout).
 """
 
 from __future__ import annotations
@@ -708,7 +709,10 @@ def fit_committee(train: Groups, val: Groups, stats: dict, cfg: CommitteeConfig,
         epoch = state["epoch"]
         if cfg.final_epochs and epoch == cfg.final_start:
             # The final phase's objective differs: its best points are chosen among its own epochs
-            # (the state is saved after this epoch, so a resume past it does not reset again).
+            # (the state is saved after this epoch, so a resume past it does not reset again).  The
+            # first phase's state is kept beside it, so its best points stay available.
+            if path is not None:
+                _save_state(path.with_name("ef_state_phase1.npz"), state)
             state["best_objective"] = np.full(K, np.inf)
             state["best_epoch"] = np.full(K, epoch, np.int64)
             stopped = np.zeros(K, bool)

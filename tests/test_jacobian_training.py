@@ -509,6 +509,9 @@ def test_final_phase_weighs_energies_more_and_chooses_its_best_points_afresh(set
     obj = e**2 + 20.0 * np.asarray(lam)[None, :] * f**2
     for k in range(2):
         assert res["best_epoch"][k] == 6 + int(np.argmin(obj[6:, k])) + 1, (k, obj[:, k])
+    # The first phase's state (its best points among epochs 1-6) is kept beside the run's.
+    with np.load(tmp_path / "a" / "ef_state_phase1.npz") as first:
+        assert np.all(first["best_epoch"] <= 6) and np.all(first["best_epoch"] >= 1)
 
     resumed = _killed_and_resumed(groups, setup["stats"], cfg, tmp_path / "b", 8)
     assert resumed["best_epoch"] == res["best_epoch"] and loss(resumed) == loss(res)
