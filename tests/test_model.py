@@ -463,10 +463,11 @@ SHIPPED_TEST_SAMPLE = (
 def test_shipped_tio2_is_accurate_on_its_test_split(data_dir):
     """The shipped committee, on 40 held-out structures: energies and forces near its recorded metrics.
 
-    Measured when it was shipped: 4.69 meV/atom and 0.194 eV/Å (tio2_v2,
-    the Artrith-Urban committee: 6.27 and 0.232; tio2_v1, the single
-    network: 4.15 and 0.401).  The bounds leave room for float32 rounding,
-    not for a worse model.
+    Measured when it was shipped: 3.61 meV/atom and 0.202 eV/Å (tio2_v3,
+    the same recipe without the energy-weighted final phase: 4.69 and
+    0.194; tio2_v2, the Artrith-Urban committee: 6.27 and 0.232; tio2_v1,
+    the single network: 4.15 and 0.401).  The bounds leave room for
+    float32 rounding, not for a worse model.
     """
     import bpnn_jax
 
@@ -479,7 +480,7 @@ def test_shipped_tio2_is_accurate_on_its_test_split(data_dir):
     e_rmse = 1e3 * np.sqrt(np.mean([((e - h.energy) / h.n_atoms) ** 2 for e, h in zip(energies, hosts)]))
     f_rmse = np.sqrt(np.mean(np.concatenate([(f - h.forces).ravel() for f, h in zip(forces, hosts)]) ** 2))
     print(f"shipped tio2 on the sample: energy {e_rmse:.3f} meV/atom, forces {f_rmse:.4f} eV/Å")
-    assert e_rmse <= 5.0
+    assert e_rmse <= 4.0  # tio2_v3: 4.69
     assert f_rmse <= 0.21  # tio2_v2: 0.232, tio2_v1: 0.401
     assert meta["descriptor_set"].startswith("imbalzano") and model.spec.n_functions == 96
     # In-range structures: the spread per atom stays below the calibrated threshold for nearly all.
