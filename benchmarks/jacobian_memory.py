@@ -29,18 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import add_common_args, default_tag, fmt, footer, log, machine_line, new_result, write_results  # noqa: E402
-
-
-def rutile(rep, seed=0):
-    import numpy as np
-    from ase import Atoms
-
-    a, c, u = 4.594, 2.959, 0.305
-    frac = [(0, 0, 0), (0.5, 0.5, 0.5), (u, u, 0), (1 - u, 1 - u, 0), (0.5 + u, 0.5 - u, 0.5), (0.5 - u, 0.5 + u, 0.5)]
-    cell = np.diag([a, a, c])
-    atoms = Atoms("Ti2O4", scaled_positions=frac, cell=cell, pbc=True).repeat(rep)
-    atoms.rattle(0.02, seed=seed)
-    return atoms
+from md_inference import rutile  # noqa: E402  (the MD benchmark's rutile cell)
 
 
 def markdown(res: dict) -> str:
@@ -108,6 +97,7 @@ def main(argv=None) -> int:
     for size in args.sizes:
         rep = tuple(int(x) for x in size.split(","))
         atoms = rutile(rep)
+        atoms.rattle(0.02, seed=0)
         n = len(atoms)
         (host,) = prepare_structures([atoms], spec.elements, spec.cutoff, energy_offsets=REFERENCE_ENERGIES_TIO2)
         host = dataclasses.replace(host, energy=0.0, forces=np.zeros((n, 3)))
