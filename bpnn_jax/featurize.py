@@ -377,7 +377,6 @@ class SparseJacobian:
 
     def dense(self) -> np.ndarray:
         """The (n, n, F, 3) array of :func:`descriptor_jacobians` with ``sparse=False``."""
-        n, w = self.partners.shape
         out = np.zeros(self.shape, self.values.dtype)
         rows, cols = np.nonzero(self.partners >= 0)
         out[rows, self.partners[rows, cols]] = self.values[rows, cols]
