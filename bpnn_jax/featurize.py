@@ -389,6 +389,11 @@ class SparseJacobian:
 SPARSE_WIDTH_FRACTION = 0.75
 
 
+def _stays_sparse(width: int, n_atoms: int) -> bool:
+    """The automatic layout's rule: sparse storage for a width of at most :data:`SPARSE_WIDTH_FRACTION` · n."""
+    return width <= SPARSE_WIDTH_FRACTION * n_atoms
+
+
 def jacobian_nbytes(structure, n_functions: int, itemsize: int = 4) -> int:
     """Upper bound of the bytes of one structure's Jacobian as :func:`descriptor_jacobians` stores it (auto layout).
 
@@ -401,9 +406,9 @@ def jacobian_nbytes(structure, n_functions: int, itemsize: int = 4) -> int:
     n = int(structure.n_atoms)
     counts = structure.counts if hasattr(structure, "counts") else structure.nl.counts
     w = min(n, int(np.max(counts, initial=0)) + 1)  # distinct partners <= neighbours + itself
-    if w > SPARSE_WIDTH_FRACTION * n:
-        return n * n * n_functions * 3 * itemsize
-    return n * w * (n_functions * 3 * itemsize + 4)
+    if _stays_sparse(w, n):
+        return n * w * (n_functions * 3 * itemsize + 4)
+    return n * n * n_functions * 3 * itemsize
 
 
 def descriptor_jacobians(
@@ -465,7 +470,7 @@ def descriptor_jacobians(
         partners = partners[:n]
         w = max(int((partners >= 0).sum(axis=1).max(initial=0)), 1)
         out = SparseJacobian(np.array(values[:n, :w], np_dtype), np.array(partners[:, :w], np.int32))
-        return out if sparse or w <= SPARSE_WIDTH_FRACTION * n else out.dense()
+        return out if sparse or _stays_sparse(w, n) else out.dense()
 
     return _map_batches(structures, spec, fn, np.zeros((0, 0, spec.n_functions, 3)), dtype=dtype,
                         atoms_per_batch=atoms_per_batch, chunk_size=chunk_size, progress=progress,

@@ -141,6 +141,10 @@ class CommitteeConfig:
         """Epoch index (0-based) at which the final phase begins (``epochs`` when there is none)."""
         return self.epochs - self.final_epochs if self.final_epochs else self.epochs
 
+    def force_factor(self, epoch: int) -> float:
+        """Factor of every force weight in (0-based) ``epoch``: ``final_force_factor`` once the final phase has begun."""
+        return self.final_force_factor if self.final_epochs and epoch >= self.final_start else 1.0
+
     def weights(self, epoch: int = 0) -> np.ndarray:
         """(K,) force weights in (0-based) ``epoch``: the final phase's once it has begun."""
         w = np.atleast_1d(np.asarray(self.force_weight, np.float64))
@@ -148,7 +152,7 @@ class CommitteeConfig:
             w = np.full(self.members, float(w[0]))
         if w.shape != (self.members,):
             raise ValueError(f"force_weight needs 1 or {self.members} values, got {w.size}")
-        return w * self.final_force_factor if self.final_epochs and epoch >= self.final_start else w
+        return w * self.force_factor(epoch)
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
@@ -238,17 +242,19 @@ def group_by_size(sf_list, species_list, energies, forces_list=None, jac_list=No
         g = {"sf": np.zeros((G, n_pad, F), dtype), "species": np.zeros((G, n_pad), np.int32),
              "mask": np.zeros((G, n_pad), bool), "energy": np.asarray([energies[k] for k in idx], dtype),
              "n": np.asarray([len(species_list[k]) for k in idx], dtype), "index": np.asarray(idx, np.int64)}
+        if jac_list is not None:
+            g["forces"] = np.zeros((G, n_pad, 3), dtype)
         for b, k in enumerate(idx):
             n = len(species_list[k])
             g["sf"][b, :n], g["species"][b, :n], g["mask"][b, :n] = sf_list[k], species_list[k], True
+            if jac_list is not None:
+                g["forces"][b, :n] = forces_list[k]
         if sparse:
-            g["forces"] = np.zeros((G, n_pad, 3), dtype)
             w_pad = -(-max(jac_list[k].width for k in idx) // 8) * 8  # few shapes
             values = np.zeros((G, n_pad, w_pad, 3, F), dtype)
             partners = np.broadcast_to(np.arange(n_pad, dtype=np.int32)[None, :, None], (G, n_pad, w_pad)).copy()
             for b, k in enumerate(idx):
                 n, j = len(species_list[k]), jac_list[k]
-                g["forces"][b, :n] = forces_list[k]
                 values[b, :n, :j.width] = np.transpose(np.asarray(j.values), (0, 1, 3, 2))
                 p = np.asarray(j.partners)
                 partners[b, :n, :j.width] = np.where(p >= 0, p, np.arange(n, dtype=np.int32)[:, None])
@@ -257,11 +263,9 @@ def group_by_size(sf_list, species_list, energies, forces_list=None, jac_list=No
             g["jac_values"] = values.reshape(G, n_pad, w_pad * 3, F)
             g["jac_partners"] = partners
         elif jac_list is not None:
-            g["forces"] = np.zeros((G, n_pad, 3), dtype)
             jac = np.zeros((G, n_pad, 3, n_pad, F), dtype)
             for b, k in enumerate(idx):
                 n = len(species_list[k])
-                g["forces"][b, :n] = forces_list[k]
                 jac[b, :n, :, :n] = np.transpose(np.asarray(jac_list[k]), (1, 3, 0, 2))
                 if isinstance(jac_list, list):
                     jac_list[k] = None
@@ -765,7 +769,7 @@ def fit_committee(train: Groups, val: Groups, stats: dict, cfg: CommitteeConfig,
                "val_member_force_rmse_ev_a": np.round(m["force_rmse_ev_a"], 5).tolist(),
                **({"val_committee_stress_rmse_gpa": m["mean_stress_rmse_gpa"]} if "mean_stress_rmse_gpa" in m else {}),
                "learning_rate": float(_lr_schedule(cfg, steps_per_epoch)((epoch + 1) * steps_per_epoch)),
-               "force_weight_factor": cfg.final_force_factor if cfg.final_epochs and epoch >= cfg.final_start else 1.0}
+               "force_weight_factor": cfg.force_factor(epoch)}
         state["history"].append(rec)
         if on_epoch is not None:
             on_epoch(epoch + 1, rec)
