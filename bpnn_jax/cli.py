@@ -114,8 +114,9 @@ def _add_featurize_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--preset", "--descriptors", default="auto", metavar="NAME|FILE",
-        help="symmetry-function set: auto (default: artrith-urban, the 70-function TiO2 set of aenet, for O/Ti "
-             "data; imbalzano otherwise), artrith-urban, imbalzano (alias general), or a JSON/YAML parameter file",
+        help="descriptor set: auto (default: artrith-urban, the 70-function TiO2 set of aenet, for O/Ti "
+             "data; imbalzano otherwise), artrith-urban, imbalzano (alias general), chebyshev (aenet's Chebyshev "
+             "basis: 44 functions for any number of elements), or a JSON/YAML parameter file",
     )
     p.add_argument(
         "--elements", nargs="+", default=None, metavar="SYMBOL",

@@ -57,8 +57,9 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR's last checkpoint with the run's saved options "
                    "(of the flags, only --time-limit, --ef-lbfgs-steps and --lbfgs-steps apply)")
     p.add_argument("--descriptors", default=None, metavar="NAME|FILE",
-                   help="symmetry functions: auto (default: artrith-urban for O/Ti data, imbalzano otherwise), "
-                        "artrith-urban, imbalzano (alias general), or a JSON/YAML parameter file")
+                   help="descriptors: auto (default: artrith-urban for O/Ti data, imbalzano otherwise), "
+                        "artrith-urban, imbalzano (alias general), chebyshev (aenet's Chebyshev basis), or a "
+                        "JSON/YAML parameter file")
     p.add_argument("--cutoff", type=float, default=None, help="cut-off radius of the imbalzano set, Å (default 6.0)")
     p.add_argument("--reference", action="append", default=None, metavar="EL=EV", type=parse_reference,
                    help="free-atom reference energy of an element, eV (repeatable); elements without one are "

@@ -43,6 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .chebyshev import ChebyshevBasis, chebyshev_atom_descriptors, chebyshev_atom_jacobian
 from .cutoffs import cosine_cutoff
 from .errors import BPNNInputError
 from .io import VOIGT
@@ -50,6 +51,9 @@ from .geometry import displacements, safe_norm
 
 __all__ = [
     "SymmetryFunctionSet",
+    "ChebyshevBasis",
+    "descriptor_preset",
+    "descriptor_from_config",
     "atom_descriptors",
     "atoms_descriptors",
     "structure_descriptors",
@@ -61,7 +65,7 @@ __all__ = [
     "batch_descriptor_strain_jacobian",
 ]
 
-_PRESETS = ("auto", "artrith-urban", "imbalzano")
+_PRESETS = ("auto", "artrith-urban", "imbalzano", "chebyshev")
 
 #: Aliases of preset names.
 _PRESET_ALIASES = {"imbalzano2018": "imbalzano", "general": "imbalzano"}
@@ -182,6 +186,9 @@ class SymmetryFunctionSet:
             return cls.artrith_urban(elements)
         if key == "imbalzano":
             return cls.imbalzano(elements, 6.0 if cutoff is None else cutoff)
+        if key == "chebyshev":
+            raise BPNNInputError("'chebyshev' is not a symmetry-function set; use descriptor_preset "
+                                 "or ChebyshevBasis.aenet")
         if name.lower().endswith((".json", ".yaml", ".yml")):
             return cls.from_file(name, elements)
         raise BPNNInputError(f"unknown symmetry-function set {name!r}; known: {', '.join(_PRESETS)}, "
@@ -319,6 +326,56 @@ class SymmetryFunctionSet:
         return etas, lz, u, l, scale
 
 
+def descriptor_preset(name: str, elements: Sequence[str], cutoff: float | None = None):
+    """The descriptor set called ``name``: symmetry functions or aenet's Chebyshev basis.
+
+    Args:
+        name: a :meth:`SymmetryFunctionSet.preset` name, ``"chebyshev"``
+            (:meth:`ChebyshevBasis.aenet`: Rc 8.0 / 6.5 Å, orders 16 / 4,
+            44 functions), or a JSON/YAML file: a mapping with ``kind:
+            chebyshev`` and the keys of :meth:`ChebyshevBasis.to_config`
+            (``elements`` optional: the data's win), or a
+            symmetry-function file (:meth:`SymmetryFunctionSet.from_file`).
+        elements: the elements, in column order.
+        cutoff: Rc in Å of the ``imbalzano`` set (the others fix their own).
+
+    Returns:
+        A :class:`SymmetryFunctionSet` or a :class:`ChebyshevBasis`.
+
+    Raises:
+        BPNNInputError: an unknown name, an unreadable or invalid file (named).
+    """
+    key = name.lower().replace("_", "-")
+    if key == "chebyshev":
+        return ChebyshevBasis.aenet(elements)
+    if key.endswith((".json", ".yaml", ".yml")):
+        import json
+        from pathlib import Path
+
+        import yaml
+
+        path = Path(name)
+        try:
+            text = path.read_text(encoding="utf-8")
+            data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+        except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as exc:
+            raise BPNNInputError(f"{path}: cannot read the descriptor file ({exc})") from None
+        if isinstance(data, dict) and str(data.get("kind", "")).lower() == "chebyshev":
+            try:
+                return ChebyshevBasis.from_config({**data, "elements": list(elements), "name": str(path)})
+            except (KeyError, TypeError, ValueError) as exc:
+                msg = f"missing key {exc}" if isinstance(exc, KeyError) else str(exc)
+                raise BPNNInputError(f"{path}: {msg}") from None
+    return SymmetryFunctionSet.preset(name, elements, cutoff)
+
+
+def descriptor_from_config(config: dict):
+    """Inverse of ``to_config()`` of either descriptor set (a model's record)."""
+    if config.get("kind") == "chebyshev":
+        return ChebyshevBasis.from_config(config)
+    return SymmetryFunctionSet.from_config(config)
+
+
 # --------------------------------------------------------------------- kernel
 @jax.custom_vjp
 def _pair_sums(E, P):
@@ -361,8 +418,12 @@ def atom_descriptors(disp, mask, spec: SymmetryFunctionSet, slots: Sequence[int]
 
     Returns:
         (spec.n_functions,) symmetry-function values (dimensionless), zero
-        when the atom has no neighbours (e.g. a padded atom).
+        when the atom has no neighbours (e.g. a padded atom).  A
+        :class:`~bpnn_jax.chebyshev.ChebyshevBasis` ``spec`` gives its own
+        descriptor (same layout of arguments).
     """
+    if isinstance(spec, ChebyshevBasis):
+        return chebyshev_atom_descriptors(disp, mask, spec, slots)
     dtype = disp.dtype
     rc = spec.cutoff
     r = safe_norm(disp)  # (M,)
@@ -539,8 +600,11 @@ def atom_descriptor_jacobian(disp, mask, spec: SymmetryFunctionSet, slots: Seque
 
     Returns:
         (M, spec.n_functions, 3) array J with J[m, f] = dG_f / dr_m in Å⁻¹;
-        zero for padded slots.
+        zero for padded slots.  A :class:`~bpnn_jax.chebyshev.ChebyshevBasis`
+        ``spec`` gives its own descriptor's derivatives.
     """
+    if isinstance(spec, ChebyshevBasis):
+        return chebyshev_atom_jacobian(disp, mask, spec, slots)
     dtype = disp.dtype
     rc = spec.cutoff
     M = disp.shape[0]

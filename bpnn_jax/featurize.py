@@ -598,7 +598,7 @@ def featurize_files(
             (singular cell, atoms too close; see
             :func:`~bpnn_jax.batch.prepare_structures`).
     """
-    from .descriptors import SymmetryFunctionSet
+    from .descriptors import descriptor_preset
     from .io import read_structures
 
     structures, skipped = read_structures(paths, skip_invalid=skip_invalid, progress=progress)
@@ -608,7 +608,7 @@ def featurize_files(
     if elements is None:
         elements = default_elements((s for sym in symbols for s in sym.tolist()), preset)
     try:
-        spec = SymmetryFunctionSet.preset(preset, tuple(elements))
+        spec = descriptor_preset(preset, tuple(elements))
     except ValueError as exc:
         raise BPNNInputError(str(exc)) from None
     files = [str(a.info.get("file", "")) for a in structures]
@@ -647,8 +647,10 @@ def feature_arrays(features: FeatureSet) -> dict[str, np.ndarray]:
         symbol per atom; ``sf`` (A, F) float, raw SF values with atoms in
         file order and structures in order; ``elements`` (E,) str, the
         element order; ``cutoff`` () float64, Å; and per column ``fn_center``
-        ('*': all centre species), ``fn_kind`` ('G2'/'G4'),
-        ``fn_neighbors`` (e.g. 'O', 'O-Ti'), ``fn_eta`` (Å⁻²), ``fn_rs``
+        ('*': all centre species), ``fn_kind`` ('G2'/'G4', or
+        'cheb-radial'/'cheb-angular' for the Chebyshev basis),
+        ``fn_neighbors`` (e.g. 'O', 'O-Ti'; 'all'/'typespin' for
+        Chebyshev), ``fn_eta`` (Å⁻²), ``fn_rs``
         (Å), ``fn_lambda``, ``fn_zeta`` (float64, 0 for G2), ``fn_rc`` (Å),
         each of shape (F,).
     """
@@ -675,7 +677,7 @@ def feature_arrays(features: FeatureSet) -> dict[str, np.ndarray]:
         "fn_rs": np.array([c["rs"] for c in cols], np.float64),
         "fn_lambda": np.array([c["lambda"] for c in cols], np.float64),
         "fn_zeta": np.array([c["zeta"] for c in cols], np.float64),
-        "fn_rc": np.full(n_f, spec.cutoff, np.float64),
+        "fn_rc": np.array([c.get("rc", spec.cutoff) for c in cols], np.float64),
     }
 
 

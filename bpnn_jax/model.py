@@ -39,7 +39,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from .descriptors import SymmetryFunctionSet, atoms_descriptors
+from .descriptors import atoms_descriptors, descriptor_from_config
 from .errors import ModelError
 from .geometry import displacements
 from .layers import ElementMLP, MaskedRMSE
@@ -58,7 +58,7 @@ class BPNN(keras.Model):
     """Behler-Parrinello neural-network potential.
 
     Args:
-        descriptor: ``SymmetryFunctionSet.to_config()`` dict; its elements
+        descriptor: ``to_config()`` dict of a SymmetryFunctionSet or ChebyshevBasis; its elements
             are the model's elements, in species-index order.
         hidden: nodes per hidden layer (same for every element).
         activation: hidden activation (Keras name), e.g. "tanh".
@@ -108,7 +108,7 @@ class BPNN(keras.Model):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.spec = SymmetryFunctionSet.from_config(descriptor)
+        self.spec = descriptor_from_config(descriptor)
         self.elements = self.spec.elements
         self.hidden = tuple(int(h) for h in hidden)
         self.activation = activation

@@ -9,7 +9,7 @@ import numpy as np
 
 
 from ..batch import HostStructure, prepare_structures
-from ..descriptors import SymmetryFunctionSet
+from ..descriptors import SymmetryFunctionSet, descriptor_preset
 from ..io import read_structures
 from .config import TrainConfig
 
@@ -116,7 +116,7 @@ def load_training_data(paths, config: TrainConfig, *, progress=True):
     keep = np.ones(len(atoms), bool) if config.max_energy is None else cohesive <= config.max_energy
     excluded = [a.info["file"] for a, k in zip(atoms, keep) if not k]
     atoms = [a for a, k in zip(atoms, keep) if k]
-    spec = SymmetryFunctionSet.preset(config.preset, elements, config.cutoff)
+    spec = descriptor_preset(config.preset, elements, config.cutoff)
     structures = prepare_structures(atoms, elements, spec.cutoff, progress=progress, energy_offsets=refs)
     split = split_indices(len(structures), config.val_fraction, config.test_fraction, config.seed)
     return dict(elements=elements, references=refs, structures=structures, atoms=atoms, split=split,

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import keras
 
-from ..descriptors import SymmetryFunctionSet
+from ..descriptors import descriptor_preset
 from ..errors import BPNNInputError
 from ..model import BPNN
 from .config import TrainConfig
@@ -26,7 +26,7 @@ from .force_stage import run_force_stage
 
 def build_model(config: TrainConfig, elements: Sequence[str], reference_energies: dict) -> BPNN:
     """A fresh, uncompiled model for ``config``."""
-    spec = SymmetryFunctionSet.preset(config.preset, elements, config.cutoff)
+    spec = descriptor_preset(config.preset, elements, config.cutoff)
     keras.utils.set_random_seed(config.seed)
     return BPNN(
         spec.to_config(), hidden=config.hidden, activation=config.activation, dropout=config.dropout,
