@@ -519,6 +519,32 @@ def test_final_phase_weighs_energies_more_and_chooses_its_best_points_afresh(set
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+def test_a_run_branched_at_its_final_phase_equals_the_whole_run_with_the_new_factor(setup, tmp_path):
+    """The first phase's state, resumed with another final-phase factor, repeats a whole run with that factor.
+
+    This is what ``experiments/branch_final_phase.py`` relies on: final-phase
+    settings can be compared for the cost of the phase alone.
+    """
+    import shutil
+
+    groups = _small_groups(setup)
+    base = jt.CommitteeConfig(members=2, hidden=(6,), epochs=8, warmup_epochs=1, atoms_per_batch=24,
+                              learning_rate=1e-2, ema_decay=0.9, force_weight=(1e-2, 3e-2), final_epochs=3,
+                              final_force_factor=0.1)
+    jt.fit_committee(groups, groups, setup["stats"], base, verbose=0, run_dir=tmp_path / "a")
+    other = dataclasses.replace(base, final_force_factor=0.3)
+    whole = jt.fit_committee(groups, groups, setup["stats"], other, verbose=0, run_dir=tmp_path / "b")
+    (tmp_path / "c").mkdir()
+    shutil.copy2(tmp_path / "a" / "ef_state_phase1.npz", tmp_path / "c" / "ef_state.npz")
+    branched = jt.fit_committee(groups, groups, setup["stats"], other, verbose=0, run_dir=tmp_path / "c",
+                                resume=True)
+    untimed = lambda r: [{k: v for k, v in h.items() if k != "seconds"} for h in r["history"]]  # noqa: E731
+    assert untimed(branched) == untimed(whole) and branched["best_epoch"] == whole["best_epoch"]
+    assert [h["force_weight_factor"] for h in branched["history"]] == [1.0] * 5 + [0.3] * 3
+    for x, y in zip(jax.tree_util.tree_leaves(whole["params"]), jax.tree_util.tree_leaves(branched["params"])):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
 def test_lbfgs_polish_lowers_the_objective_and_never_worsens_a_member(setup):
     """Full-batch L-BFGS of all members at once (``--ef-lbfgs-steps``), float64."""
     g, st, cfg = setup["groups"], setup["st"], dataclasses.replace(setup["cfg"], force_weight=(1e-3, 3e-3, 1e-2))
