@@ -3,9 +3,9 @@
 Usage::
 
     python benchmarks/md_inference.py [--sizes 100,1000,10000] [--steps 20]
-                                      [--out-dir DIR] [--tag TAG]
+                                      [--model NAME|FILE.keras] [--out-dir DIR] [--tag TAG]
 
-``bpnn_jax.BPNNCalculator(bpnn_jax.load_model("tio2"))`` on rutile TiO2
+``bpnn_jax.BPNNCalculator(bpnn_jax.load_model("tio2"))`` (or ``--model``) on rutile TiO2
 (a = 4.594 Å, c = 2.959 Å, u = 0.305) repeated to about each requested
 number of atoms, as close to cubic as the repeats allow.  Every step moves
 all atoms to new random positions about the lattice sites (Gaussian,
@@ -210,7 +210,8 @@ def markdown(res: dict) -> str:
     lines = [
         f"# MD step benchmark: BPNNCalculator on rutile ({res['tag']})",
         "",
-        f"{res['date']} · model `tio2` (shipped) · energy + forces + stress per step"
+        f"{res['date']} · model `{s.get('model', 'tio2')}` ({s.get('descriptor', 'shipped')}) · "
+        f"energy + forces + stress per step"
         f"{'' if s.get('member_forces', True) else ' (forces of the committee mean only: member_forces=False)'} · "
         f"skin {s['skin']} Å · "
         f"random displacements σ = {s['amplitude']} Å per step about the lattice sites · {s['warmup']} warm-up "
@@ -269,6 +270,7 @@ def main(argv=None) -> int:
     ap.add_argument("--amplitude", type=float, default=0.02, help="σ of the random displacements, Å (default 0.02)")
     ap.add_argument("--skin", type=float, default=0.5, help="neighbour-list skin, Å (the calculator's default 0.5)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--model", default="tio2", help="a shipped model's name or a .keras path (default tio2)")
     ap.add_argument("--member-forces", action=argparse.BooleanOptionalAction, default=True,
                     help="a committee's per-member forces (forces_std; the calculator's default) or, with "
                          "--no-member-forces, the forces of the mean energy only (one backward pass)")
@@ -278,12 +280,13 @@ def main(argv=None) -> int:
     import bpnn_jax
 
     args.tag = args.tag or default_tag()
-    model = bpnn_jax.load_model("tio2")
+    model = bpnn_jax.load_model(args.model)
     dtype = str(np.dtype(model.compute_dtype or "float32"))
     res = new_result("md_inference", args, dtype)
     res["settings"] = {"sizes": sizes, "steps": args.steps, "warmup": args.warmup, "max_seconds": args.max_seconds,
                        "amplitude": args.amplitude, "skin": args.skin, "seed": args.seed,
-                       "member_forces": args.member_forces,
+                       "member_forces": args.member_forces, "model": args.model,
+                       "descriptor": model.spec.describe(),
                        "structure": f"rutile a={A} c={C} u={U}"}
     res["sizes"] = []
     log(f"MD step benchmark on {res['machine']['device']} ({res['machine']['device_kind']}), sizes {sizes}")

@@ -7,7 +7,8 @@
 * invariant under rotation, translation and permutation of atoms;
 * a committee on the basis: Jacobian forces and stress equal the Keras
   model's autodiff forces and the calculator's stress; it saves and
-  reloads with identical outputs; the file format and the errors.
+  reloads with identical outputs; its LAMMPS bundle equals the calculator;
+  the file format and the errors.
 """
 
 from __future__ import annotations
@@ -259,3 +260,16 @@ def test_featurize_cli_writes_the_chebyshev_columns(data_dir, tmp_path):
     assert list(d["fn_neighbors"][[0, 21, 22, 43]]) == ["all", "all", "typespin", "typespin"]
     np.testing.assert_array_equal(d["fn_rc"][[0, 17, 22, 39]], [8.0, 6.5, 8.0, 6.5])
     np.testing.assert_allclose(d["sf"], _brute_force(read_xsf(data_dir / TIO2[0]), basis), rtol=0, atol=1e-10)
+
+
+def test_lammps_bundle_of_a_chebyshev_committee_equals_the_calculator(committee, data_dir, tmp_path):
+    """The LAMMPS route carries the basis: the exported program (float64) against the calculator."""
+    from bpnn_jax.lammps import export_lammps, verify_bundle
+
+    path = tmp_path / "cheb.keras"
+    committee["model"].save(path)
+    bundle = tmp_path / "cheb.json"
+    export_lammps(str(path), bundle, precision="float64", max_atoms=2048, max_neighbors=320, max_owned=96)
+    result = verify_bundle(bundle, [read_xsf(data_dir / TIO2[0]), read_xsf(data_dir / "structure7514.xsf")])
+    assert result["max_rel_energy_error"] <= 1e-12
+    assert result["max_abs_force_error_ev_a"] <= 1e-10
