@@ -5,9 +5,10 @@
   cells and on a three-element cell (type spins −1, 0, +1), to 1e-12;
 * the analytic Jacobian equals forward-mode autodiff of the values;
 * invariant under rotation, translation and permutation of atoms;
-* a committee on the basis: Jacobian forces and stress equal the Keras
-  model's autodiff forces and the calculator's stress; it saves and
-  reloads with identical outputs; its LAMMPS bundle equals the calculator;
+* a committee on the basis: Jacobian forces equal the Keras model's
+  autodiff forces; the calculator's stress equals a finite difference of
+  its energy under strain; it saves and reloads with identical outputs;
+  its LAMMPS bundle equals the calculator;
   the file format and the errors.
 """
 
