@@ -162,13 +162,11 @@ class ChebyshevBasis:
 
 # --------------------------------------------------------------------- kernel
 def _chebyshev(x, order: int):
-    """T_0 … T_order at x and their derivatives: two (order + 1, *x.shape) arrays."""
+    """T_0 … T_order at x by the three-term recurrence: (order + 1, *x.shape)."""
     t = [jnp.ones_like(x), x]
-    dt = [jnp.zeros_like(x), jnp.ones_like(x)]
     for _ in range(2, order + 1):
         t.append(2.0 * x * t[-1] - t[-2])
-        dt.append(2.0 * t[-2] + 2.0 * x * dt[-1] - dt[-2])
-    return jnp.stack(t[:order + 1]), jnp.stack(dt[:order + 1])
+    return jnp.stack(t[:order + 1])
 
 
 def _slot_spins(basis: ChebyshevBasis, slots: Sequence[int], dtype):
@@ -239,7 +237,7 @@ def _slot_terms(disp, mask, basis: ChebyshevBasis):
     r = safe_norm(disp)
     fr = cosine_cutoff(r, basis.radial_cutoff) * w
     fa = cosine_cutoff(r, basis.angular_cutoff) * w
-    t_r, _ = _chebyshev(2.0 * r / basis.radial_cutoff - 1.0, basis.radial_order)
+    t_r = _chebyshev(2.0 * r / basis.radial_cutoff - 1.0, basis.radial_order)
     unit = disp * _safe_inverse(r)[:, None]
     return t_r * fr[None], _harmonics(unit, basis.angular_order) * fa, fa
 
