@@ -186,6 +186,7 @@ COMMANDS: dict[str, tuple[Callable[..., argparse.ArgumentParser], Callable[[argp
     "predict": (cli_model.add_predict_parser, cli_model.cmd_predict),
     "check-forces": (cli_model.add_check_forces_parser, cli_model.cmd_check_forces),
     "export-lammps": (cli_lammps.add_export_lammps_parser, cli_lammps.cmd_export_lammps),
+    "merge": (cli_model.add_merge_parser, cli_model.cmd_merge),
 }
 
 

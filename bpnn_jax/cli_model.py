@@ -604,3 +604,56 @@ def cmd_check_forces(args: argparse.Namespace) -> int:
         print(f"FAILED: {len(bad)} structure(s) above the tolerance: {', '.join(bad[:5])}")
         return 1
     return 0
+
+
+# ------------------------------------------------------------------- merge
+def add_merge_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "merge",
+        help="merge trained committees (any descriptor sets) into one committee",
+        description=(
+            "Write one committee holding every member of the MODELs (same elements, hidden layers, activation "
+            "and reference energies; descriptor sets may differ: the merged model computes each one, and each "
+            "member reads its own). Its energy is the mean over all members, its spread their standard "
+            "deviation. The extrapolation threshold is calibrated afresh on the structures of --calibrate "
+            "(PATHs) and/or --split (a training run's validation part), by the rule of train."
+        ),
+    )
+    p.add_argument("models", nargs="+", metavar="MODEL", help="two or more .keras files or shipped model names")
+    p.add_argument("--out", required=True, metavar="FILE.keras", help="model to write")
+    p.add_argument("--split", metavar="RUN_DIR/split.json[:NAME]", default=None,
+                   help="calibrate the threshold on this part of a run's split (NAME default val)")
+    p.add_argument("--calibrate", nargs="+", default=(), metavar="PATH",
+                   help="calibrate the threshold on these structures (XSF, extended XYZ, directories)")
+    p.add_argument("--skip-invalid", action="store_true", help="skip invalid calibration files")
+    return p
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from .batch import prepare_structures
+    from .ensemble import merge_committees
+    from .errors import BPNNInputError
+    from .model import load_model
+    from .training import spread_threshold
+
+    check_output(args.out)
+    if len(args.models) < 2:
+        raise BPNNInputError("merge needs two or more MODELs")
+    models = [load_model(m) for m in args.models]
+    merged = merge_committees(models)
+    split = None
+    if args.split:
+        split = args.split if ":" in args.split.rsplit("/", 1)[-1] else f"{args.split}:val"
+    paths = list(args.calibrate) + (_split_files(split) if split else [])
+    if paths:
+        atoms = read_inputs(paths, merged, args.out, require_energy=False, skip_invalid=args.skip_invalid)
+        hosts = prepare_structures(atoms, merged.elements, merged.spec.cutoff)
+        merged.uncertainty_threshold = spread_threshold(merged, hosts)
+    from .training.run_state import atomic_save
+
+    atomic_save(merged, args.out)
+    thr = ("no extrapolation threshold (give --split or --calibrate)" if merged.uncertainty_threshold is None
+           else f"extrapolation threshold {1000 * merged.uncertainty_threshold:.1f} meV/atom from {len(paths)} "
+                f"structure(s)")
+    print(f"wrote {args.out}: {merged.members} members; {merged.spec.describe()}; {thr}")
+    return 0

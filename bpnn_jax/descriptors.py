@@ -52,6 +52,7 @@ from .geometry import displacements, safe_norm
 __all__ = [
     "SymmetryFunctionSet",
     "ChebyshevBasis",
+    "CombinedDescriptors",
     "descriptor_preset",
     "descriptor_from_config",
     "atom_descriptors",
@@ -326,6 +327,77 @@ class SymmetryFunctionSet:
         return etas, lz, u, l, scale
 
 
+@dataclasses.dataclass(frozen=True)
+class CombinedDescriptors:
+    """Several descriptor sets side by side: their columns concatenated, in order.
+
+    Every part sees the same neighbour slots (built at the largest cut-off;
+    each part's own cut-off function zeroes what lies beyond it).  Made for
+    committees whose members read different sets
+    (:func:`bpnn_jax.ensemble.merge_committees`): different descriptors
+    make the members' errors less correlated.
+
+    Attributes:
+        parts: the sets (:class:`SymmetryFunctionSet` or
+            :class:`ChebyshevBasis`), all with the same elements in the same order.
+        name: for messages and the model's record; not part of equality.
+    """
+
+    parts: tuple
+    name: str = dataclasses.field(default="", compare=False)
+
+    def __post_init__(self):
+        parts = tuple(self.parts)
+        if not parts:
+            raise ValueError("a combined descriptor set needs at least one part")
+        if any(isinstance(p, CombinedDescriptors) for p in parts):
+            raise ValueError("combined descriptor sets do not nest")
+        if any(p.elements != parts[0].elements for p in parts):
+            raise ValueError(f"all parts need the same elements in the same order, got "
+                             f"{[p.elements for p in parts]}")
+        object.__setattr__(self, "parts", parts)
+
+    @property
+    def elements(self) -> tuple[str, ...]:
+        return self.parts[0].elements
+
+    @property
+    def n_elements(self) -> int:
+        return len(self.elements)
+
+    @property
+    def cutoff(self) -> float:
+        """The neighbour-list radius: the largest of the parts', Å."""
+        return max(p.cutoff for p in self.parts)
+
+    @property
+    def n_functions(self) -> int:
+        return sum(p.n_functions for p in self.parts)
+
+    def column_ranges(self) -> list[tuple[int, int]]:
+        """[start, stop) of every part's columns."""
+        bounds = np.cumsum([0] + [p.n_functions for p in self.parts])
+        return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+    def columns(self) -> list[dict]:
+        """The parts' column descriptions, each with ``part`` (its index) and ``rc`` (its cut-off, Å)."""
+        return [{**c, "part": k, "rc": c.get("rc", p.cutoff)} for k, p in enumerate(self.parts) for c in p.columns()]
+
+    def to_config(self) -> dict:
+        config = {"kind": "combined", "elements": list(self.elements), "parts": [p.to_config() for p in self.parts]}
+        if self.name:
+            config["name"] = self.name
+        return config
+
+    @classmethod
+    def from_config(cls, config: dict) -> "CombinedDescriptors":
+        return cls(tuple(descriptor_from_config(c) for c in config["parts"]), name=str(config.get("name", "")))
+
+    def describe(self) -> str:
+        return (f"{self.name or 'combined'} descriptors: {self.n_functions} per atom = "
+                + " + ".join(p.describe() for p in self.parts))
+
+
 def descriptor_preset(name: str, elements: Sequence[str], cutoff: float | None = None):
     """The descriptor set called ``name``: symmetry functions or aenet's Chebyshev basis.
 
@@ -370,9 +442,12 @@ def descriptor_preset(name: str, elements: Sequence[str], cutoff: float | None =
 
 
 def descriptor_from_config(config: dict):
-    """Inverse of ``to_config()`` of either descriptor set (a model's record)."""
-    if config.get("kind") == "chebyshev":
+    """Inverse of ``to_config()`` of any descriptor set (a model's record)."""
+    kind = config.get("kind")
+    if kind == "chebyshev":
         return ChebyshevBasis.from_config(config)
+    if kind == "combined":
+        return CombinedDescriptors.from_config(config)
     return SymmetryFunctionSet.from_config(config)
 
 
@@ -420,10 +495,13 @@ def atom_descriptors(disp, mask, spec: SymmetryFunctionSet, slots: Sequence[int]
         (spec.n_functions,) symmetry-function values (dimensionless), zero
         when the atom has no neighbours (e.g. a padded atom).  A
         :class:`~bpnn_jax.chebyshev.ChebyshevBasis` ``spec`` gives its own
-        descriptor (same layout of arguments).
+        descriptor (same layout of arguments), a :class:`CombinedDescriptors`
+        its parts' values side by side.
     """
     if isinstance(spec, ChebyshevBasis):
         return chebyshev_atom_descriptors(disp, mask, spec, slots)
+    if isinstance(spec, CombinedDescriptors):
+        return jnp.concatenate([atom_descriptors(disp, mask, p, slots) for p in spec.parts])
     dtype = disp.dtype
     rc = spec.cutoff
     r = safe_norm(disp)  # (M,)
@@ -605,6 +683,8 @@ def atom_descriptor_jacobian(disp, mask, spec: SymmetryFunctionSet, slots: Seque
     """
     if isinstance(spec, ChebyshevBasis):
         return chebyshev_atom_jacobian(disp, mask, spec, slots)
+    if isinstance(spec, CombinedDescriptors):
+        return jnp.concatenate([atom_descriptor_jacobian(disp, mask, p, slots) for p in spec.parts], axis=1)
     dtype = disp.dtype
     rc = spec.cutoff
     M = disp.shape[0]

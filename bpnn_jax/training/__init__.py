@@ -42,7 +42,7 @@ _LAZY = {
     "load_training_data": ".data", "split_indices": ".data",
     "DescriptorDataset": ".datasets", "GeometryDataset": ".datasets",
     "force_training_data": ".lbfgs", "refine_lbfgs": ".lbfgs",
-    "predict_stress": ".predict", "predict_structures": ".predict",
+    "predict_stress": ".predict", "predict_structures": ".predict", "spread_threshold": ".predict",
     "build_model": ".run", "train": ".run",
     "data_parallel_distribution": ".run_state",
 }
@@ -67,6 +67,7 @@ __all__ = [
     "train",
     "predict_structures",
     "predict_stress",
+    "spread_threshold",
     "force_training_data",
     "refine_lbfgs",
 ]

@@ -1,0 +1,121 @@
+"""Committees of committees: several trained models merged into one committee.
+
+Members trained on different descriptor sets make less correlated errors
+than members that differ only in their initial weights (on TiO2 the test
+energy errors of an Imbalzano committee and a Chebyshev one correlate at
+0.29), so their joint mean is more accurate and their joint spread a
+better error estimate.  :func:`merge_committees` builds one
+:class:`~bpnn_jax.model.BPNN` with ``members = Σ K_m`` on a
+:class:`~bpnn_jax.descriptors.CombinedDescriptors` of the models' sets:
+each member's first layer reads its own model's columns (zero weights on
+the others) with its own model's standardisation, and its output layer is
+rescaled to the merged energy shift and scale, so every member computes
+exactly what it computed before (to float round-off).  Everything that
+takes a model (calculator, evaluate, predict, LAMMPS export, float64
+evaluation) takes the merged one unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from .descriptors import CombinedDescriptors
+from .errors import ModelError
+from .model import BPNN
+
+__all__ = ["merge_committees"]
+
+
+def _stat(model, name):
+    return np.asarray(getattr(model, name).value, np.float64)
+
+
+def merge_committees(models: Sequence[BPNN], *, uncertainty_threshold: float | None = None,
+                     dtype: str | None = None) -> BPNN:
+    """One committee holding every member of ``models``, in order.
+
+    Args:
+        models: trained BPNN models (committees or single networks) with
+            the same elements, hidden layers, activation and reference
+            energies; their descriptor sets may differ (equal sets with
+            equal statistics share their columns).
+        uncertainty_threshold: the merged committee's extrapolation
+            threshold, eV/atom (the members' spreads change when merged:
+            calibrate it afresh on validation data; None: no threshold).
+        dtype: the merged model's dtype (default: the first model's).
+
+    Returns:
+        A BPNN with ``members = Σ members`` whose mean energy is the mean
+        over all members.
+
+    Raises:
+        ModelError: incompatible models (naming what differs), or dropout.
+    """
+    models = list(models)
+    if len(models) < 2:
+        raise ModelError("merge_committees needs at least two models")
+    first = models[0]
+    for k, m in enumerate(models[1:], 1):
+        for attr in ("elements", "hidden", "activation"):
+            if getattr(m, attr) != getattr(first, attr):
+                raise ModelError(f"model {k} has {attr} {getattr(m, attr)!r}, model 0 {getattr(first, attr)!r}: "
+                                 f"only models with the same {attr} can be merged")
+        refs0, refs = first.reference_energies, m.reference_energies
+        if set(refs) != set(refs0) or any(abs(refs[e] - refs0[e]) > 1e-9 for e in refs0):
+            raise ModelError(f"model {k} has reference energies {refs}, model 0 {refs0}: their energies are "
+                             f"not on one scale")
+    if any(m.dropout > 0 for m in models):
+        raise ModelError("models with dropout cannot be merged into a committee")
+
+    # Descriptor parts: one per distinct (set, statistics); a model points at its part.
+    parts, part_stats, owner = [], [], []
+    for m in models:
+        stats = {n: _stat(m, n) for n in ("sf_mean", "sf_std", "sf_min", "sf_max")}
+        for p, (spec, st) in enumerate(zip(parts, part_stats)):
+            if spec == m.spec and all(np.array_equal(st[n], stats[n]) for n in stats):
+                owner.append(p)
+                break
+        else:
+            parts.append(m.spec)
+            part_stats.append(stats)
+            owner.append(len(parts) - 1)
+    spec = parts[0] if len(parts) == 1 else CombinedDescriptors(tuple(parts), name="+".join(
+        s.name or "custom" for s in parts))
+    ranges = [(0, spec.n_functions)] if len(parts) == 1 else spec.column_ranges()
+    S, F = len(first.elements), spec.n_functions
+    merged_stats = {n: np.concatenate([st[n] for st in part_stats], axis=1)
+                    for n in ("sf_mean", "sf_std", "sf_min", "sf_max")}
+    # The merged output scale: the first model's; others' output layers are rescaled to it.
+    shift0, scale0 = _stat(first, "energy_shift"), float(_stat(first, "energy_scale"))
+
+    kernels = [[[] for _ in range(len(first.hidden) + 1)] for _ in range(S)]
+    biases = [[[] for _ in range(len(first.hidden) + 1)] for _ in range(S)]
+    for m, p in zip(models, owner):
+        shift, scale = _stat(m, "energy_shift"), float(_stat(m, "energy_scale"))
+        a, b = ranges[p]
+        for s, net in enumerate(m.nets):
+            Ws, bs = net.member_weights()  # per layer (K, fan_in, fan_out), (K, fan_out)
+            Ws, bs = [np.asarray(W, np.float64) for W in Ws], [np.asarray(v, np.float64) for v in bs]
+            W0 = np.zeros((Ws[0].shape[0], F, Ws[0].shape[2]))
+            W0[:, a:b] = Ws[0]
+            Ws[0] = W0
+            # e = shift + scale * out  ==  shift0 + scale0 * out'  with out' = (shift - shift0 + scale * out) / scale0
+            Ws[-1] = Ws[-1] * (scale / scale0)
+            bs[-1] = (bs[-1] * scale + (shift[s] - shift0[s])) / scale0
+            for layer, (W, v) in enumerate(zip(Ws, bs)):
+                kernels[s][layer].append(W)
+                biases[s][layer].append(v)
+
+    members = sum(m.members for m in models)
+    kw = {"dtype": dtype} if dtype is not None else ({"dtype": first.dtype_policy.name}
+                                                     if first.dtype_policy.name != "float32" else {})
+    merged = BPNN(spec.to_config(), hidden=first.hidden, activation=first.activation,
+                  reference_energies=first.reference_energies, members=members, chunk_size=first.chunk_size,
+                  uncertainty_threshold=uncertainty_threshold, **kw)
+    merged.set_statistics(**merged_stats, energy_shift=shift0, energy_scale=scale0)
+    for s, net in enumerate(merged.nets):
+        net.set_member_weights([np.concatenate(ws, axis=0) for ws in kernels[s]],
+                               [np.concatenate(vs, axis=0) for vs in biases[s]])
+    return merged
