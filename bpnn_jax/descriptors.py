@@ -75,6 +75,19 @@ _PRESET_ALIASES = {"imbalzano2018": "imbalzano", "general": "imbalzano"}
 ARTRITH_URBAN_ELEMENTS = ("O", "Ti")
 
 
+def _read_parameter_file(path, what: str):
+    """The parsed content of a JSON or YAML parameter file (by suffix); BPNNInputError naming it if unreadable."""
+    import json
+
+    import yaml
+
+    try:
+        text = path.read_text(encoding="utf-8")
+        return json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as exc:
+        raise BPNNInputError(f"{path}: cannot read the {what} file ({exc})") from None
+
+
 @dataclasses.dataclass(frozen=True)
 class SymmetryFunctionSet:
     """A set of element-resolved G2/G4 symmetry functions.
@@ -209,17 +222,10 @@ class SymmetryFunctionSet:
             BPNNInputError: unreadable file or invalid entries, naming the file
                 (and the entry).
         """
-        import json
         from pathlib import Path
 
-        import yaml
-
         path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-            data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
-        except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as exc:
-            raise BPNNInputError(f"{path}: cannot read the symmetry-function file ({exc})") from None
+        data = _read_parameter_file(path, "symmetry-function")
         try:
             if isinstance(data, dict):
                 els = elements if elements is not None else data.get("elements")
@@ -425,17 +431,10 @@ def descriptor_preset(name: str, elements: Sequence[str], cutoff: float | None =
     if key == "chebyshev":
         return ChebyshevBasis.aenet(elements)
     if key.endswith((".json", ".yaml", ".yml")):
-        import json
         from pathlib import Path
 
-        import yaml
-
         path = Path(name)
-        try:
-            text = path.read_text(encoding="utf-8")
-            data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
-        except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as exc:
-            raise BPNNInputError(f"{path}: cannot read the descriptor file ({exc})") from None
+        data = _read_parameter_file(path, "descriptor")
         if isinstance(data, dict) and str(data.get("kind", "")).lower() == "chebyshev":
             try:
                 return ChebyshevBasis.from_config({**data, "elements": list(elements), "name": str(path)})
