@@ -58,15 +58,30 @@ def test_config_file_errors_name_the_file(tmp_path, capsys):
 
 
 def test_shipped_recipe_file_is_a_valid_config():
-    """experiments/recipes/tio2.yaml (the shipped model's recipe) reads into a full TrainConfig."""
+    """The shipped model's recipe: tio2.sh trains tio2.yaml and tio2_chebyshev65.yaml and merges them.
+
+    Both read into full TrainConfigs; their descriptor sets are the shipped
+    model's parts, their members add up to its members.
+    """
     import dataclasses
     from pathlib import Path
 
     from bpnn_jax.cli_model import read_config
+    from bpnn_jax.descriptors import descriptor_preset
     from bpnn_jax.model import load_model
 
-    values = read_config(Path(__file__).resolve().parent.parent / "experiments" / "recipes" / "tio2.yaml")
-    assert values.pop("data") == ["../shared/data/tio2"] and values.pop("out") == "runs/tio2"
-    config = dataclasses.replace(TrainConfig(), **values)
+    root = Path(__file__).resolve().parent.parent
+    script = (root / "experiments" / "recipes" / "tio2.sh").read_text()
+    assert "for part in tio2 tio2_chebyshev65" in script and "python -m bpnn_jax merge" in script
     shipped = load_model("tio2")
-    assert config.members == shipped.members and tuple(config.hidden) == shipped.hidden
+    members = 0
+    for part, name in enumerate(("tio2", "tio2_chebyshev65")):
+        values = read_config(root / "experiments" / "recipes" / f"{name}.yaml")
+        assert values.pop("data") == ["../shared/data/tio2"] and values.pop("out") == f"runs/{name}"
+        config = dataclasses.replace(TrainConfig(), **values)
+        assert tuple(config.hidden) == shipped.hidden and config.seed == 0
+        spec = descriptor_preset(str(root / config.preset) if config.preset.endswith(".yaml") else config.preset,
+                                 shipped.elements, config.cutoff)
+        assert spec == shipped.spec.parts[part]
+        members += config.members
+    assert members == shipped.members
