@@ -143,6 +143,7 @@ def _cmd_featurize(args: argparse.Namespace) -> int:
 
     import numpy as np
 
+    from .descriptors import SymmetryFunctionSet
     from .featurize import featurize_files, save_features
 
     out = Path(args.out)
@@ -163,8 +164,9 @@ def _cmd_featurize(args: argparse.Namespace) -> int:
         print(f"warning: skipped {path}: {reason}", file=sys.stderr)
     save_features(args.out, features)
     n_atoms = int(features.n_atoms.sum())
+    kind = "symmetry functions" if isinstance(features.spec, SymmetryFunctionSet) else "descriptor columns"
     msg = (
-        f"wrote {features.spec.n_functions} symmetry functions of {n_atoms} atom(s) in "
+        f"wrote {features.spec.n_functions} {kind} of {n_atoms} atom(s) in "
         f"{len(features.files)} structure(s) to {args.out}"
     )
     if features.skipped:
