@@ -41,7 +41,7 @@ from numpy.polynomial import chebyshev as npcheb
 from numpy.polynomial import legendre as npleg
 
 from .cutoffs import cosine_cutoff
-from .geometry import safe_norm
+from .geometry import safe_inverse, safe_norm
 
 __all__ = ["ChebyshevBasis", "type_spins", "chebyshev_atom_descriptors", "chebyshev_atom_jacobian"]
 
@@ -175,11 +175,6 @@ def _slot_spins(basis: ChebyshevBasis, slots: Sequence[int], dtype):
     return jnp.asarray(spins, dtype)
 
 
-def _safe_inverse(x):
-    ok = x > 0
-    return jnp.where(ok, 1.0 / jnp.where(ok, x, 1.0), 0.0)
-
-
 @functools.lru_cache(maxsize=None)
 def _legendre_tables(order: int):
     """Static tables of the addition theorem for l <= ``order``.
@@ -238,7 +233,7 @@ def _slot_terms(disp, mask, basis: ChebyshevBasis):
     fr = cosine_cutoff(r, basis.radial_cutoff) * w
     fa = cosine_cutoff(r, basis.angular_cutoff) * w
     t_r = _chebyshev(2.0 * r / basis.radial_cutoff - 1.0, basis.radial_order)
-    unit = disp * _safe_inverse(r)[:, None]
+    unit = disp * safe_inverse(r)[:, None]
     return t_r * fr[None], _harmonics(unit, basis.angular_order) * fa, fa
 
 

@@ -47,7 +47,7 @@ from .chebyshev import ChebyshevBasis, chebyshev_atom_descriptors, chebyshev_ato
 from .cutoffs import cosine_cutoff
 from .errors import BPNNInputError
 from .io import VOIGT
-from .geometry import displacements, safe_norm
+from .geometry import displacements, safe_inverse, safe_norm
 
 __all__ = [
     "SymmetryFunctionSet",
@@ -652,10 +652,6 @@ def _cutoff_and_slope(r, rc):
     return jax.jvp(lambda x: cosine_cutoff(x, rc), (r,), (jnp.ones_like(r),))
 
 
-def _safe_inverse(x):
-    ok = x > 0
-    return jnp.where(ok, 1.0 / jnp.where(ok, x, 1.0), 0.0)
-
 
 def atom_descriptor_jacobian(disp, mask, spec: SymmetryFunctionSet, slots: Sequence[int]):
     """Derivatives of one centre atom's symmetry functions by its neighbour vectors.
@@ -693,7 +689,7 @@ def atom_descriptor_jacobian(disp, mask, spec: SymmetryFunctionSet, slots: Seque
     M = disp.shape[0]
     w = mask.astype(dtype)
     r = safe_norm(disp)  # (M,)
-    inv_r = _safe_inverse(r)
+    inv_r = safe_inverse(r)
     fc, dfc = _cutoff_and_slope(r, rc)
     bounds = np.concatenate([[0], np.cumsum(slots)]).astype(int)
     block = [slice(int(bounds[s]), int(bounds[s + 1])) for s in range(len(slots))]
@@ -732,7 +728,7 @@ def atom_descriptor_jacobian(disp, mask, spec: SymmetryFunctionSet, slots: Seque
             dj, dk = disp[sa], disp[sb]  # (Ma, 3), (Mb, 3)
             d = dk[None, :, :] - dj[:, None, :]  # (Ma, Mb, 3)
             rjk = safe_norm(d)
-            inv_rjk = _safe_inverse(rjk)
+            inv_rjk = safe_inverse(rjk)
             fjk, dfjk = _cutoff_and_slope(rjk, rc)
             wjk = w[sa][:, None] * w[sb][None, :]
             if a == b:  # j != k, and both orders of each pair are present

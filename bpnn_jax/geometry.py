@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-__all__ = ["safe_norm", "displacements"]
+__all__ = ["safe_norm", "safe_inverse", "displacements"]
 
 
 def safe_norm(x, axis: int = -1):
@@ -25,6 +25,12 @@ def safe_norm(x, axis: int = -1):
     sq = jnp.sum(x * x, axis=axis)
     positive = sq > 0
     return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
+
+
+def safe_inverse(x):
+    """1/x where x > 0, else 0, with finite gradients (double ``where``): inverse distances of padded slots."""
+    ok = x > 0
+    return jnp.where(ok, 1.0 / jnp.where(ok, x, 1.0), 0.0)
 
 
 def displacements(positions, cell, neighbors, shifts):
