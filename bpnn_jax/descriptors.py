@@ -652,7 +652,6 @@ def _cutoff_and_slope(r, rc):
     return jax.jvp(lambda x: cosine_cutoff(x, rc), (r,), (jnp.ones_like(r),))
 
 
-
 def atom_descriptor_jacobian(disp, mask, spec: SymmetryFunctionSet, slots: Sequence[int]):
     """Derivatives of one centre atom's symmetry functions by its neighbour vectors.
 
