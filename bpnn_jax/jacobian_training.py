@@ -908,6 +908,11 @@ def polish_lbfgs(params, train: Groups, val: Groups, stats: dict, cfg: Committee
 THRESHOLD_FACTOR = 2.0
 
 
+def threshold_from_spread(spread_per_atom) -> float:
+    """The extrapolation threshold (eV/atom) from validation spreads per atom: ``THRESHOLD_FACTOR`` × 99th percentile."""
+    return float(THRESHOLD_FACTOR * np.percentile(np.asarray(spread_per_atom, np.float64), 99))
+
+
 def calibrate_threshold(model, val: Groups) -> float | None:
     """Committee spread above which a structure counts as extrapolation (eV/atom).
 
@@ -926,8 +931,7 @@ def calibrate_threshold(model, val: Groups) -> float | None:
     for g in val.arrays:
         e = np.asarray(fn(params, stats, {k: g[k] for k in ("sf", "species", "mask")}), np.float64)
         spread.append(e.std(axis=0) / np.maximum(g["n"], 1))
-    spread = np.concatenate(spread)
-    return float(THRESHOLD_FACTOR * np.percentile(spread, 99))
+    return threshold_from_spread(np.concatenate(spread))
 
 
 # ------------------------------------------------------- Keras conversion

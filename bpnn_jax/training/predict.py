@@ -165,15 +165,14 @@ def spread_threshold(model: BPNN, structures: Sequence[HostStructure], *, dtype=
     """A committee's extrapolation threshold (eV/atom) from its spread on ``structures`` (validation data).
 
     The rule of :func:`bpnn_jax.jacobian_training.calibrate_threshold`
-    (``THRESHOLD_FACTOR`` times the 99th percentile of the members' energy
-    standard deviation per atom), taken from the model's own predictions,
-    so it also serves committees merged after training
+    (:func:`~bpnn_jax.jacobian_training.threshold_from_spread` of the
+    members' energy standard deviation per atom), taken from the model's own
+    predictions, so it also serves committees merged after training
     (:func:`bpnn_jax.ensemble.merge_committees`).  None for a single network.
     """
-    from ..jacobian_training import THRESHOLD_FACTOR
+    from ..jacobian_training import threshold_from_spread
 
     if model.members < 2:
         return None
     _, _, e_std, _ = predict_structures(model, structures, forces=False, dtype=dtype, uncertainty=True)
-    per_atom = e_std / np.maximum([s.n_atoms for s in structures], 1)
-    return float(THRESHOLD_FACTOR * np.percentile(per_atom, 99))
+    return threshold_from_spread(e_std / np.maximum([s.n_atoms for s in structures], 1))
