@@ -192,15 +192,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _split_files(spec: str) -> list[str]:
-    """Files of ``RUN_DIR/split.json[:NAME]`` (NAME default test), resolved like the run saw them."""
+def _split_files(spec: str, default: str = "test") -> list[str]:
+    """Files of ``RUN_DIR/split.json[:NAME]`` (NAME ``default`` when not given), resolved like the run saw them."""
     import json
     from pathlib import Path
 
     from .errors import BPNNInputError
 
     path, _, name = spec.partition(":") if not Path(spec).exists() else (spec, "", "")
-    name = name or "test"
+    name = name or default
     p = Path(path)
     if p.is_dir():
         p = p / "split.json"
@@ -641,12 +641,9 @@ def cmd_merge(args: argparse.Namespace) -> int:
         raise BPNNInputError("merge needs two or more MODELs")
     models = [load_model(m) for m in args.models]
     merged = merge_committees(models)
-    split = None
-    if args.split:
-        split = args.split if ":" in args.split.rsplit("/", 1)[-1] else f"{args.split}:val"
-    paths = list(args.calibrate) + (_split_files(split) if split else [])
+    paths = list(args.calibrate) + (_split_files(args.split, default="val") if args.split else [])
     if paths:
-        atoms = read_inputs(paths, merged, args.out, require_energy=False, skip_invalid=args.skip_invalid)
+        atoms = read_inputs(paths, merged, "(merged)", require_energy=False, skip_invalid=args.skip_invalid)
         hosts = prepare_structures(atoms, merged.elements, merged.spec.cutoff)
         merged.uncertainty_threshold = spread_threshold(merged, hosts)
     from .training.run_state import atomic_save

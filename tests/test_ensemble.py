@@ -172,4 +172,10 @@ def test_merge_cli_calibrates_the_threshold_by_the_training_rule(models, data_di
     _, _, e_std, _ = predict_structures(merged, hosts, forces=False, uncertainty=True)
     expected = THRESHOLD_FACTOR * np.percentile(e_std / np.array([h.n_atoms for h in hosts]), 99)
     assert merged.uncertainty_threshold == pytest.approx(expected, rel=1e-6)
+    # --split without :NAME reads the run's validation part
+    import json
+
+    (tmp_path / "split.json").write_text(json.dumps({"train": files[:1], "val": files, "test": files[:1]}))
+    assert main(["merge", str(pa), str(pb), "--out", str(out), "--split", str(tmp_path / "split.json")]) == 0
+    assert load_model(out).uncertainty_threshold == merged.uncertainty_threshold
     assert main(["merge", str(pa), "--out", str(out)]) == 2
