@@ -109,11 +109,9 @@ def merge_committees(models: Sequence[BPNN], *, uncertainty_threshold: float | N
                 biases[s][layer].append(v)
 
     members = sum(m.members for m in models)
-    kw = {"dtype": dtype} if dtype is not None else ({"dtype": first.dtype_policy.name}
-                                                     if first.dtype_policy.name != "float32" else {})
     merged = BPNN(spec.to_config(), hidden=first.hidden, activation=first.activation,
                   reference_energies=first.reference_energies, members=members, chunk_size=first.chunk_size,
-                  uncertainty_threshold=uncertainty_threshold, **kw)
+                  uncertainty_threshold=uncertainty_threshold, dtype=dtype or first.dtype_policy.name)
     merged.set_statistics(**merged_stats, energy_shift=shift0, energy_scale=scale0)
     for s, net in enumerate(merged.nets):
         net.set_member_weights([np.concatenate(ws, axis=0) for ws in kernels[s]],
