@@ -296,10 +296,9 @@ def chebyshev_atom_jacobian(disp, mask, basis: ChebyshevBasis, slots: Sequence[i
         radial, harm, fa = _slot_terms(d[None], m[None], basis)
         return radial[:, 0], harm[..., 0], fa[0]
 
-    def slot(d, m):
-        out, tangents = jax.vmap(lambda e: jax.jvp(lambda x: terms(x, m), (d,), (e,)),
-                                 out_axes=(None, -1))(jnp.eye(3, dtype=dtype))
-        return out, tangents
+    def slot(d, m):  # values, and their derivatives along x, y, z (trailing axis)
+        return jax.vmap(lambda e: jax.jvp(lambda x: terms(x, m), (d,), (e,)), out_axes=(None, -1))(
+            jnp.eye(3, dtype=dtype))
 
     (radial, harm, fa), (d_radial, d_harm, d_fa) = jax.vmap(slot)(disp, mask)
     # radial (M, Nr), harm (M, 2, H), fa (M,); tangents with a trailing (3,)
