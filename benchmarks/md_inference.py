@@ -26,6 +26,9 @@ Per size, after warm-up steps:
   padding into dense tensors; MD pays it once per rebuild (every few
   hundred steps at 300 K with a 0.5 Å skin), so a step that rebuilds costs
   step + build;
+* the forward cost: the model's energy alone (descriptors and networks, no
+  derivatives), compiled on the same padded inputs, and the ratio of the
+  step's compiled function (energy, forces, stress) to it;
 * the first call (neighbour list, compilation and one evaluation).
 
 Writes ``<out-dir>/md_inference_<tag>.json`` and ``.md`` (after each size,
@@ -200,9 +203,55 @@ def run_size(model, target: int, args, rng) -> dict:
     except Exception as exc:
         row["nl_error"] = f"{type(exc).__name__}: {exc}"
         log(f"  neighbour-list timing failed: {row['nl_error']}")
+    try:
+        row.update(forward_cost(model, atoms, calc, n_pad))
+        if row.get("model_ms"):
+            row["step_over_forward"] = round(row["model_ms"] / row["forward_ms"], 2)
+        log(f"  forward (energy only): {row['forward_ms']} ms = {row['forward_us_per_atom']} µs/atom; "
+            f"step / forward = {row.get('step_over_forward')}")
+    except Exception as exc:
+        row["forward_error"] = f"{type(exc).__name__}: {exc}"
+        log(f"  forward timing failed: {row['forward_error']}")
     row["energy_ev_atom"] = round(float(atoms.get_potential_energy()) / n, 5)
     row["max_force_ev_a"] = round(float(np.abs(atoms.get_forces()).max()), 4)
     return row
+
+
+def forward_cost(model, atoms, calc, n_pad, repeats: int = 5) -> dict:
+    """Median time of the model's energy alone on the calculator's padded inputs.
+
+    The energies (descriptors and every member's network, no derivatives) as
+    one compiled function of positions and cell, the weights passed as
+    arguments (as the calculator does), on a neighbour list at Rc + skin.
+    """
+    import jax
+    import keras
+
+    from bpnn_jax.batch import HostStructure, collate
+    from bpnn_jax.neighbors import neighbor_list, slot_layout
+
+    species = calc._species(atoms)
+    nl = neighbor_list(atoms.positions, atoms.cell.array, atoms.pbc, calc.cutoff + calc.skin)
+    slots = slot_layout(nl, species, len(model.elements))
+    host = HostStructure("bench", np.array(atoms.positions), np.array(atoms.cell.array), species, nl, slots)
+    inputs = collate([host], 1, n_pad or len(atoms), slots, dtype=calc.dtype).inputs(model.elements)
+    variables = list(model.variables)
+
+    @jax.jit
+    def energy(values, positions, cell, inputs):
+        with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+            return model.structure_energies(positions, cell, inputs)
+
+    values = [v.value for v in variables]
+    args = (values, inputs["positions"], inputs["cell"], inputs)
+    jax.block_until_ready(energy(*args))
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(energy(*args))
+        times.append(time.perf_counter() - t0)
+    t = _median(times)
+    return {"forward_ms": round(1e3 * t, 2), "forward_us_per_atom": round(1e6 * t / len(atoms), 2)}
 
 
 def markdown(res: dict) -> str:
@@ -220,13 +269,13 @@ def markdown(res: dict) -> str:
         machine_line(res),
         "",
         "| atoms | repeats | padded N | ms/step | µs/atom/step | CPU µs/atom/step | CPU µs/padded atom/step | "
-        "model ms | host ms | neighbour list ms (search + padding) | step with rebuild ms | "
-        "rebuilds in timed steps | first call s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "model ms | host ms | forward ms (energy only) | model / forward | neighbour list ms (search + padding) | "
+        "step with rebuild ms | rebuilds in timed steps | first call s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in res["sizes"]:
         if "error" in r:
-            lines.append(f"| ~{r['target']} | — | — | failed: {r['error']} | | | | | | | | | |")
+            lines.append(f"| ~{r['target']} | — | — | failed: {r['error']} | | | | | | | | | | | |")
             continue
         nl = (f"{fmt(r.get('nl_build_ms'))} ({fmt(r.get('nl_search_ms'))} + {fmt(r.get('nl_pad_ms'))})"
               if "nl_build_ms" in r else "—")
@@ -234,7 +283,7 @@ def markdown(res: dict) -> str:
             f"| {r['n_atoms']} | {'×'.join(map(str, r['repeats']))} | {r.get('padded_atoms')} | {fmt(r['step_ms'])} | "
             f"{fmt(r['us_per_atom_step'])} | {fmt(r.get('cpu_us_per_atom_step'))} | "
             f"{fmt(r.get('cpu_us_per_padded_atom_step'))} | {fmt(r.get('model_ms'))} | {fmt(r.get('host_ms'))} | "
-            f"{nl} | "
+            f"{fmt(r.get('forward_ms'))} | {fmt(r.get('step_over_forward'))} | {nl} | "
             f"{fmt(r.get('step_with_rebuild_ms'))} | {r['nl_rebuilds_during_steps']} of {r['steps_timed']} | "
             f"{fmt(r['first_call_s'])} |"
         )
@@ -249,7 +298,9 @@ def markdown(res: dict) -> str:
         "Medians over the timed steps. CPU = process CPU time (all threads), less sensitive than wall time to "
         "other jobs on a shared machine. model = the compiled JAX function inside each step, waited for "
         "(energy, forces and stress by one reverse pass, plus the symmetry functions for the extrapolation "
-        "check); host = step − model (ASE, copies in and out, extrapolation check). Neighbour list = a build "
+        "check); host = step − model (ASE, copies in and out, extrapolation check); forward = the model's "
+        "energy alone (descriptors and networks, no derivatives) compiled on the same padded inputs; "
+        "model / forward = the cost of energy, forces and stress over the energy alone. Neighbour list = a build "
         "as the calculator does it (vesin search at Rc + skin, then padding into dense slot tensors); MD pays "
         "it only when an atom has moved more than skin/2. "
         "first call = neighbour list + compilation + one step. Atoms are padded to the next size of the atom "

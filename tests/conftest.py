@@ -109,6 +109,40 @@ def make_random_model():
     return factory
 
 
+@pytest.fixture(scope="session")
+def make_random_committee():
+    """Factory for float64 committees with random weights, built as the Jacobian trainer builds them.
+
+    ``make_random_committee(hosts, spec, members=2, seed=0, hidden=(8, 8),
+    energy_scale=0.5, shift_offset=0.0, references=TiO2's)`` returns a dict:
+    ``sf`` (per-structure descriptors), ``stats`` (SF statistics of ``hosts``,
+    SF stds floored at 0.05, the given energy scale, the per-element energy
+    shifts moved by ``shift_offset`` eV), ``params`` (the trainer's member-axis
+    parameters) and ``model`` (the same committee as a Keras model).
+    """
+    import jax
+    import numpy as np
+
+    from bpnn_jax import jacobian_training as jt
+    from bpnn_jax.io import REFERENCE_ENERGIES_TIO2
+    from bpnn_jax.training import compute_statistics, featurize_host
+
+    def factory(hosts, spec, *, members=2, seed=0, hidden=(8, 8), energy_scale=0.5, shift_offset=0.0,
+                references=REFERENCE_ENERGIES_TIO2):
+        sf = featurize_host(hosts, spec, dtype=np.float64)
+        stats = compute_statistics(sf, [h.species for h in hosts], [h.energy for h in hosts], spec.n_elements)
+        stats["sf_std"] = np.maximum(stats["sf_std"], 0.05)
+        stats["energy_scale"] = energy_scale
+        stats["energy_shift"] = np.asarray(stats["energy_shift"]) + shift_offset
+        params = jt.init_params(jax.random.PRNGKey(seed), members, spec.n_elements, spec.n_functions, hidden,
+                                "float64")
+        model = jt.to_model(params, stats, spec, jt.CommitteeConfig(members=members, hidden=hidden), references,
+                            dtype="float64")
+        return dict(sf=sf, stats=stats, params=params, model=model)
+
+    return factory
+
+
 #: 40 six-atom structures (one padded shape) with cohesive energy below the
 #: training default ``max_energy`` = 1 eV/atom, spread over the data set.
 SIX_ATOM_FILES = (

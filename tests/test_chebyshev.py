@@ -30,7 +30,6 @@ from bpnn_jax.errors import BPNNInputError
 from bpnn_jax.featurize import descriptor_jacobians
 from bpnn_jax.io import REFERENCE_ENERGIES_TIO2, read_xsf
 from bpnn_jax.neighbors import ATOM_BUCKETS, bucket_size
-from bpnn_jax.training import compute_statistics, featurize_host
 
 TIO2 = ("structure1632.xsf", "structure0001.xsf")  # a thin 6-atom cell, a 24-atom cell
 
@@ -156,23 +155,18 @@ def test_invariant_under_rotation_translation_and_permutation(data_dir):
 
 
 @pytest.fixture(scope="module")
-def committee(data_dir):
+def committee(data_dir, make_random_committee):
     basis = ChebyshevBasis.aenet(("O", "Ti"), radial_order=10, angular_order=4)
     atoms = [read_xsf(data_dir / n) for n in TIO2]
     hosts = prepare_structures(atoms, basis.elements, basis.cutoff, energy_offsets=REFERENCE_ENERGIES_TIO2)
-    sf = featurize_host(hosts, basis, dtype=np.float64)
+    built = make_random_committee(hosts, basis, members=2, seed=4)
     jac = descriptor_jacobians(hosts, basis, dtype=np.float64)
-    stats = compute_statistics(sf, [h.species for h in hosts], [h.energy for h in hosts], 2)
-    stats["sf_std"] = np.maximum(stats["sf_std"], 0.05)
-    stats["energy_scale"] = 0.5
-    groups = jt.group_by_size(sf, [h.species for h in hosts], [h.energy for h in hosts], [h.forces for h in hosts],
-                              tuple(jac), dtype=np.float64)
-    cfg = jt.CommitteeConfig(members=2, hidden=(8, 8))
-    params = jt.init_params(jax.random.PRNGKey(4), 2, 2, basis.n_functions, (8, 8), "float64")
-    model = jt.to_model(params, stats, basis, cfg, REFERENCE_ENERGIES_TIO2, dtype="float64")
+    groups = jt.group_by_size(built["sf"], [h.species for h in hosts], [h.energy for h in hosts],
+                              [h.forces for h in hosts], tuple(jac), dtype=np.float64)
+    model = built["model"]
     st = {k: np.asarray(getattr(model, k).value, np.float64)
           for k in ("sf_mean", "sf_std", "energy_shift", "energy_scale")}
-    return dict(basis=basis, atoms=atoms, hosts=hosts, groups=groups, params=params, model=model, st=st)
+    return dict(basis=basis, atoms=atoms, hosts=hosts, groups=groups, params=built["params"], model=model, st=st)
 
 
 def test_committee_jacobian_forces_equal_autodiff_forces(committee):

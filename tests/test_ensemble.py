@@ -29,7 +29,7 @@ from bpnn_jax.errors import ModelError
 from bpnn_jax.featurize import descriptor_jacobians
 from bpnn_jax.io import REFERENCE_ENERGIES_TIO2, read_xsf
 from bpnn_jax.neighbors import ATOM_BUCKETS, bucket_size
-from bpnn_jax.training import compute_statistics, featurize_host, predict_structures
+from bpnn_jax.training import featurize_host, predict_structures
 
 NAMES = ("structure1632.xsf", "structure0001.xsf", "structure7513.xsf")  # 6, 24 and 95 atoms
 
@@ -40,20 +40,14 @@ def _sets():
 
 
 @pytest.fixture(scope="module")
-def models(data_dir):
+def models(data_dir, make_random_committee):
     """Two float64 committees (3 and 2 members) on different sets, with different energy shifts and scales."""
     atoms = [read_xsf(data_dir / n) for n in NAMES]
     out = []
     for k, (spec, members, scale) in enumerate(zip(_sets(), (3, 2), (0.5, 0.8))):
         hosts = prepare_structures(atoms, spec.elements, spec.cutoff, energy_offsets=REFERENCE_ENERGIES_TIO2)
-        sf = featurize_host(hosts, spec, dtype=np.float64)
-        stats = compute_statistics(sf, [h.species for h in hosts], [h.energy for h in hosts], 2)
-        stats["sf_std"] = np.maximum(stats["sf_std"], 0.05)
-        stats["energy_scale"] = scale
-        stats["energy_shift"] = np.asarray(stats["energy_shift"]) + 0.3 * k
-        params = jt.init_params(jax.random.PRNGKey(10 + k), members, 2, spec.n_functions, (8, 8), "float64")
-        out.append(jt.to_model(params, stats, spec, jt.CommitteeConfig(members=members, hidden=(8, 8)),
-                               REFERENCE_ENERGIES_TIO2, dtype="float64"))
+        out.append(make_random_committee(hosts, spec, members=members, seed=10 + k, energy_scale=scale,
+                                         shift_offset=0.3 * k)["model"])
     return atoms, out
 
 

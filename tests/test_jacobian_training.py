@@ -101,25 +101,19 @@ def _copper(rep, seed=None):
     return atoms
 
 
-def _sparse_setup(hosts, spec, references, seed=5):
+def _sparse_setup(make_committee, hosts, spec, references, seed=5):
     """Sparse-storage groups, a float64 committee and its Keras model for ``hosts``."""
-    sf = featurize_host(hosts, spec, dtype=np.float64)
+    built = make_committee(hosts, spec, members=K, seed=seed, hidden=HIDDEN, references=references)
     jac = descriptor_jacobians(hosts, spec, dtype=np.float64, sparse=True)
     assert all(isinstance(j, SparseJacobian) for j in jac)
-    stats = compute_statistics(sf, [h.species for h in hosts], [h.energy for h in hosts], spec.n_elements)
-    stats["sf_std"] = np.maximum(stats["sf_std"], 0.05)
-    stats["energy_scale"] = 0.5
-    groups = jt.group_by_size(sf, [h.species for h in hosts], [h.energy for h in hosts], [h.forces for h in hosts],
-                              tuple(jac), dtype=np.float64)
+    groups = jt.group_by_size(built["sf"], [h.species for h in hosts], [h.energy for h in hosts],
+                              [h.forces for h in hosts], tuple(jac), dtype=np.float64)
     assert all("jac_values" in g and "jac" not in g for g in groups.arrays)
-    params = jt.init_params(jax.random.PRNGKey(seed), K, spec.n_elements, spec.n_functions, HIDDEN, "float64")
-    model = jt.to_model(params, stats, spec, jt.CommitteeConfig(members=K, hidden=HIDDEN), references,
-                        dtype="float64")
-    return groups, params, model, jac
+    return groups, built["params"], built["model"], jac
 
 
 @pytest.mark.parametrize("case", ["tio2", "copper"])
-def test_sparse_jacobian_forces_equal_autodiff_forces(setup, case):
+def test_sparse_jacobian_forces_equal_autodiff_forces(setup, case, make_random_committee):
     """Sparse storage (each atom's partners only): Jacobian forces = the Keras model's autodiff forces (1e-10).
 
     TiO2: the thin 6-atom cells and the 95-atom cells (every partner of every
@@ -134,7 +128,7 @@ def test_sparse_jacobian_forces_equal_autodiff_forces(setup, case):
         refs = {"Cu": 0.0}
         hosts = prepare_structures([_copper((4, 4, 4), 1), _copper((3, 3, 2), 2), _copper((1, 1, 1), 3)],
                                    spec.elements, spec.cutoff, energy_offsets=refs)
-    groups, params, model, jac = _sparse_setup(hosts, spec, refs)
+    groups, params, model, jac = _sparse_setup(make_random_committee, hosts, spec, refs)
     st = _model_stats(model)
     if case == "copper":
         assert jac[0].width < len(hosts[0].positions) // 10, jac[0].width
