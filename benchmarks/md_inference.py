@@ -107,7 +107,8 @@ def run_size(model, target: int, args, rng) -> dict:
 
     from bpnn_jax import BPNNCalculator
     from bpnn_jax.batch import HostStructure, collate
-    from bpnn_jax.neighbors import ATOM_BUCKETS, bucket_size, neighbor_list, slot_layout
+    from bpnn_jax.calculator import calculator_padding
+    from bpnn_jax.neighbors import neighbor_list, slot_layout
 
     reps = rutile_repeats(target)
     atoms = rutile(reps)
@@ -179,6 +180,7 @@ def run_size(model, target: int, args, rng) -> dict:
         f"{row['nl_rebuilds_during_steps']} neighbour-list rebuilds)")
 
     # A neighbour-list build, as the calculator does it: search, then padding.
+    inputs = None
     try:
         species = calc._species(atoms)
         search, pad = [], []
@@ -188,7 +190,7 @@ def run_size(model, target: int, args, rng) -> dict:
             t1 = time.perf_counter()
             slots = slot_layout(nl, species, len(model.elements))
             host = HostStructure("bench", np.array(atoms.positions), np.array(atoms.cell.array), species, nl, slots)
-            collate([host], 1, bucket_size(n, ATOM_BUCKETS), slots, dtype=calc.dtype).inputs(model.elements)
+            inputs = collate([host], 1, calculator_padding(n), slots, dtype=calc.dtype).inputs(model.elements)
             t2 = time.perf_counter()
             search.append(t1 - t0)
             pad.append(t2 - t1)
@@ -204,7 +206,9 @@ def run_size(model, target: int, args, rng) -> dict:
         row["nl_error"] = f"{type(exc).__name__}: {exc}"
         log(f"  neighbour-list timing failed: {row['nl_error']}")
     try:
-        row.update(forward_cost(model, atoms, calc, n_pad))
+        if inputs is None:
+            raise RuntimeError("no padded inputs (the neighbour-list build failed)")
+        row.update(forward_cost(model, inputs, n))
         if row.get("model_ms"):
             row["step_over_forward"] = round(row["model_ms"] / row["forward_ms"], 2)
         log(f"  forward (energy only): {row['forward_ms']} ms = {row['forward_us_per_atom']} µs/atom; "
@@ -217,24 +221,17 @@ def run_size(model, target: int, args, rng) -> dict:
     return row
 
 
-def forward_cost(model, atoms, calc, n_pad, repeats: int = 5) -> dict:
-    """Median time of the model's energy alone on the calculator's padded inputs.
+def forward_cost(model, inputs, n_atoms: int, repeats: int = 5) -> dict:
+    """Median time of the model's energy alone on the calculator's padded ``inputs``.
 
     The energies (descriptors and every member's network, no derivatives) as
     one compiled function of positions and cell, the weights passed as
-    arguments (as the calculator does), on a neighbour list at Rc + skin.
+    arguments (as the calculator does), on the neighbour list at Rc + skin
+    that the neighbour-list timing built.
     """
     import jax
     import keras
 
-    from bpnn_jax.batch import HostStructure, collate
-    from bpnn_jax.neighbors import neighbor_list, slot_layout
-
-    species = calc._species(atoms)
-    nl = neighbor_list(atoms.positions, atoms.cell.array, atoms.pbc, calc.cutoff + calc.skin)
-    slots = slot_layout(nl, species, len(model.elements))
-    host = HostStructure("bench", np.array(atoms.positions), np.array(atoms.cell.array), species, nl, slots)
-    inputs = collate([host], 1, n_pad or len(atoms), slots, dtype=calc.dtype).inputs(model.elements)
     variables = list(model.variables)
 
     @jax.jit
@@ -251,7 +248,7 @@ def forward_cost(model, atoms, calc, n_pad, repeats: int = 5) -> dict:
         jax.block_until_ready(energy(*args))
         times.append(time.perf_counter() - t0)
     t = _median(times)
-    return {"forward_ms": round(1e3 * t, 2), "forward_us_per_atom": round(1e6 * t / len(atoms), 2)}
+    return {"forward_ms": round(1e3 * t, 2), "forward_us_per_atom": round(1e6 * t / n_atoms, 2)}
 
 
 def markdown(res: dict) -> str:
