@@ -68,10 +68,12 @@ A, C, U = 4.594, 2.959, 0.305
 def rutile_repeats(target: int) -> tuple[int, int, int]:
     """Repeats (na, na, nc) of the 6-atom rutile cell: about ``target`` atoms, close to cubic.
 
-    The calculator pads the atom count up the atom-bucket ladder (x1.5 steps
-    beyond 256), and padded atoms cost as much as real ones; among sizes
-    about equally close to the target, the one with less padding wins (e.g.
-    9600 atoms, padded to 10080, rather than 10200, padded to 15136).
+    Sizes are scored by the padding of the atom-bucket ladder (x1.5 steps
+    beyond 256: 9600 atoms pad to 10080 there, 10200 to 15136), which the
+    calculator used when these sizes were chosen; it now pads with
+    :func:`bpnn_jax.calculator.calculator_padding` (9600 atoms: none), but
+    the score is kept so that the sizes, and the committed results, stay
+    comparable (the calculator's padding would choose 10 x 10 x 17 for 10 k).
     """
     from bpnn_jax.neighbors import ATOM_BUCKETS, bucket_size
 

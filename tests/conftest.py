@@ -114,9 +114,11 @@ def make_random_committee():
     """Factory for float64 committees with random weights, built as the Jacobian trainer builds them.
 
     ``make_random_committee(hosts, spec, members=2, seed=0, hidden=(8, 8),
-    energy_scale=0.5, shift_offset=0.0, references=TiO2's)`` returns a dict:
-    ``sf`` (per-structure descriptors), ``stats`` (SF statistics of ``hosts``,
-    SF stds floored at 0.05, the given energy scale, the per-element energy
+    energy_scale=0.5, shift_offset=0.0, pooled_std_floor=False, references=TiO2's)``
+    returns a dict: ``sf`` (per-structure descriptors), ``stats`` (SF statistics
+    of ``hosts``, SF stds floored at 0.05, and with ``pooled_std_floor`` also at
+    the std over all atoms, so that no element's column is scaled up by much;
+    the given energy scale, the per-element energy
     shifts moved by ``shift_offset`` eV), ``params`` (the trainer's member-axis
     parameters) and ``model`` (the same committee as a Keras model).
     """
@@ -128,9 +130,11 @@ def make_random_committee():
     from bpnn_jax.training import compute_statistics, featurize_host
 
     def factory(hosts, spec, *, members=2, seed=0, hidden=(8, 8), energy_scale=0.5, shift_offset=0.0,
-                references=REFERENCE_ENERGIES_TIO2):
+                pooled_std_floor=False, references=REFERENCE_ENERGIES_TIO2):
         sf = featurize_host(hosts, spec, dtype=np.float64)
         stats = compute_statistics(sf, [h.species for h in hosts], [h.energy for h in hosts], spec.n_elements)
+        if pooled_std_floor:
+            stats["sf_std"] = np.maximum(stats["sf_std"], np.concatenate(sf).std(axis=0)[None, :])
         stats["sf_std"] = np.maximum(stats["sf_std"], 0.05)
         stats["energy_scale"] = energy_scale
         stats["energy_shift"] = np.asarray(stats["energy_shift"]) + shift_offset

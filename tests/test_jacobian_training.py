@@ -43,21 +43,16 @@ NAMES = ("structure1632.xsf", "structure1061.xsf", "structure0001.xsf", "structu
 
 
 @pytest.fixture(scope="module")
-def setup(data_dir):
+def setup(data_dir, make_random_committee):
     spec = SymmetryFunctionSet.artrith_urban(("O", "Ti"))
     atoms = [read_xsf(data_dir / n) for n in NAMES]
     hosts = prepare_structures(atoms, spec.elements, spec.cutoff, energy_offsets=REFERENCE_ENERGIES_TIO2)
-    sf = featurize_host(hosts, spec, dtype=np.float64)
+    c = make_random_committee(hosts, spec, members=K, seed=3, hidden=HIDDEN, pooled_std_floor=True)
+    sf, stats, params, model = c["sf"], c["stats"], c["params"], c["model"]
     jac = descriptor_jacobians(hosts, spec, dtype=np.float64)
-    stats = compute_statistics(sf, [h.species for h in hosts], [h.energy for h in hosts], 2)
-    pooled = np.concatenate(sf).std(axis=0)
-    stats["sf_std"] = np.maximum(np.maximum(stats["sf_std"], pooled[None, :]), 0.05)
-    stats["energy_scale"] = 0.5
     groups = jt.group_by_size(sf, [h.species for h in hosts], [h.energy for h in hosts],
                               [h.forces for h in hosts], tuple(jac), dtype=np.float64)
     cfg = jt.CommitteeConfig(members=K, hidden=HIDDEN)
-    params = jt.init_params(jax.random.PRNGKey(3), K, 2, spec.n_functions, HIDDEN, "float64")
-    model = jt.to_model(params, stats, spec, cfg, REFERENCE_ENERGIES_TIO2, dtype="float64")
     return dict(spec=spec, atoms=atoms, hosts=hosts, stats=stats, groups=groups, params=params, model=model,
                 cfg=cfg, st=_model_stats(model))
 
