@@ -178,10 +178,10 @@ def machine_line(res: dict) -> str:
     cores = m["cpu_cores"]
     if m["cpu_cores_usable"] != m["cpu_cores"]:
         cores = f"{m['cpu_cores_usable']} of {m['cpu_cores']}"
-    extra = "".join(f" ({m[k]})" for k in ("cpu_simd",) if m.get(k))
+    simd = f" ({m['cpu_simd']})" if m.get("cpu_simd") else ""
     memory = f" · {m['memory_setup']}" if m.get("memory_setup") else ""
     return (
-        f"Machine: {m['cpu_model']}{extra}, {cores} CPU cores, {m['memory_gb']} GB{memory} · device: `{m['device']}` "
+        f"Machine: {m['cpu_model']}{simd}, {cores} CPU cores, {m['memory_gb']} GB{memory} · device: `{m['device']}` "
         f"({m['jax_platform']}, {m['device_kind']}) · Python {m['python']}, JAX {m['jax']}, Keras {m['keras']}, "
         f"NumPy {m['numpy']} · dtype {res['dtype']} · load average at start {m['load_average_start']}"
     )
