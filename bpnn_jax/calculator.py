@@ -141,7 +141,10 @@ def _evaluator(model: BPNN, member_forces: bool = True):
         with keras.StatelessScope(state_mapping=list(zip(variables, values))):
             sf = m.descriptors(pos, cel, inputs)
             atomic = m.member_atomic_energies if members else m.atomic_energies
-            return atomic(sf, inputs["species"], inputs["atom_mask"]), sf
+            e = atomic(sf, inputs["species"], inputs["atom_mask"])
+            if getattr(m, "repulsion", None) is not None:  # the pair baseline, the same for every member
+                e = e + m.repulsion_energies(pos, cel, inputs)
+            return e, sf
 
     def energy(values, positions, cell, strain, inputs):
         e, sf = strained_atomic_energies(values, positions, cell, strain, inputs, members=False)

@@ -30,6 +30,21 @@ def _weights(text: str):
     return values[0] if len(values) == 1 else values
 
 
+def _pair_cutoffs(text: str) -> dict:
+    """``"Ti-Ti:2.0,Ti-O:1.6"`` -> ``{"Ti-Ti": 2.0, "Ti-O": 1.6}`` (Å)."""
+    out = {}
+    for item in (x.strip() for x in text.split(",")):
+        key, sep, value = item.partition(":")
+        try:
+            rc = float(value)
+        except ValueError:
+            rc = float("nan")
+        if not sep or key.count("-") != 1 or not rc > 0:
+            raise argparse.ArgumentTypeError(f"expected A-B:RC[,A-B:RC...] with RC > 0 in Å, got {item!r}")
+        out[key.strip()] = rc
+    return out
+
+
 # ------------------------------------------------------------------- train
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
     from .training import TrainConfig
@@ -97,6 +112,15 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--keep-all", action="store_true", help="train on every structure, whatever its energy")
     p.add_argument("--patience", type=int, default=None, help=f"early-stopping patience, epochs (default {d.patience})")
     p.add_argument("--seed", type=int, default=None, help=f"split/initialisation seed (default {d.seed})")
+    p.add_argument("--val-fraction", type=float, default=None,
+                   help=f"fraction of the structures held out for validation (default {d.val_fraction}); the test "
+                        f"split does not depend on it")
+    p.add_argument("--repulsion", type=_pair_cutoffs, default=None, metavar="A-B:RC,...",
+                   help="a short-range repulsive pair baseline under the networks, zero beyond RC (Å) per element "
+                        "pair, fitted to the training energies and forces first (e.g. Ti-Ti:2.0,Ti-O:1.6,O-O:1.8)")
+    p.add_argument("--repulsion-force-weight", type=float, default=None,
+                   help=f"weight of the squared force error (eV²/Å²) against the per-atom energy error "
+                        f"(eV²/atom²) in the fit of --repulsion (default {d.repulsion_force_weight})")
     p.add_argument("--fit-references", action="store_true",
                    help="fit per-element reference energies by least squares instead of aenet's free-atom values")
     p.add_argument("--data-parallel", action="store_true",
@@ -159,7 +183,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                   "lbfgs_force_weight", "force_weight", "force_subset", "max_energy", "patience", "seed", "force_loss", "huber_delta",
                   "atoms_per_batch", "init_model", "time_limit_minutes", "members", "ef_epochs", "ef_learning_rate",
                   "ef_final_learning_rate", "ef_warmup_epochs", "ef_force_weight", "weight_decay", "ema_decay",
-                  "ef_atoms_per_batch", "ef_lbfgs_steps", "ef_final_epochs", "ef_final_force_factor")
+                  "ef_atoms_per_batch", "ef_lbfgs_steps", "ef_final_epochs", "ef_final_force_factor",
+                  "val_fraction", "repulsion", "repulsion_force_weight")
         if getattr(args, k) is not None
     }
     if args.descriptors is not None:

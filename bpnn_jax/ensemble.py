@@ -66,6 +66,9 @@ def merge_committees(models: Sequence[BPNN], *, uncertainty_threshold: float | N
         if set(refs) != set(refs0) or any(abs(refs[e] - refs0[e]) > 1e-9 for e in refs0):
             raise ModelError(f"model {k} has reference energies {refs}, model 0 {refs0}: their energies are "
                              f"not on one scale")
+        if m.repulsion != first.repulsion:
+            raise ModelError(f"model {k} has the pair baseline {m.repulsion}, model 0 {first.repulsion}: only "
+                             f"models trained on the same baseline can be merged")
     if any(m.dropout > 0 for m in models):
         raise ModelError("models with dropout cannot be merged into a committee")
 
@@ -111,7 +114,8 @@ def merge_committees(models: Sequence[BPNN], *, uncertainty_threshold: float | N
     members = sum(m.members for m in models)
     merged = BPNN(spec.to_config(), hidden=first.hidden, activation=first.activation,
                   reference_energies=first.reference_energies, members=members, chunk_size=first.chunk_size,
-                  uncertainty_threshold=uncertainty_threshold, dtype=dtype or first.dtype_policy.name)
+                  uncertainty_threshold=uncertainty_threshold, dtype=dtype or first.dtype_policy.name,
+                  repulsion=None if first.repulsion is None else first.repulsion.to_config())
     merged.set_statistics(**merged_stats, energy_shift=shift0, energy_scale=scale0)
     for s, net in enumerate(merged.nets):
         net.set_member_weights([np.concatenate(ws, axis=0) for ws in kernels[s]],

@@ -935,13 +935,18 @@ def calibrate_threshold(model, val: Groups) -> float | None:
 
 
 # ------------------------------------------------------- Keras conversion
-def to_model(params, stats: dict, spec, cfg: CommitteeConfig, reference_energies: dict, dtype=None):
-    """A :class:`~bpnn_jax.model.BPNN` committee (``members=K``) holding ``params``."""
+def to_model(params, stats: dict, spec, cfg: CommitteeConfig, reference_energies: dict, dtype=None,
+             repulsion: dict | None = None):
+    """A :class:`~bpnn_jax.model.BPNN` committee (``members=K``) holding ``params``.
+
+    ``repulsion``: the ``to_config()`` of the pair baseline the networks were trained on top of
+    (their targets were E - E_rep, F - F_rep), or None.
+    """
     from .model import BPNN
 
     kw = {} if dtype is None else {"dtype": dtype}
     model = BPNN(spec.to_config(), hidden=cfg.hidden, activation=cfg.activation,
-                 reference_energies=reference_energies, members=cfg.members, **kw)
+                 reference_energies=reference_energies, members=cfg.members, repulsion=repulsion, **kw)
     model.set_statistics(**stats)
     for s, net in enumerate(model.nets):
         net.set_member_weights([np.asarray(W[s]) for W in params["W"]], [np.asarray(b[s]) for b in params["b"]])

@@ -43,6 +43,7 @@ from .descriptors import atoms_descriptors, descriptor_from_config
 from .errors import ModelError
 from .geometry import displacements
 from .layers import ElementMLP, MaskedRMSE
+from .repulsion import PairRepulsion
 
 __all__ = ["BPNN", "load_model", "with_dtype", "total_energy", "PRETRAINED_DIR"]
 
@@ -86,6 +87,11 @@ class BPNN(keras.Model):
             of the members' energies per atom, eV/atom) above which the
             calculator warns that the model is extrapolating; calibrated
             on the validation set by training.  None: no such warning.
+        repulsion: ``to_config()`` of a fitted
+            :class:`~bpnn_jax.repulsion.PairRepulsion` added under the
+            networks (geometry mode; the same for every member), or None.
+            Descriptor-mode outputs (``sf`` inputs) are the networks' part
+            only: the baseline needs the geometry.
     """
 
     def __init__(
@@ -105,6 +111,7 @@ class BPNN(keras.Model):
         seed: int = 0,
         members: int = 1,
         uncertainty_threshold: float | None = None,
+        repulsion: dict | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -130,6 +137,14 @@ class BPNN(keras.Model):
         self.seed = int(seed)
         self.members = int(members)
         self.uncertainty_threshold = None if uncertainty_threshold is None else float(uncertainty_threshold)
+        self.repulsion = None if repulsion is None else PairRepulsion.from_config(repulsion)
+        if self.repulsion is not None:
+            if self.repulsion.elements != tuple(self.elements):
+                raise ModelError(f"repulsion elements {self.repulsion.elements} differ from the model's "
+                                 f"{tuple(self.elements)}")
+            if self.repulsion.max_cutoff > self.spec.cutoff:
+                raise ModelError(f"repulsion cut-off {self.repulsion.max_cutoff} Å exceeds the descriptor "
+                                 f"cut-off {self.spec.cutoff} Å (the neighbour lists would miss its pairs)")
         S, F = len(self.elements), self.spec.n_functions
         self.nets = [
             ElementMLP(self.hidden, activation, self.dropout, members=self.members, dtype=self.dtype_policy,
@@ -220,10 +235,25 @@ class BPNN(keras.Model):
         g = atoms_descriptors(disp.reshape(B * N, M, 3), nmask.reshape(B * N, M), self.spec, slots, self.chunk_size)
         return g.reshape(B, N, -1)
 
+    def repulsion_energies(self, positions, cell, inputs):
+        """Atomic energies (B, N) of the pair baseline, eV (zeros without one)."""
+        species = inputs["species"]
+        if self.repulsion is None:
+            return jnp.zeros(species.shape, positions.dtype)
+        self._slots(inputs)  # a clear error for inputs without the neighbour masks
+        nmask = jnp.concatenate([inputs[f"neighbor_mask_{el}"] for el in self.elements], axis=-1)
+        disp = jax.vmap(displacements)(positions, cell, inputs["neighbors"], inputs["shifts"])
+        species_j = jnp.take_along_axis(species[:, :, None], inputs["neighbors"].reshape(species.shape[0], -1, 1),
+                                        axis=1).reshape(inputs["neighbors"].shape)
+        e = self.repulsion.atomic_energies(disp, nmask, species, species_j)
+        return jnp.where(inputs["atom_mask"], e, 0.0)
+
     def structure_energies(self, positions, cell, inputs, masks=None):
-        """Energies (B,) in eV (relative to the references) from geometry."""
+        """Energies (B,) in eV (relative to the references) from geometry, the baseline included."""
         sf = self.descriptors(positions, cell, inputs)
         e = self.atomic_energies(sf, inputs["species"], inputs["atom_mask"], masks)
+        if self.repulsion is not None:
+            e = e + self.repulsion_energies(positions, cell, inputs)
         return ops.sum(e, axis=-1)
 
     def _dropout_masks(self, shape_prefix, training):
@@ -260,6 +290,8 @@ class BPNN(keras.Model):
         def members_energy(pos):
             sf = self.descriptors(pos, cell, inputs)
             e = self.member_atomic_energies(sf, inputs["species"], inputs["atom_mask"])
+            if self.repulsion is not None:
+                e = e + self.repulsion_energies(pos, cell, inputs)[None]
             return jnp.sum(e, axis=-1)  # (K, B)
 
         if not self.compute_forces:
@@ -334,6 +366,7 @@ class BPNN(keras.Model):
             seed=self.seed,
             members=self.members,
             uncertainty_threshold=self.uncertainty_threshold,
+            repulsion=None if self.repulsion is None else self.repulsion.to_config(),
         )
         return config
 

@@ -93,6 +93,13 @@ class TrainConfig:
             phase with every force weight times ``ef_final_force_factor``
             (< 1 weighs energies more; best points chosen afresh in it).
         ef_final_force_factor: force-weight factor of that phase.
+        repulsion: {"A-B": rc} cut-offs (Å) of a short-range repulsive
+            pair baseline (:mod:`bpnn_jax.repulsion`), e.g. ``{"Ti-Ti": 2.0,
+            "Ti-O": 1.6, "O-O": 1.8}``: fitted to the training energies and
+            forces before the networks (which then learn the rest) and
+            saved in the model; None = no baseline.
+        repulsion_force_weight: weight of the squared force error (eV²/Å²)
+            against the per-atom energy error (eV²/atom²) in that fit.
         data_parallel: train with ``keras.distribution.DataParallel`` over
             all local devices (:func:`data_parallel_distribution`): weights
             replicated, every batch split over the devices.  Batch sizes
@@ -145,6 +152,8 @@ class TrainConfig:
     ef_lbfgs_steps: int = 0
     ef_final_epochs: int = 0
     ef_final_force_factor: float = 1.0
+    repulsion: dict | None = None
+    repulsion_force_weight: float = 0.01
     data_parallel: bool = False
 
     def committee_config(self):

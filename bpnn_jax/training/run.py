@@ -20,6 +20,7 @@ from .config import TrainConfig
 from .data import load_training_data
 from .run_state import atomic_save, batch_multiple, data_parallel_distribution, write_json, write_yaml_config
 from .committee_stage import train_committee
+from .repulsion_fit import fit_repulsion, subtract_repulsion
 from .energy_stage import run_energy_stage
 from .force_stage import run_force_stage
 
@@ -154,6 +155,18 @@ def _train(paths, run_dir, config: TrainConfig, *, resume: bool, verbose: int, d
         model = init
     else:
         model = build_model(config, elements, data["references"])
+    # Stages on cached descriptors learn what the pair baseline leaves; the end-to-end stage runs the
+    # whole model (baseline included) on the data as they are.
+    desc_train_s, desc_val_s = train_s, val_s
+    if config.repulsion:
+        if init is not None:
+            raise BPNNInputError("--init with a repulsion baseline is not supported: the loaded model's "
+                                 "networks were trained without it")
+        repulsion, report = fit_repulsion(train_s, elements, config.repulsion,
+                                          force_weight=config.repulsion_force_weight)
+        write_json(run_dir / "repulsion.json", {"repulsion": repulsion.to_config(), "fit": report})
+        model.repulsion = repulsion
+        desc_train_s, desc_val_s = subtract_repulsion(train_s, repulsion), subtract_repulsion(val_s, repulsion)
     stage_done = state.get("stage")
     epoch_done = int(state.get("epoch", 0))
     energy_done = state.get("energy") or {}
@@ -166,7 +179,7 @@ def _train(paths, run_dir, config: TrainConfig, *, resume: bool, verbose: int, d
 
     # ---- stage 1: energies on cached descriptors
     if (config.energy_epochs > 0 or config.lbfgs_steps > 0) and stage_done != "force":
-        run_energy_stage(model, config, train_s, val_s, spec, run_dir, resume=resume, stage_done=stage_done,
+        run_energy_stage(model, config, desc_train_s, desc_val_s, spec, run_dir, resume=resume, stage_done=stage_done,
                          epoch_done=epoch_done, verbose=verbose, deadline=deadline, multiple=multiple)
         state = {"stage": "force", "epoch": 0}
         epoch_done, stage_done = 0, "force"
