@@ -38,8 +38,10 @@ def merge_committees(models: Sequence[BPNN], *, uncertainty_threshold: float | N
 
     Args:
         models: trained BPNN models (committees or single networks) with
-            the same elements, hidden layers, activation and reference
-            energies; their descriptor sets may differ (equal sets with
+            the same elements, hidden layers, activation, reference
+            energies and pair baseline (:meth:`~bpnn_jax.repulsion.
+            PairRepulsion.matches`: up to fitting round-off; the merged
+            model keeps the first one's); their descriptor sets may differ (equal sets with
             equal statistics share their columns).
         uncertainty_threshold: the merged committee's extrapolation
             threshold, eV/atom (the members' spreads change when merged:
@@ -66,7 +68,9 @@ def merge_committees(models: Sequence[BPNN], *, uncertainty_threshold: float | N
         if set(refs) != set(refs0) or any(abs(refs[e] - refs0[e]) > 1e-9 for e in refs0):
             raise ModelError(f"model {k} has reference energies {refs}, model 0 {refs0}: their energies are "
                              f"not on one scale")
-        if m.repulsion != first.repulsion:
+        # Baselines fitted to the same data by separate runs agree to solver round-off, not bit for bit.
+        if (m.repulsion is None) != (first.repulsion is None) or (
+                m.repulsion is not None and not m.repulsion.matches(first.repulsion)):
             raise ModelError(f"model {k} has the pair baseline {m.repulsion}, model 0 {first.repulsion}: only "
                              f"models trained on the same baseline can be merged")
     if any(m.dropout > 0 for m in models):

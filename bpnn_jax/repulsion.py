@@ -140,6 +140,15 @@ class PairRepulsion:
             idx[a, b] = idx[b, a] = p
         return idx
 
+    def matches(self, other: "PairRepulsion | None", rtol: float = 1e-8, atol: float = 1e-8) -> bool:
+        """The same baseline up to fitting round-off: equal elements, cut-offs and powers, and
+        coefficients within ``rtol`` / ``atol`` (eV), so that energies agree to ~1e-8 eV per pair."""
+        if other is None or (self.elements, self.cutoffs, self.powers) != (other.elements, other.cutoffs,
+                                                                          other.powers):
+            return False
+        return all(np.allclose(self.coefficients[k], other.coefficients[k], rtol=rtol, atol=atol)
+                   for k in self.cutoffs)
+
     @property
     def max_cutoff(self) -> float:
         return max(self.cutoffs.values(), default=0.0)

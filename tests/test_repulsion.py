@@ -193,6 +193,16 @@ def test_committee_save_reload_and_merge_keep_the_baseline(atoms, hosts, make_ra
     np.testing.assert_allclose(np.asarray(merged(inputs)["energy"]), np.asarray(out1["energy"]), rtol=1e-12)
     with pytest.raises(ModelError, match="pair baseline"):
         merge_committees([with_rep, plain])
+    # Another run's fit of the same data agrees to solver round-off: merged; a different baseline is not.
+    for factor, ok in ((1 + 1e-12, True), (1.01, False)):
+        other = BPNN.from_config({**config, "repulsion": repulsion().with_coefficients(
+            {k: tuple(factor * c for c in v) for k, v in COEFS.items()}).to_config()})
+        other.set_weights(plain.get_weights())
+        if ok:
+            assert merge_committees([with_rep, other]).repulsion == with_rep.repulsion
+        else:
+            with pytest.raises(ModelError, match="pair baseline"):
+                merge_committees([with_rep, other])
 
 
 def test_lammps_program_includes_the_baseline(pair_models, atoms):
