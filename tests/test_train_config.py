@@ -58,7 +58,8 @@ def test_config_file_errors_name_the_file(tmp_path, capsys):
 
 
 def test_shipped_recipe_file_is_a_valid_config():
-    """The shipped model's recipe: tio2.sh trains tio2.yaml and tio2_chebyshev65.yaml and merges them.
+    """The shipped model's recipe: tio2.sh trains tio2.yaml and tio2_chebyshev65.yaml on one pair baseline
+    and merges them.
 
     Both read into full TrainConfigs; their descriptor sets are the shipped
     model's parts, their members add up to its members.
@@ -85,3 +86,10 @@ def test_shipped_recipe_file_is_a_valid_config():
         assert spec == shipped.spec.parts[part]
         members += config.members
     assert members == shipped.members
+    # Both halves are trained on the pair baseline the script names, which the shipped model carries.
+    from bpnn_jax.repulsion import parse_pair_cutoffs
+
+    line = next(x for x in script.splitlines() if x.startswith("REPULSION="))
+    assert script.count('--repulsion "$REPULSION"') == 1  # inside the loop over both halves
+    named = dict(item.split(":") for item in line.split("=", 1)[1].split(","))
+    assert parse_pair_cutoffs(named, shipped.elements) == shipped.repulsion.cutoffs
