@@ -14,7 +14,7 @@ from ..io import EV_PER_A3_IN_GPA
 from ..model import BPNN
 from .data import compute_statistics, featurize_host
 from .config import TrainConfig
-from .repulsion_fit import fit_repulsion, subtract_repulsion
+from .repulsion_fit import run_repulsion_stage
 from .run_state import atomic_save, physical_memory_gb, require_forces, write_json
 
 
@@ -34,15 +34,9 @@ def train_committee(data, train_s, val_s, run_dir: Path, config: TrainConfig, *,
     require_forces(train_s + val_s)
     repulsion = None
     if config.repulsion:
-        repulsion, report = fit_repulsion(train_s, data["elements"], config.repulsion,
-                                          force_weight=config.repulsion_force_weight)
-        write_json(run_dir / "repulsion.json", {"repulsion": repulsion.to_config(), "fit": report})
-        if verbose:
-            print(f"repulsion baseline ({', '.join(f'{k} < {v:g} Å' for k, v in repulsion.cutoffs.items())}): "
-                  f"{report['structures_with_contacts']} training structures with contacts; their force RMS "
-                  f"{report['force_rms_ev_a_before']:.2f} -> {report['force_rms_ev_a_after']:.2f} eV/Å", flush=True)
         # The networks learn what the baseline leaves (the Jacobian cache keys on geometry, not targets).
-        train_s, val_s = subtract_repulsion(train_s, repulsion), subtract_repulsion(val_s, repulsion)
+        repulsion, train_s, val_s = run_repulsion_stage(train_s, val_s, data["elements"], config, run_dir,
+                                                        verbose=verbose)
     t0 = time.time()
     sf_train = featurize_host(train_s, spec, atoms_per_batch=config.atoms_per_batch, progress=verbose == 1)
     sf_val = featurize_host(val_s, spec, atoms_per_batch=config.atoms_per_batch, progress=verbose == 1)

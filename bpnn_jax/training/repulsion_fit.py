@@ -11,6 +11,7 @@ import numpy as np
 from ..batch import HostStructure
 from ..errors import BPNNInputError
 from ..repulsion import DEFAULT_POWERS, PairRepulsion, parse_pair_cutoffs
+from .run_state import write_json
 
 
 def _design(rep: PairRepulsion, s: HostStructure):
@@ -116,3 +117,25 @@ def subtract_repulsion(structures: Sequence[HostStructure], repulsion: PairRepul
             s, energy=None if s.energy is None else s.energy - e,
             forces=None if s.forces is None else np.asarray(s.forces, np.float64) - f))
     return out
+
+
+def run_repulsion_stage(train_s: Sequence[HostStructure], val_s: Sequence[HostStructure], elements: Sequence[str],
+                        config, run_dir, *, verbose: int = 1):
+    """The stage of a run with ``config.repulsion``: fit on ``train_s``, record, take it out of both splits.
+
+    Writes ``run_dir/repulsion.json`` (the baseline and :func:`fit_repulsion`'s report).  Deterministic:
+    a resumed run fits the same baseline again.
+
+    Returns:
+        ``(repulsion, train_rest, val_rest)``: the baseline and copies of the splits whose energies and
+        forces are what it leaves (what the networks learn).
+    """
+    from pathlib import Path
+
+    repulsion, report = fit_repulsion(train_s, elements, config.repulsion, force_weight=config.repulsion_force_weight)
+    write_json(Path(run_dir) / "repulsion.json", {"repulsion": repulsion.to_config(), "fit": report})
+    if verbose:
+        print(f"repulsion baseline ({', '.join(f'{k} < {v:g} Å' for k, v in repulsion.cutoffs.items())}): "
+              f"{report['structures_with_contacts']} training structures with contacts; their force RMS "
+              f"{report['force_rms_ev_a_before']:.2f} -> {report['force_rms_ev_a_after']:.2f} eV/Å", flush=True)
+    return repulsion, subtract_repulsion(train_s, repulsion), subtract_repulsion(val_s, repulsion)

@@ -20,7 +20,7 @@ from .config import TrainConfig
 from .data import load_training_data
 from .run_state import atomic_save, batch_multiple, data_parallel_distribution, write_json, write_yaml_config
 from .committee_stage import train_committee
-from .repulsion_fit import fit_repulsion, subtract_repulsion
+from .repulsion_fit import run_repulsion_stage
 from .energy_stage import run_energy_stage
 from .force_stage import run_force_stage
 
@@ -162,11 +162,8 @@ def _train(paths, run_dir, config: TrainConfig, *, resume: bool, verbose: int, d
         if init is not None:
             raise BPNNInputError("--init with a repulsion baseline is not supported: the loaded model's "
                                  "networks were trained without it")
-        repulsion, report = fit_repulsion(train_s, elements, config.repulsion,
-                                          force_weight=config.repulsion_force_weight)
-        write_json(run_dir / "repulsion.json", {"repulsion": repulsion.to_config(), "fit": report})
-        model.repulsion = repulsion
-        desc_train_s, desc_val_s = subtract_repulsion(train_s, repulsion), subtract_repulsion(val_s, repulsion)
+        model.repulsion, desc_train_s, desc_val_s = run_repulsion_stage(train_s, val_s, elements, config, run_dir,
+                                                                        verbose=verbose)
     stage_done = state.get("stage")
     epoch_done = int(state.get("epoch", 0))
     energy_done = state.get("energy") or {}
