@@ -142,7 +142,7 @@ def _evaluator(model: BPNN, member_forces: bool = True):
             sf = m.descriptors(pos, cel, inputs)
             atomic = m.member_atomic_energies if members else m.atomic_energies
             e = atomic(sf, inputs["species"], inputs["atom_mask"])
-            if getattr(m, "repulsion", None) is not None:  # the pair baseline, the same for every member
+            if m.repulsion is not None:  # the pair baseline, the same for every member
                 e = e + m.repulsion_energies(pos, cel, inputs)
             return e, sf
 

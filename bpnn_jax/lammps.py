@@ -126,7 +126,7 @@ def neighbor_matrix_energy(model: BPNN):
         known = (s_i >= 0) & (s_i < S)
         s_safe = jnp.where(known, s_i, 0)
         e = model.atomic_energies(sf[None], s_safe[None], jnp.ones((1, R), bool))[0]
-        if getattr(model, "repulsion", None) is not None:  # the short-range pair baseline under the networks
+        if model.repulsion is not None:  # the short-range pair baseline under the networks
             e = e + model.repulsion.atomic_energies(disp, valid, s_safe, s_j)
         e = e + jnp.asarray(refs)[s_safe]
         e = jnp.where(known | (count == 0), e, jnp.nan)

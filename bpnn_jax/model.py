@@ -226,12 +226,17 @@ class BPNN(keras.Model):
                 f"model inputs lack {exc.args[0]!r}; build inputs with Batch.inputs() for elements {self.elements}"
             ) from None
 
-    def descriptors(self, positions, cell, inputs):
-        """Symmetry functions (B, N, F) from geometry inputs."""
+    def _neighbor_geometry(self, positions, cell, inputs):
+        """Displacements (B, N, M, 3) Å of the neighbour slots, their mask (B, N, M) and the slot layout."""
         slots = self._slots(inputs)
         nmask = jnp.concatenate([inputs[f"neighbor_mask_{el}"] for el in self.elements], axis=-1)
-        B, N, M = inputs["neighbors"].shape
         disp = jax.vmap(displacements)(positions, cell, inputs["neighbors"], inputs["shifts"])
+        return disp, nmask, slots
+
+    def descriptors(self, positions, cell, inputs):
+        """Symmetry functions (B, N, F) from geometry inputs."""
+        disp, nmask, slots = self._neighbor_geometry(positions, cell, inputs)
+        B, N, M = inputs["neighbors"].shape
         g = atoms_descriptors(disp.reshape(B * N, M, 3), nmask.reshape(B * N, M), self.spec, slots, self.chunk_size)
         return g.reshape(B, N, -1)
 
@@ -240,9 +245,7 @@ class BPNN(keras.Model):
         species = inputs["species"]
         if self.repulsion is None:
             return jnp.zeros(species.shape, positions.dtype)
-        self._slots(inputs)  # a clear error for inputs without the neighbour masks
-        nmask = jnp.concatenate([inputs[f"neighbor_mask_{el}"] for el in self.elements], axis=-1)
-        disp = jax.vmap(displacements)(positions, cell, inputs["neighbors"], inputs["shifts"])
+        disp, nmask, _ = self._neighbor_geometry(positions, cell, inputs)
         species_j = jnp.take_along_axis(species[:, :, None], inputs["neighbors"].reshape(species.shape[0], -1, 1),
                                         axis=1).reshape(inputs["neighbors"].shape)
         e = self.repulsion.atomic_energies(disp, nmask, species, species_j)

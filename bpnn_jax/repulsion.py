@@ -45,6 +45,14 @@ def pair_key(a: str, b: str, elements: Sequence[str]) -> str:
     return f"{a}-{b}" if ia <= ib else f"{b}-{a}"
 
 
+def _canonical(key, elements: Sequence[str]) -> str | None:
+    """``pair_key`` of an "A-B" string, or None when it does not name two of ``elements``."""
+    parts = str(key).split("-")
+    if len(parts) != 2 or any(p not in elements for p in parts):
+        return None
+    return pair_key(parts[0], parts[1], elements)
+
+
 def parse_pair_cutoffs(cutoffs: dict, elements: Sequence[str]) -> dict[str, float]:
     """Validate ``{"A-B": rc}`` (Å) for ``elements``; keys in canonical order.
 
@@ -54,13 +62,12 @@ def parse_pair_cutoffs(cutoffs: dict, elements: Sequence[str]) -> dict[str, floa
     """
     out: dict[str, float] = {}
     for key, value in dict(cutoffs).items():
-        parts = str(key).split("-")
-        if len(parts) != 2 or any(p not in elements for p in parts):
+        canon = _canonical(key, elements)
+        if canon is None:
             raise ModelError(f"repulsion cut-off {key!r}: expected 'A-B' with A and B among {tuple(elements)}")
         rc = float(value)
         if not rc > 0:
             raise ModelError(f"repulsion cut-off {key!r}: {value!r} Å is not positive")
-        canon = pair_key(parts[0], parts[1], elements)
         if canon in out:
             raise ModelError(f"repulsion cut-off for {canon} given twice")
         out[canon] = rc
@@ -92,9 +99,7 @@ class PairRepulsion:
             raise ModelError(f"repulsion powers must be ≥ 2 (a smooth cut-off), got {self.powers}")
         coefs = {}
         for key, c in dict(self.coefficients).items():
-            parts = str(key).split("-")
-            canon = pair_key(parts[0], parts[1], self.elements) if len(parts) == 2 and all(
-                p in self.elements for p in parts) else None
+            canon = _canonical(key, self.elements)
             if canon not in self.cutoffs:
                 raise ModelError(f"repulsion coefficients for {key!r}, which has no cut-off")
             c = tuple(float(x) for x in c)

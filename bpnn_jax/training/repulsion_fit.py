@@ -4,6 +4,7 @@ training data and take it out of the targets the networks learn."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -14,12 +15,13 @@ from ..repulsion import DEFAULT_POWERS, PairRepulsion, parse_pair_cutoffs
 from .run_state import write_json
 
 
-def _design(rep: PairRepulsion, s: HostStructure):
+def _geometry(rep: PairRepulsion, s: HostStructure) -> tuple:
+    """The arguments of the baseline's host functions for ``s``, whose neighbour list must reach its cut-offs."""
     nl = s.nl
     if nl.cutoff < rep.max_cutoff:
         raise BPNNInputError(f"{s.name}: the neighbour list's cut-off {nl.cutoff} Å is shorter than the "
                              f"repulsion's {rep.max_cutoff} Å")
-    return rep.host_design(s.positions, s.cell, s.species, nl.centers, nl.neighbors, nl.shifts)
+    return s.positions, s.cell, s.species, nl.centers, nl.neighbors, nl.shifts
 
 
 def fit_repulsion(structures: Sequence[HostStructure], elements: Sequence[str], cutoffs: dict, *,
@@ -62,7 +64,7 @@ def fit_repulsion(structures: Sequence[HostStructure], elements: Sequence[str], 
     for s in structures:
         if s.energy is None or s.forces is None:
             raise BPNNInputError(f"{s.name}: the repulsion fit needs energies and forces")
-        e, f = _design(rep, s)
+        e, f = rep.host_design(*_geometry(rep, s))
         n = s.n_atoms
         e_rows.append(e.reshape(-1) / n)
         comp.append(np.bincount(s.species, minlength=S) / n)
@@ -111,8 +113,7 @@ def subtract_repulsion(structures: Sequence[HostStructure], repulsion: PairRepul
     """Copies of ``structures`` with the baseline's energy and forces taken out of their targets."""
     out = []
     for s in structures:
-        nl = s.nl
-        e, f = repulsion.host_energy_forces(s.positions, s.cell, s.species, nl.centers, nl.neighbors, nl.shifts)
+        e, f = repulsion.host_energy_forces(*_geometry(repulsion, s))
         out.append(dataclasses.replace(
             s, energy=None if s.energy is None else s.energy - e,
             forces=None if s.forces is None else np.asarray(s.forces, np.float64) - f))
@@ -130,8 +131,6 @@ def run_repulsion_stage(train_s: Sequence[HostStructure], val_s: Sequence[HostSt
         ``(repulsion, train_rest, val_rest)``: the baseline and copies of the splits whose energies and
         forces are what it leaves (what the networks learn).
     """
-    from pathlib import Path
-
     repulsion, report = fit_repulsion(train_s, elements, config.repulsion, force_weight=config.repulsion_force_weight)
     write_json(Path(run_dir) / "repulsion.json", {"repulsion": repulsion.to_config(), "fit": report})
     if verbose:
