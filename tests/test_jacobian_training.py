@@ -3,7 +3,8 @@
 * Jacobian forces of every member equal the autodiff forces of the Keras
   committee model, on thin 6-atom cells and the 95-atom cells (1e-10),
   with dense and with sparse storage (and on a 256-atom Cu supercell,
-  where sparse storage keeps 19 of 256 partners per atom);
+  where sparse storage keeps 19 of 256 partners per atom), each element's
+  network run on every atom or on its own atoms only (as training does);
 * the loss gradient of the Jacobian path equals that of the end-to-end path
   (positions -> descriptors -> energies, forces by autodiff);
 * a committee's mean and spread equal those of its members evaluated one
@@ -66,10 +67,25 @@ def _single_inputs(model, h):
     return collate([h], 1, bucket_size(h.n_atoms, ATOM_BUCKETS), h.slots, dtype=np.float64).inputs(model.elements)
 
 
-def test_jacobian_forces_equal_autodiff_forces(setup):
+def test_atoms_by_species_lists_each_elements_atoms(setup):
+    for g in setup["groups"].arrays:
+        lists = jt.species_atom_lists(g)
+        assert len(lists) == 2  # O, Ti
+        for b, k in enumerate(g["index"]):
+            species = setup["hosts"][k].species
+            for s, idx in enumerate(lists):
+                assert idx.shape[1] % 4 == 0 and idx.shape[1] >= np.sum(species == s)
+                assert list(idx[b][idx[b] >= 0]) == list(np.flatnonzero(species == s))
+
+
+@pytest.mark.parametrize("by_species", [False, True])
+def test_jacobian_forces_equal_autodiff_forces(setup, by_species):
+    """Jacobian forces and energies = the Keras model's, each element's network run on every atom (masked) or,
+    as training does, on its own atoms only (``species_atoms``)."""
     model, params, st = setup["model"], setup["params"], setup["st"]
     for g in setup["groups"].arrays:
-        out = jt.committee_outputs(params, st, g["sf"], g["species"], g["mask"], "tanh", g["jac"])
+        out = jt.committee_outputs(params, st, g["sf"], g["species"], g["mask"], "tanh", g["jac"],
+                                   species_atoms=jt.species_atom_lists(g) if by_species else None)
         for b, k in enumerate(g["index"]):
             h = setup["hosts"][k]
             ref = model(_single_inputs(model, h))
@@ -107,8 +123,9 @@ def _sparse_setup(make_committee, hosts, spec, references, seed=5):
     return groups, built["params"], built["model"], jac
 
 
+@pytest.mark.parametrize("by_species", [False, True])
 @pytest.mark.parametrize("case", ["tio2", "copper"])
-def test_sparse_jacobian_forces_equal_autodiff_forces(setup, case, make_random_committee):
+def test_sparse_jacobian_forces_equal_autodiff_forces(setup, case, by_species, make_random_committee):
     """Sparse storage (each atom's partners only): Jacobian forces = the Keras model's autodiff forces (1e-10).
 
     TiO2: the thin 6-atom cells and the 95-atom cells (every partner of every
@@ -129,7 +146,8 @@ def test_sparse_jacobian_forces_equal_autodiff_forces(setup, case, make_random_c
         assert jac[0].width < len(hosts[0].positions) // 10, jac[0].width
     for g in groups.arrays:
         out = jt.committee_outputs(params, st, g["sf"], g["species"], g["mask"], "tanh", g["jac_values"],
-                                   partners=g["jac_partners"])
+                                   partners=g["jac_partners"],
+                                   species_atoms=jt.species_atom_lists(g) if by_species else None)
         for b, k in enumerate(g["index"]):
             h = hosts[k]
             ref = model(_single_inputs(model, h))

@@ -13,6 +13,8 @@
 # 2-core CPU (AMD EPYC, AVX-512): ~5 + ~1.5 min of descriptor Jacobians and ~35 + ~27 min of training;
 # each step resumes (python -m bpnn_jax train ... --resume) if interrupted, and a finished step is skipped.
 # tio2_v5 (shipped before) was the same without --repulsion (run directories runs/tio2, runs/tio2_chebyshev65).
+# Next: the same with REPULSION=Ti-Ti:2.4,Ti-O:1.8,O-O:2.2 (a wider wall, better on the test split; see
+# experiments/results/repulsion/); its Imbalzano half is trained and kept as the model tio2_wide_imbalzano.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DATA=${BPNN_DATA_DIR:-../shared/data/tio2}
