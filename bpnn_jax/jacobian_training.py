@@ -59,14 +59,13 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from .batch import atoms_by_species, species_atom_lists
 from .io import EV_PER_A3_IN_GPA
 
 __all__ = [
     "CommitteeConfig",
     "Groups",
     "group_by_size",
-    "atoms_by_species",
-    "species_atom_lists",
     "init_params",
     "committee_outputs",
     "member_losses",
@@ -209,39 +208,6 @@ class Groups:
     @property
     def nbytes(self) -> int:
         return sum(v.nbytes for a in self.arrays for v in a.values())
-
-
-def atoms_by_species(species: np.ndarray, mask: np.ndarray, n_species: int) -> dict[str, np.ndarray]:
-    """Positions of each element's atoms, padded per element (the ``atoms_of_s`` arrays of :class:`Groups`).
-
-    Args:
-        species: (G, N) element indices.
-        mask: (G, N) real atoms.
-        n_species: number of element indices (the model's elements).
-
-    Returns:
-        ``{f"atoms_of_{s}": (G, M_s) int32}`` for s < ``n_species``: the
-        positions of the real atoms of element s in order, then -1; M_s is
-        the largest count of element s in a structure of the group, rounded
-        up to a multiple of 4 (0 when none has it).
-    """
-    out = {}
-    for s in range(n_species):
-        is_s = (species == s) & mask
-        m = int(is_s.sum(axis=1).max(initial=0))
-        m = -(-m // 4) * 4
-        idx = np.full((species.shape[0], m), -1, np.int32)
-        for b in range(species.shape[0]):
-            pos = np.flatnonzero(is_s[b])
-            idx[b, :len(pos)] = pos
-        out[f"atoms_of_{s}"] = idx
-    return out
-
-
-def species_atom_lists(g: dict) -> tuple | None:
-    """The ``atoms_of_s`` arrays of a group (or batch) in element order, or None where it has none."""
-    keys = sorted((k for k in g if k.startswith("atoms_of_")), key=lambda k: int(k.rsplit("_", 1)[1]))
-    return tuple(g[k] for k in keys) or None
 
 
 def group_by_size(sf_list, species_list, energies, forces_list=None, jac_list=None, dtype=np.float32, *,

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from bpnn_jax import jacobian_training as jt
-from bpnn_jax.batch import collate, prepare_structures
+from bpnn_jax.batch import collate, prepare_structures, species_atom_lists
 from bpnn_jax.calculator import BPNNCalculator
 from bpnn_jax.descriptors import SymmetryFunctionSet
 from bpnn_jax.featurize import SparseJacobian, descriptor_jacobians
@@ -69,7 +69,7 @@ def _single_inputs(model, h):
 
 def test_atoms_by_species_lists_each_elements_atoms(setup):
     for g in setup["groups"].arrays:
-        lists = jt.species_atom_lists(g)
+        lists = species_atom_lists(g)
         assert len(lists) == 2  # O, Ti
         for b, k in enumerate(g["index"]):
             species = setup["hosts"][k].species
@@ -85,7 +85,7 @@ def test_jacobian_forces_equal_autodiff_forces(setup, by_species):
     model, params, st = setup["model"], setup["params"], setup["st"]
     for g in setup["groups"].arrays:
         out = jt.committee_outputs(params, st, g["sf"], g["species"], g["mask"], "tanh", g["jac"],
-                                   species_atoms=jt.species_atom_lists(g) if by_species else None)
+                                   species_atoms=species_atom_lists(g) if by_species else None)
         for b, k in enumerate(g["index"]):
             h = setup["hosts"][k]
             ref = model(_single_inputs(model, h))
@@ -147,7 +147,7 @@ def test_sparse_jacobian_forces_equal_autodiff_forces(setup, case, by_species, m
     for g in groups.arrays:
         out = jt.committee_outputs(params, st, g["sf"], g["species"], g["mask"], "tanh", g["jac_values"],
                                    partners=g["jac_partners"],
-                                   species_atoms=jt.species_atom_lists(g) if by_species else None)
+                                   species_atoms=species_atom_lists(g) if by_species else None)
         for b, k in enumerate(g["index"]):
             h = hosts[k]
             ref = model(_single_inputs(model, h))
