@@ -112,6 +112,9 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--keep-all", action="store_true", help="train on every structure, whatever its energy")
     p.add_argument("--patience", type=int, default=None, help=f"early-stopping patience, epochs (default {d.patience})")
     p.add_argument("--seed", type=int, default=None, help=f"split/initialisation seed (default {d.seed})")
+    p.add_argument("--member-seed", type=int, default=None,
+                   help="initialisation and shuffling seed of the E+F committee, on the split of --seed: another "
+                        "committee to merge with one trained before (default: --seed)")
     p.add_argument("--val-fraction", type=float, default=None,
                    help=f"fraction of the structures held out for validation (default {d.val_fraction}); the test "
                         f"split does not depend on it")
@@ -180,7 +183,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     overrides = {
         k: getattr(args, k)
         for k in ("stress_weight", "energy_key", "forces_key", "stress_key", "cutoff", "hidden", "activation", "dropout", "learning_rate", "batch_size", "energy_epochs", "lbfgs_steps", "force_epochs",
-                  "lbfgs_force_weight", "force_weight", "force_subset", "max_energy", "patience", "seed", "force_loss", "huber_delta",
+                  "lbfgs_force_weight", "force_weight", "force_subset", "max_energy", "patience", "seed", "member_seed", "force_loss", "huber_delta",
                   "atoms_per_batch", "init_model", "time_limit_minutes", "members", "ef_epochs", "ef_learning_rate",
                   "ef_final_learning_rate", "ef_warmup_epochs", "ef_force_weight", "weight_decay", "ema_decay",
                   "ef_atoms_per_batch", "ef_lbfgs_steps", "ef_final_epochs", "ef_final_force_factor",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -93,3 +94,14 @@ def test_shipped_recipe_file_is_a_valid_config():
     assert script.count('--repulsion "$REPULSION"') == 1  # inside the loop over both halves
     named = dict(item.split(":") for item in line.split("=", 1)[1].split(","))
     assert parse_pair_cutoffs(named, shipped.elements) == shipped.repulsion.cutoffs
+
+
+def test_member_seed_changes_the_committee_not_the_split():
+    """--member-seed: another committee (initialisation, shuffling) on the same split (seed)."""
+    from bpnn_jax.training import TrainConfig
+
+    base = TrainConfig(members=5, seed=0)
+    other = dataclasses.replace(base, member_seed=1)
+    assert base.committee_config().seed == 0 and other.committee_config().seed == 1
+    assert other.seed == 0  # the split's seed
+    assert TrainConfig.from_json(other.to_json()).member_seed == 1

@@ -68,6 +68,9 @@ class TrainConfig:
             None keeps everything.
         val_fraction, test_fraction: split fractions.
         seed: split, initialisation and shuffling seed.
+        member_seed: the E+F committee's initialisation, bootstrap and
+            shuffling seed where it should differ from ``seed``: another
+            committee on the same split (None: ``seed``).
         patience: early-stopping patience (epochs) per stage.
         reference_energies: free-atom energies (eV); None = fitted by least
             squares on composition.
@@ -137,6 +140,7 @@ class TrainConfig:
     val_fraction: float = 0.1
     test_fraction: float = 0.1
     seed: int = 0
+    member_seed: int | None = None
     patience: int = 100
     reference_energies: dict | None = dataclasses.field(default_factory=lambda: dict(REFERENCE_ENERGIES_TIO2))
     members: int = 0
@@ -165,7 +169,7 @@ class TrainConfig:
             learning_rate=self.ef_learning_rate, final_learning_rate=self.ef_final_learning_rate,
             warmup_epochs=self.ef_warmup_epochs, weight_decay=self.weight_decay, force_weight=self.ef_force_weight,
             ema_decay=self.ema_decay, atoms_per_batch=self.ef_atoms_per_batch, bootstrap=self.bootstrap,
-            patience=self.patience, seed=self.seed, lbfgs_steps=self.ef_lbfgs_steps,
+            patience=self.patience, seed=self.seed if self.member_seed is None else self.member_seed, lbfgs_steps=self.ef_lbfgs_steps,
             stress_weight=self.stress_weight, final_epochs=self.ef_final_epochs,
             final_force_factor=self.ef_final_force_factor)
 
