@@ -42,7 +42,8 @@ def merge_committees(models: Sequence[BPNN], *, uncertainty_threshold: float | N
             energies and pair baseline (:meth:`~bpnn_jax.repulsion.
             PairRepulsion.matches`: up to fitting round-off; the merged
             model keeps the first one's); their descriptor sets may differ (equal sets with
-            equal statistics share their columns).
+            equal statistics share their columns), and a model merged before contributes its
+            parts (merging ``merge([a, b])`` with ``c`` gives ``merge([a, b, c])``).
         uncertainty_threshold: the merged committee's extrapolation
             threshold, eV/atom (the members' spreads change when merged:
             calibrate it afresh on validation data; None: no threshold).
@@ -76,18 +77,26 @@ def merge_committees(models: Sequence[BPNN], *, uncertainty_threshold: float | N
     if any(m.dropout > 0 for m in models):
         raise ModelError("models with dropout cannot be merged into a committee")
 
-    # Descriptor parts: one per distinct (set, statistics); a model points at its part.
+    # Descriptor parts: one per distinct (set, statistics); a merged model contributes each of its parts.
+    # owner[k]: per part of model k, (index of the merged part, the part's columns in model k).
     parts, part_stats, owner = [], [], []
     for m in models:
-        stats = {n: _stat(m, n) for n in ("sf_mean", "sf_std", "sf_min", "sf_max")}
-        for p, (spec, st) in enumerate(zip(parts, part_stats)):
-            if spec == m.spec and all(np.array_equal(st[n], stats[n]) for n in stats):
-                owner.append(p)
-                break
-        else:
-            parts.append(m.spec)
-            part_stats.append(stats)
-            owner.append(len(parts) - 1)
+        combined = isinstance(m.spec, CombinedDescriptors)
+        specs = m.spec.parts if combined else (m.spec,)
+        columns = m.spec.column_ranges() if combined else [(0, m.spec.n_functions)]
+        stats_m = {n: _stat(m, n) for n in ("sf_mean", "sf_std", "sf_min", "sf_max")}
+        own = []
+        for part_spec, (a, b) in zip(specs, columns):
+            stats = {n: v[:, a:b] for n, v in stats_m.items()}
+            for p, (spec, st) in enumerate(zip(parts, part_stats)):
+                if spec == part_spec and all(np.array_equal(st[n], stats[n]) for n in stats):
+                    own.append((p, (a, b)))
+                    break
+            else:
+                parts.append(part_spec)
+                part_stats.append(stats)
+                own.append((len(parts) - 1, (a, b)))
+        owner.append(own)
     spec = parts[0] if len(parts) == 1 else CombinedDescriptors(tuple(parts), name="+".join(
         s.name or "custom" for s in parts))
     ranges = [(0, spec.n_functions)] if len(parts) == 1 else spec.column_ranges()
@@ -99,14 +108,15 @@ def merge_committees(models: Sequence[BPNN], *, uncertainty_threshold: float | N
 
     kernels = [[[] for _ in range(len(first.hidden) + 1)] for _ in range(S)]
     biases = [[[] for _ in range(len(first.hidden) + 1)] for _ in range(S)]
-    for m, p in zip(models, owner):
+    for m, own in zip(models, owner):
         shift, scale = _stat(m, "energy_shift"), float(_stat(m, "energy_scale"))
-        a, b = ranges[p]
         for s, net in enumerate(m.nets):
             Ws, bs = net.member_weights()  # per layer (K, fan_in, fan_out), (K, fan_out)
             Ws, bs = [np.asarray(W, np.float64) for W in Ws], [np.asarray(v, np.float64) for v in bs]
             W0 = np.zeros((Ws[0].shape[0], F, Ws[0].shape[2]))
-            W0[:, a:b] = Ws[0]
+            for p, (a_m, b_m) in own:  # each of the model's parts to its merged columns
+                a, b = ranges[p]
+                W0[:, a:b] = Ws[0][:, a_m:b_m]
             Ws[0] = W0
             # e = shift + scale * out  ==  shift0 + scale0 * out'  with out' = (shift - shift0 + scale * out) / scale0
             Ws[-1] = Ws[-1] * (scale / scale0)

@@ -112,6 +112,26 @@ def test_merged_committee_keeps_every_member_exactly(models, tmp_path):
     np.testing.assert_array_equal(f1, out_m[0][1])
 
 
+def test_a_merged_model_merges_again_as_its_parts(models, make_random_committee, data_dir):
+    """merge([merge([a, b]), c]) = merge([a, b, c]): the merged model's parts are reused, not nested; c on
+    a's set with a's statistics shares a's columns."""
+    atoms, (a, b) = models
+    spec = a.spec
+    hosts = prepare_structures(atoms, spec.elements, spec.cutoff, energy_offsets=REFERENCE_ENERGIES_TIO2)
+    c = make_random_committee(hosts, spec, members=2, seed=42)["model"]
+    c.set_statistics(*(np.asarray(getattr(a, n).value) for n in
+                       ("sf_mean", "sf_std", "sf_min", "sf_max", "energy_shift", "energy_scale")))
+    twice = merge_committees([merge_committees([a, b]), c])
+    once = merge_committees([a, b, c])
+    assert twice.members == once.members == 7 and twice.spec == once.spec
+    assert twice.spec.parts == (a.spec, b.spec)  # c shares a's columns
+    out_c = _member_outputs(c, atoms)
+    for (e2, f2), (e1, f1), (ec, fc) in zip(_member_outputs(twice, atoms), _member_outputs(once, atoms), out_c):
+        np.testing.assert_allclose(e2, e1, rtol=1e-12)
+        np.testing.assert_allclose(f2, f1, rtol=1e-9, atol=1e-10 * np.abs(f1).max())
+        np.testing.assert_allclose(e2[5:], ec, rtol=1e-12)  # c's members exactly as alone
+
+
 def test_merged_committee_jacobian_forces_equal_autodiff(models):
     """The merged model trains and evaluates on the Jacobian path too (its combined Jacobians)."""
     atoms, (a, b) = models
