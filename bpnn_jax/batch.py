@@ -437,32 +437,29 @@ def iterate_batches(
         yield members, collate([structures[i] for i in members], b, n, m, dtype=dtype)
 
 
-def atoms_by_species(species: np.ndarray, mask: np.ndarray, n_species: int, pad=None) -> dict[str, np.ndarray]:
+def atoms_by_species(species: np.ndarray, mask: np.ndarray, n_species: int) -> dict[str, np.ndarray]:
     """Positions of each element's atoms, padded per element: one network per element runs on its atoms only.
 
     Args:
         species: (B, N) element indices.
         mask: (B, N) real atoms.
         n_species: number of element indices (the model's elements).
-        pad: ``pad(m) -> int`` >= m, the padded length of an element's list
-            given its largest count m in the batch; None rounds up to a
-            multiple of 4 (few shapes).
 
     Returns:
         ``{f"atoms_of_{s}": (B, M_s) int32}`` for s < ``n_species``: the
         positions of the real atoms of element s in increasing order, then
-        -1; M_s = ``pad(m)`` (0 when no structure has the element).
+        -1; M_s is the largest count of element s in a structure, rounded
+        up to a multiple of 4 (few shapes; 0 when no structure has it).
     """
     species, mask = np.asarray(species), np.asarray(mask, bool)
     out = {}
     for s in range(n_species):
         is_s = (species == s) & mask
         count = is_s.sum(axis=1)
-        m = int(count.max(initial=0))
-        m = 0 if m == 0 else (-(-m // 4) * 4 if pad is None else int(pad(m)))
+        m = round_up(count.max(initial=0), 4)
         # A stable sort puts element s's positions first, in order.
         order = np.argsort(~is_s, axis=1, kind="stable")[:, :m].astype(np.int32)
-        if order.shape[1] < m:  # a padded length beyond N
+        if order.shape[1] < m:  # rounded up beyond N
             order = np.pad(order, ((0, 0), (0, m - order.shape[1])))
         out[f"atoms_of_{s}"] = np.where(np.arange(m)[None, :] < count[:, None], order, -1).astype(np.int32)
     return out

@@ -464,8 +464,8 @@ def test_shipped_tio2_is_accurate_on_its_test_split(data_dir):
     """The shipped committee, on 40 held-out structures: energies and forces near its recorded metrics.
 
     Measured when it was shipped: 2.09 meV/atom and 0.140 eV/Å (tio2_v6, the same two committees on
-    the narrower pair baseline: 2.15 and 0.134; tio2_v5, without the baseline: 2.95 and 0.164; tio2_v4, tio2_v5's Imbalzano half
-    alone: 3.61 meV/atom and 0.202 eV/Å; tio2_v3, that recipe without the
+    the narrower pair baseline: 2.15 and 0.134; tio2_v5, without the baseline: 2.95 and 0.164;
+    tio2_v4, tio2_v5's Imbalzano half alone: 3.61 meV/atom and 0.202 eV/Å; tio2_v3, that recipe without the
     energy-weighted final phase: 4.69 and 0.194; tio2_v2, the
     Artrith-Urban committee: 6.27 and 0.232; tio2_v1, the single network:
     4.15 and 0.401).  The bounds leave room for float32 rounding, not for a

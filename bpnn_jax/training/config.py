@@ -169,8 +169,8 @@ class TrainConfig:
             learning_rate=self.ef_learning_rate, final_learning_rate=self.ef_final_learning_rate,
             warmup_epochs=self.ef_warmup_epochs, weight_decay=self.weight_decay, force_weight=self.ef_force_weight,
             ema_decay=self.ema_decay, atoms_per_batch=self.ef_atoms_per_batch, bootstrap=self.bootstrap,
-            patience=self.patience, seed=self.seed if self.member_seed is None else self.member_seed, lbfgs_steps=self.ef_lbfgs_steps,
-            stress_weight=self.stress_weight, final_epochs=self.ef_final_epochs,
+            patience=self.patience, seed=self.seed if self.member_seed is None else self.member_seed,
+            lbfgs_steps=self.ef_lbfgs_steps, stress_weight=self.stress_weight, final_epochs=self.ef_final_epochs,
             final_force_factor=self.ef_final_force_factor)
 
     def to_json(self) -> dict:
