@@ -59,11 +59,13 @@ def test_config_file_errors_name_the_file(tmp_path, capsys):
 
 
 def test_shipped_recipe_file_is_a_valid_config():
-    """The shipped model's recipe: tio2.sh trains tio2.yaml and tio2_chebyshev65.yaml on one pair baseline
-    and merges them.
+    """The shipped model's recipe: tio2.sh trains tio2.yaml, tio2_chebyshev65.yaml and that again with
+    --member-seed 1 on one pair baseline, and merges them.
 
-    Both read into full TrainConfigs; their descriptor sets are the shipped
-    model's parts, their members add up to its members.
+    Every step reads into a full TrainConfig; their descriptor sets are the
+    shipped model's parts (the two Chebyshev committees share theirs), their
+    members add up to its members, their force weights are the ones its
+    metadata records.
     """
     import dataclasses
     from pathlib import Path
@@ -74,19 +76,25 @@ def test_shipped_recipe_file_is_a_valid_config():
 
     root = Path(__file__).resolve().parent.parent
     script = (root / "experiments" / "recipes" / "tio2.sh").read_text()
-    assert "for part in tio2 tio2_chebyshev65" in script and "python -m bpnn_jax merge" in script
+    steps_line = next(x for x in script.splitlines() if x.startswith("for step in "))
+    steps = [s.split(":") for s in steps_line.removeprefix("for step in ").removesuffix("; do").split()]
+    assert steps == [["tio2", "0"], ["tio2_chebyshev65", "0"], ["tio2_chebyshev65", "1"]]
+    assert "python -m bpnn_jax merge" in script and script.count("/model.keras") == 1 + len(steps)
+    assert 'extra=(--member-seed "$seed")' in script and '"${extra[@]}"' in script
     shipped = load_model("tio2")
+    meta = json.loads((root / "bpnn_jax" / "pretrained" / "tio2.json").read_text())
     members = 0
-    for part, name in enumerate(("tio2", "tio2_chebyshev65")):
+    for name, _ in steps:
         values = read_config(root / "experiments" / "recipes" / f"{name}.yaml")
         assert values.pop("data") == ["../shared/data/tio2"] and values.pop("out") == f"runs/{name}"
         config = dataclasses.replace(TrainConfig(), **values)
         assert tuple(config.hidden) == shipped.hidden and config.seed == 0
+        assert list(config.ef_force_weight) == meta["ef_force_weight"]
         spec = descriptor_preset(str(root / config.preset) if config.preset.endswith(".yaml") else config.preset,
                                  shipped.elements, config.cutoff)
-        assert spec == shipped.spec.parts[part]
+        assert spec == shipped.spec.parts[0 if name == "tio2" else 1]
         members += config.members
-    assert members == shipped.members
+    assert members == shipped.members == meta["members"] == 15
     # Both halves are trained on the pair baseline the script names, which the shipped model carries.
     from bpnn_jax.repulsion import parse_pair_cutoffs
 
