@@ -13,8 +13,8 @@
 # 3. a second Chebyshev committee: step 2 with --member-seed 1 (other initial weights and batch order),
 # 4. merge: every member kept as trained (the two Chebyshev committees share their descriptor columns); the
 #    extrapolation threshold calibrated on the validation split.
-# 2-core CPU (AMD EPYC, AVX-512, 2.6 GHz): ~9 + ~2.5 + ~2.5 min of descriptor Jacobians (copy a finished run's
-# cache/ into the next run directory to reuse its Jacobians) and ~31 + ~28 + ~25 min of training (on a
+# 2-core CPU (AMD EPYC, AVX-512, 2.6 GHz): ~9 + ~2.5 min of descriptor Jacobians (step 3 starts from step 2's
+# cache, hard-linked: the same descriptors of the same data) and ~31 + ~28 + ~25 min of training (on a
 # 2.0 GHz EPYC about 5x that); each step resumes (python -m bpnn_jax train ... --resume) if interrupted, and
 # a finished step is skipped.
 # tio2_v7 (shipped before) was steps 1, 2 and the merge with the λ of the recipes then (0.005, 0.008, 0.01,
@@ -34,6 +34,12 @@ for step in tio2:0 tio2_chebyshev65:0 tio2_chebyshev65:1; do
     if [ "$seed" != 0 ]; then
         run="${run}_s$seed"
         extra=(--member-seed "$seed")
+        # The Jacobians depend on the data and the descriptor set, not the seed: reuse the first run's (the
+        # cache is keyed, so a stale one is recomputed; writes replace files, never the linked originals).
+        if [ -d "$OUT/${part}_rep_fw/cache" ] && [ ! -e "$run" ]; then
+            mkdir -p "$run"
+            cp -al "$OUT/${part}_rep_fw/cache" "$run/cache"
+        fi
     fi
     if [ -f "$run/model.keras" ]; then
         echo "$run: done"
