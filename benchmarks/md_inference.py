@@ -109,8 +109,8 @@ def run_size(model, target: int, args, rng) -> dict:
 
     from bpnn_jax import BPNNCalculator
     from bpnn_jax.batch import HostStructure, collate
-    from bpnn_jax.calculator import calculator_padding
-    from bpnn_jax.neighbors import neighbor_list, slot_layout
+    from bpnn_jax.calculator import calculator_padding, calculator_slots
+    from bpnn_jax.neighbors import neighbor_list
 
     reps = rutile_repeats(target)
     atoms = rutile(reps)
@@ -190,7 +190,7 @@ def run_size(model, target: int, args, rng) -> dict:
             t0 = time.perf_counter()
             nl = neighbor_list(atoms.positions, atoms.cell.array, atoms.pbc, calc.cutoff + calc.skin)
             t1 = time.perf_counter()
-            slots = slot_layout(nl, species, len(model.elements))
+            slots = calculator_slots(nl, species, len(model.elements))
             host = HostStructure("bench", np.array(atoms.positions), np.array(atoms.cell.array), species, nl, slots)
             inputs = collate([host], 1, calculator_padding(n), slots, dtype=calc.dtype).inputs(model.elements)
             t2 = time.perf_counter()
@@ -210,11 +210,14 @@ def run_size(model, target: int, args, rng) -> dict:
     try:
         if inputs is None:
             raise RuntimeError("no padded inputs (the neighbour-list build failed)")
-        row.update(forward_cost(model, inputs, n))
+        row.update(forward_cost(model, inputs, n, step_fn=inner if "model_split_error" not in row else None,
+                                step_values=[v.value for v in calc._variables], repeats=args.forward_repeats))
         if row.get("model_ms"):
-            row["step_over_forward"] = round(row["model_ms"] / row["forward_ms"], 2)
+            row["model_over_forward_separate"] = round(row["model_ms"] / row["forward_ms"], 2)
         log(f"  forward (energy only): {row['forward_ms']} ms = {row['forward_us_per_atom']} µs/atom; "
-            f"step / forward = {row.get('step_over_forward')}")
+            f"step / forward = {row.get('step_over_forward')} (interleaved; "
+            f"range {row.get('step_over_forward_min')}-{row.get('step_over_forward_max')}), "
+            f"{row.get('model_over_forward_separate')} from the MD steps")
     except Exception as exc:
         row["forward_error"] = f"{type(exc).__name__}: {exc}"
         log(f"  forward timing failed: {row['forward_error']}")
@@ -223,13 +226,18 @@ def run_size(model, target: int, args, rng) -> dict:
     return row
 
 
-def forward_cost(model, inputs, n_atoms: int, repeats: int = 5) -> dict:
+def forward_cost(model, inputs, n_atoms: int, repeats: int = 5, step_fn=None, step_values=None) -> dict:
     """Median time of the model's energy alone on the calculator's padded ``inputs``.
 
     The energies (descriptors and every member's network, no derivatives) as
     one compiled function of positions and cell, the weights passed as
     arguments (as the calculator does), on the neighbour list at Rc + skin
-    that the neighbour-list timing built.
+    that the neighbour-list timing built.  With ``step_fn`` (the
+    calculator's compiled step: energy, forces, stress) the two are timed
+    alternately, ``repeats`` times each, and ``step_over_forward`` is the
+    median of the ratios of neighbouring calls: a shared machine's speed
+    drifts by tens of per cent over minutes, and timing the two at
+    different moments made that drift part of the ratio.
     """
     import jax
     import keras
@@ -243,14 +251,33 @@ def forward_cost(model, inputs, n_atoms: int, repeats: int = 5) -> dict:
 
     values = [v.value for v in variables]
     args = (values, inputs["positions"], inputs["cell"], inputs)
+    step_args = None if step_fn is None else (step_values, inputs["positions"], inputs["cell"], inputs)
     jax.block_until_ready(energy(*args))
-    times = []
+    if step_args is not None:
+        jax.block_until_ready(step_fn(*step_args))
+    times, step_times = [], []
     for _ in range(repeats):
         t0 = time.perf_counter()
         jax.block_until_ready(energy(*args))
         times.append(time.perf_counter() - t0)
+        if step_args is not None:
+            t0 = time.perf_counter()
+            jax.block_until_ready(step_fn(*step_args))
+            step_times.append(time.perf_counter() - t0)
     t = _median(times)
-    return {"forward_ms": round(1e3 * t, 2), "forward_us_per_atom": round(1e6 * t / n_atoms, 2)}
+    out = {"forward_ms": round(1e3 * t, 2), "forward_us_per_atom": round(1e6 * t / n_atoms, 2),
+           "forward_repeats": repeats}
+    if step_times:
+        ratios = [s / f for s, f in zip(step_times, times)]
+        out.update(step_fn_ms_interleaved=round(1e3 * _median(step_times), 2),
+                   step_over_forward=round(_median(ratios), 2),
+                   step_over_forward_min=round(min(ratios), 2), step_over_forward_max=round(max(ratios), 2))
+    return out
+
+
+def ratio_range(r: dict) -> str:
+    lo, hi = r.get("step_over_forward_min"), r.get("step_over_forward_max")
+    return "" if lo is None else f" ({fmt(lo)}–{fmt(hi)})"
 
 
 def markdown(res: dict) -> str:
@@ -268,8 +295,8 @@ def markdown(res: dict) -> str:
         machine_line(res),
         "",
         "| atoms | repeats | padded N | ms/step | µs/atom/step | CPU µs/atom/step | CPU µs/padded atom/step | "
-        "model ms | host ms | forward ms (energy only) | model / forward | neighbour list ms (search + padding) | "
-        "step with rebuild ms | rebuilds in timed steps | first call s |",
+        "model ms | host ms | forward ms (energy only) | model / forward (range) | "
+        "neighbour list ms (search + padding) | step with rebuild ms | rebuilds in timed steps | first call s |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in res["sizes"]:
@@ -282,7 +309,7 @@ def markdown(res: dict) -> str:
             f"| {r['n_atoms']} | {'×'.join(map(str, r['repeats']))} | {r.get('padded_atoms')} | {fmt(r['step_ms'])} | "
             f"{fmt(r['us_per_atom_step'])} | {fmt(r.get('cpu_us_per_atom_step'))} | "
             f"{fmt(r.get('cpu_us_per_padded_atom_step'))} | {fmt(r.get('model_ms'))} | {fmt(r.get('host_ms'))} | "
-            f"{fmt(r.get('forward_ms'))} | {fmt(r.get('step_over_forward'))} | {nl} | "
+            f"{fmt(r.get('forward_ms'))} | {fmt(r.get('step_over_forward'))}{ratio_range(r)} | {nl} | "
             f"{fmt(r.get('step_with_rebuild_ms'))} | {r['nl_rebuilds_during_steps']} of {r['steps_timed']} | "
             f"{fmt(r['first_call_s'])} |"
         )
@@ -299,7 +326,9 @@ def markdown(res: dict) -> str:
         "(energy, forces and stress by one reverse pass, plus the symmetry functions for the extrapolation "
         "check); host = step − model (ASE, copies in and out, extrapolation check); forward = the model's "
         "energy alone (descriptors and networks, no derivatives) compiled on the same padded inputs; "
-        "model / forward = the cost of energy, forces and stress over the energy alone. Neighbour list = a build "
+        "model / forward = the cost of energy, forces and stress over the energy alone: the median ratio of "
+        "alternate calls of the two compiled functions on the same inputs (range over the pairs; older files: "
+        "the MD steps' model time over a separate timing of the energy). Neighbour list = a build "
         "as the calculator does it (vesin search at Rc + skin, then padding into dense slot tensors); MD pays "
         "it only when an atom has moved more than skin/2. "
         "first call = neighbour list + compilation + one step. Atoms are padded to the next size of the atom "
@@ -320,6 +349,8 @@ def main(argv=None) -> int:
     ap.add_argument("--amplitude", type=float, default=0.02, help="σ of the random displacements, Å (default 0.02)")
     ap.add_argument("--skin", type=float, default=0.5, help="neighbour-list skin, Å (the calculator's default 0.5)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--forward-repeats", type=int, default=9,
+                    help="alternate calls of the energy alone and of the step's function, each (default 9)")
     ap.add_argument("--model", default="tio2", help="a shipped model's name or a .keras path (default tio2)")
     ap.add_argument("--member-forces", action=argparse.BooleanOptionalAction, default=True,
                     help="a committee's per-member forces (forces_std; the calculator's default) or, with "

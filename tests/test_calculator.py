@@ -368,3 +368,46 @@ def test_cell_relaxation_compiles_a_bounded_number_of_programs(data_dir):
     # twice as the cell contracted, 3 programs).
     assert len(lowered) <= 3, (len(lowered), calc.compiled_shapes)
     assert len(calc.compiled_programs) <= 4
+
+
+def test_calculator_slots_ladder_and_hysteresis():
+    """Slots hold the peak counts on multiples of 8; a rebuild keeps them unless short or 16+ too wide."""
+    from ase.spacegroup import crystal
+
+    from bpnn_jax.calculator import SLOT_MULTIPLE, SLOT_SHRINK, calculator_slots
+    from bpnn_jax.neighbors import neighbor_list, species_counts
+
+    atoms = crystal(["Ti", "O"], basis=[(0, 0, 0), (0.305, 0.305, 0)], spacegroup=136,
+                    cellpar=[4.594, 4.594, 2.959, 90, 90, 90]).repeat((2, 2, 3))  # rutile
+    species = np.array([0 if s == "O" else 1 for s in atoms.get_chemical_symbols()])
+    nl = neighbor_list(atoms.positions, atoms.cell.array, atoms.pbc, 7.0)
+    peak = species_counts(nl, species, 2).max(axis=0)
+    slots = calculator_slots(nl, species, 2)
+    assert all(s % SLOT_MULTIPLE == 0 and c <= s < c + SLOT_MULTIPLE for s, c in zip(slots, peak)), (slots, peak)
+    assert slots == (104, 56)  # 102 O and 52 Ti neighbours within 7 Å of some atom
+    wider = tuple(s + SLOT_SHRINK - SLOT_MULTIPLE for s in slots)
+    assert calculator_slots(nl, species, 2, previous=wider) == wider  # kept: no recompilation
+    assert calculator_slots(nl, species, 2, previous=tuple(s + SLOT_SHRINK for s in slots)) == slots
+    assert calculator_slots(nl, species, 2, previous=(slots[0] - SLOT_MULTIPLE, slots[1])) == slots  # too short
+
+
+def test_fine_slots_give_the_coarse_slots_results(model, structures, monkeypatch):
+    """Energy, forces and stress do not depend on the slot ladder (float64, to round-off)."""
+    from bpnn_jax import calculator
+    from bpnn_jax.neighbors import NEIGHBOR_BUCKETS
+
+    atoms = bare(structures[BULK])
+    fine = BPNNCalculator(model, warn_extrapolation=False)
+    results = []
+    for calc in (fine, None):
+        if calc is None:
+            monkeypatch.setattr(calculator, "SLOT_LADDER", NEIGHBOR_BUCKETS)
+            calc = BPNNCalculator(model, warn_extrapolation=False)
+        atoms.calc = calc
+        results.append((atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress(),
+                        next(iter(calc.compiled_shapes))[2]))
+    (e1, f1, s1, slots1), (e2, f2, s2, slots2) = results
+    assert slots1 != slots2 and sum(slots1) < sum(slots2), (slots1, slots2)
+    assert abs(e1 - e2) <= 1e-10 * abs(e1)
+    np.testing.assert_allclose(f1, f2, rtol=0, atol=1e-11)
+    np.testing.assert_allclose(s1, s2, rtol=0, atol=1e-12)

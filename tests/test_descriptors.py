@@ -488,3 +488,35 @@ def test_three_elements():
     # Blocks: G2-Li, Li-Li, Li-O, Li-Ti, G2-O, O-O, O-Ti, G2-Ti, Ti-Ti.
     blocks = [neighbours[k] for k in range(len(neighbours)) if k == 0 or neighbours[k] != neighbours[k - 1]]
     assert blocks == ["Li", "Li-Li", "Li-O", "Li-Ti", "O", "O-O", "O-Ti", "Ti", "Ti-Ti"]
+
+
+@pytest.mark.parametrize("min_block", [1, 3, 8, 32])
+def test_split_same_element_blocks_equal_the_dense_block(min_block):
+    """Each unordered same-element pair once (halved blocks) = both orders of the dense block, halved.
+
+    Float64, three elements, uneven slot counts (odd halves), padded and
+    beyond-cut-off slots; values and the gradient by the displacements.
+    """
+    from bpnn_jax.descriptors import atom_descriptors
+
+    spec = SymmetryFunctionSet.artrith_urban(("Li", "O", "Ti"))
+    slots = (13, 37, 70)
+    rng = np.random.default_rng(7)
+    M = sum(slots)
+    disp = rng.normal(size=(M, 3))
+    disp *= rng.uniform(0.8, 7.0, M)[:, None] / np.linalg.norm(disp, axis=1)[:, None]
+    mask = rng.uniform(size=M) < 0.8
+    disp[~mask] = 0.0  # padded slots carry zero vectors, as collate writes them
+    w = rng.normal(size=spec.n_functions)
+
+    def weighted(d, block):
+        return jnp.sum(w * atom_descriptors(d, jnp.asarray(mask), spec, slots, min_block=block))
+
+    d = jnp.asarray(disp)
+    dense = atom_descriptors(d, jnp.asarray(mask), spec, slots, min_block=None)
+    split = atom_descriptors(d, jnp.asarray(mask), spec, slots, min_block=min_block)
+    assert dense.dtype == jnp.float64 and np.any(np.asarray(dense) != 0.0)
+    np.testing.assert_allclose(split, dense, rtol=1e-12, atol=1e-13)
+    g_dense, g_split = jax.grad(weighted)(d, None), jax.grad(weighted)(d, min_block)
+    assert np.all(np.isfinite(g_split))
+    np.testing.assert_allclose(g_split, g_dense, rtol=1e-11, atol=1e-12)
