@@ -51,7 +51,7 @@ from ase.stress import full_3x3_to_voigt_6_stress
 from .batch import HostStructure, collate
 from .errors import StructureError
 from .model import BPNN, load_model, with_dtype
-from .neighbors import ATOM_BUCKETS, bucket_size, neighbor_list, round_up, slot_layout, species_counts
+from .neighbors import ATOM_BUCKETS, bucket_size, neighbor_list, peak_counts, round_up
 
 __all__ = ["BPNNCalculator", "ExtrapolationWarning", "extrapolation_report"]
 
@@ -224,12 +224,11 @@ def calculator_slots(nl, species, n_species: int, previous=None) -> tuple[int, .
         exceeds the new slots by :data:`SLOT_SHRINK` or more; else the peak
         counts rounded up on :data:`SLOT_LADDER`.
     """
-    slots = slot_layout(nl, species, n_species, SLOT_LADDER)
-    if previous is not None and len(previous) == len(slots):
-        counts = species_counts(nl, species, n_species)
-        peak = counts.max(axis=0) if nl.n_atoms else np.zeros(n_species, np.int64)
-        if all(c <= p < s + SLOT_SHRINK for c, p, s in zip(peak, previous, slots)):
-            return tuple(int(p) for p in previous)
+    peak = peak_counts(nl, species, n_species)
+    slots = tuple(bucket_size(int(c), SLOT_LADDER) for c in peak)
+    if previous is not None and len(previous) == len(slots) and all(
+            c <= p < s + SLOT_SHRINK for c, p, s in zip(peak, previous, slots)):
+        return tuple(int(p) for p in previous)
     return slots
 
 

@@ -54,6 +54,7 @@ __all__ = [
     "neighbor_list",
     "dense_neighbors",
     "slot_layout",
+    "peak_counts",
     "species_counts",
 ]
 
@@ -372,18 +373,15 @@ def species_counts(nl: NeighborList, species: np.ndarray, n_species: int) -> np.
     return counts
 
 
-def slot_layout(nl: NeighborList, species: np.ndarray, n_species: int,
-                ladder: Sequence[int] = NEIGHBOR_BUCKETS) -> tuple[int, ...]:
-    """Bucketed per-element neighbour capacities (M_0, ..., M_{S-1}) of a structure.
-
-    Args:
-        nl, species, n_species: the structure's neighbour list, (N,) element
-            indices and the number of elements.
-        ladder: the capacities to round up to (see :func:`bucket_size`).
-    """
+def peak_counts(nl: NeighborList, species: np.ndarray, n_species: int) -> np.ndarray:
+    """(n_species,) the largest number of neighbours of each element around any one atom."""
     counts = species_counts(nl, species, n_species)
-    peak = counts.max(axis=0) if nl.n_atoms else np.zeros(n_species, np.int64)
-    return tuple(bucket_size(int(c), ladder) for c in peak)
+    return counts.max(axis=0) if nl.n_atoms else np.zeros(n_species, np.int64)
+
+
+def slot_layout(nl: NeighborList, species: np.ndarray, n_species: int) -> tuple[int, ...]:
+    """Bucketed per-element neighbour capacities (M_0, ..., M_{S-1}) of a structure."""
+    return tuple(bucket_size(int(c), NEIGHBOR_BUCKETS) for c in peak_counts(nl, species, n_species))
 
 
 def dense_neighbors(
