@@ -21,18 +21,7 @@ PY=${PYTHON:-python3}
 FT_MIN=${FT_MIN:-2.5}           # fine-tune wall-time limit (minutes)
 FT_ARGS=${FT_ARGS:---force-weight 1e-4 --force-loss huber --huber-delta 1.0 --lr 1e-4 --atoms-per-batch 2048}
 
-pack() { tar czf "$OUT/.results.tmp" -C "$W" . 2>/dev/null && mv "$OUT/.results.tmp" "$OUT/results.tgz"; }
-(while sleep 20; do pack; done) &
-PACKER=$!
-step() {  # step NAME SECONDS CMD...: run with a cap, log to $W/NAME.log, record seconds and exit code
-  local name=$1 cap=$2; shift 2
-  local t0=$(date +%s)
-  echo "=== $name (cap ${cap}s) $(date -u +%T)"
-  timeout -s INT -k 10 "$cap" "$@" > "$W/$name.log" 2>&1
-  local rc=$?
-  echo "$name rc=$rc seconds=$(( $(date +%s) - t0 ))" | tee -a "$W/steps.txt"
-  tail -n 5 "$W/$name.log" | cut -c1-300
-}
+. "$(dirname "$0")/gpu_steps.sh"  # pack, step, the background packer
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$W/device.txt" 2>&1
 $PY -c "import jax, keras, sys; print(jax.__version__, keras.__version__, sys.version.split()[0], jax.devices())" >> "$W/device.txt" 2>&1

@@ -50,7 +50,7 @@ from ase.stress import full_3x3_to_voigt_6_stress
 
 from .batch import HostStructure, collate
 from .errors import StructureError
-from .model import BPNN, load_model, with_dtype
+from .model import BPNN, load_model, member_backward, with_dtype
 from .neighbors import ATOM_BUCKETS, bucket_size, neighbor_list, peak_counts, round_up
 
 __all__ = ["BPNNCalculator", "ExtrapolationWarning", "extrapolation_report"]
@@ -169,11 +169,11 @@ def _evaluator(model: BPNN, member_forces: bool = True):
 
     def evaluate_committee(values, positions, cell, inputs):
         # Per-member forces and strain derivatives: one backward pass per
-        # member (one-hot cotangents, vmapped), the forward pass shared.
+        # member (one-hot cotangents; see member_backward), the forward pass shared.
         strain = jnp.zeros_like(cell)
         e_k, vjp, (e, sf) = jax.vjp(lambda p, s: member_energies(values, p, cell, s, inputs),
                                     positions, strain, has_aux=True)
-        g_pos, g_strain = jax.vmap(vjp)(jnp.eye(e_k.shape[0], dtype=e_k.dtype))
+        g_pos, g_strain = member_backward(vjp, jnp.eye(e_k.shape[0], dtype=e_k.dtype))
         return {"energies": jnp.mean(e, axis=0), "forces": -jnp.mean(g_pos, axis=0),
                 "de_dstrain": jnp.mean(g_strain, axis=0), "sf": sf, "energy_members": e_k,
                 "forces_members": -g_pos}

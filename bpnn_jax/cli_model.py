@@ -118,9 +118,15 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--val-fraction", type=float, default=None,
                    help=f"fraction of the structures held out for validation (default {d.val_fraction}); the test "
                         f"split does not depend on it")
+    p.add_argument("--train-on-test", action="store_true", default=None,
+                   help="train on the test split too (a final refit with a recipe measured before; validation "
+                        "unchanged; evaluate --split RUN_DIR/split.json:test then refuses)")
     p.add_argument("--repulsion", type=_pair_cutoffs, default=None, metavar="A-B:RC,...",
                    help="a short-range repulsive pair baseline under the networks, zero beyond RC (Å) per element "
                         "pair, fitted to the training energies and forces first (e.g. Ti-Ti:2.0,Ti-O:1.6,O-O:1.8)")
+    p.add_argument("--repulsion-from", default=None, metavar="MODEL",
+                   help="use the fitted pair baseline of MODEL (.keras or shipped name, e.g. tio2) instead of fitting "
+                        "one: a committee to merge with MODEL, trained on other data")
     p.add_argument("--repulsion-force-weight", type=float, default=None,
                    help=f"weight of the squared force error (eV²/Å²) against the per-atom energy error "
                         f"(eV²/atom²) in the fit of --repulsion (default {d.repulsion_force_weight})")
@@ -187,7 +193,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                   "atoms_per_batch", "init_model", "time_limit_minutes", "members", "ef_epochs", "ef_learning_rate",
                   "ef_final_learning_rate", "ef_warmup_epochs", "ef_force_weight", "weight_decay", "ema_decay",
                   "ef_atoms_per_batch", "ef_lbfgs_steps", "ef_final_epochs", "ef_final_force_factor",
-                  "val_fraction", "repulsion", "repulsion_force_weight")
+                  "val_fraction", "train_on_test", "repulsion", "repulsion_from", "repulsion_force_weight")
         if getattr(args, k) is not None
     }
     if args.descriptors is not None:
@@ -240,6 +246,9 @@ def _split_files(spec: str, default: str = "test") -> list[str]:
         raise BPNNInputError(f"{p}, line {exc.lineno}: not valid JSON ({exc.msg})") from None
     if name not in split or not isinstance(split[name], list):
         raise BPNNInputError(f"{p}: no split named {name!r} (has: train, val, test)")
+    if name == "test" and split.get("trained_on_test"):
+        raise BPNNInputError(f"{p}: this run trained on its test split (train --train-on-test): score it on "
+                             f"'{path}:val' or on other data")
     if not split[name]:
         raise BPNNInputError(f"{p}: the {name!r} split is empty")
     return [str(f) for f in split[name]]
@@ -647,8 +656,12 @@ def add_merge_parser(subparsers) -> argparse.ArgumentParser:
             "(PATHs) and/or --split (a training run's validation part), by the rule of train."
         ),
     )
-    p.add_argument("models", nargs="+", metavar="MODEL", help="two or more .keras files or shipped model names")
+    p.add_argument("models", nargs="+", metavar="MODEL",
+                   help="two or more .keras files or shipped model names (one with --members)")
     p.add_argument("--out", required=True, metavar="FILE.keras", help="model to write")
+    p.add_argument("--members", type=_member_list, default=None, metavar="LIST",
+                   help="keep only these members of the merged committee, numbered from 1 in MODEL order, e.g. "
+                        "1-5,16-25 (descriptor sets that no kept member reads are dropped)")
     p.add_argument("--split", metavar="RUN_DIR/split.json[:NAME]", default=None,
                    help="calibrate the threshold on this part of a run's split (NAME default val)")
     p.add_argument("--calibrate", nargs="+", default=(), metavar="PATH",
@@ -657,18 +670,38 @@ def add_merge_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+def _member_list(text: str) -> list[int]:
+    """``1-5,16-25`` -> [0, ..., 4, 15, ..., 24] (1-based inclusive ranges in, 0-based indices out)."""
+    out = []
+    try:
+        for item in text.split(","):
+            lo, _, hi = item.strip().partition("-")
+            lo, hi = int(lo), int(hi or lo)
+            if lo < 1 or hi < lo:
+                raise ValueError
+            out.extend(range(lo - 1, hi))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give member numbers from 1, e.g. 1-5,16-25") from None
+    return out
+
+
 def cmd_merge(args: argparse.Namespace) -> int:
     from .batch import prepare_structures
-    from .ensemble import merge_committees
+    from .ensemble import merge_committees, select_members
     from .errors import BPNNInputError
     from .model import load_model
     from .training import spread_threshold
 
     check_output(args.out)
-    if len(args.models) < 2:
-        raise BPNNInputError("merge needs two or more MODELs")
+    if len(args.models) < 2 and args.members is None:
+        raise BPNNInputError("merge needs two or more MODELs (or --members to take some of one's)")
     models = [load_model(m) for m in args.models]
-    merged = merge_committees(models)
+    merged = merge_committees(models) if len(models) > 1 else models[0]
+    if args.members is not None:
+        if max(args.members) >= merged.members or len(set(args.members)) != len(args.members):
+            raise BPNNInputError(f"--members: give distinct member numbers from 1 to {merged.members} (the "
+                                 f"committee of {' + '.join(args.models)} has {merged.members})")
+        merged = select_members(merged, args.members)
     paths = list(args.calibrate) + (_split_files(args.split, default="val") if args.split else [])
     if paths:
         atoms = read_inputs(paths, merged, "(merged)", require_energy=False, skip_invalid=args.skip_invalid)

@@ -25,7 +25,7 @@ from .descriptors import CombinedDescriptors
 from .errors import ModelError
 from .model import BPNN
 
-__all__ = ["merge_committees"]
+__all__ = ["merge_committees", "select_members"]
 
 
 def _stat(model, name):
@@ -41,8 +41,10 @@ def merge_committees(models: Sequence[BPNN], *, uncertainty_threshold: float | N
             the same elements, hidden layers, activation, reference
             energies and pair baseline (:meth:`~bpnn_jax.repulsion.
             PairRepulsion.matches`: up to fitting round-off; the merged
-            model keeps the first one's); their descriptor sets may differ (equal sets with
-            equal statistics share their columns), and a model merged before contributes its
+            model keeps the first one's); their descriptor sets may differ (equal sets share
+            their columns, the standardisation of the first model that has
+            the set: a member standardised otherwise, e.g. trained on other
+            data, gets the difference folded into its first layer), and a model merged before contributes its
             parts (merging ``merge([a, b])`` with ``c`` gives ``merge([a, b, c])``).
         uncertainty_threshold: the merged committee's extrapolation
             threshold, eV/atom (the members' spreads change when merged:
@@ -77,8 +79,10 @@ def merge_committees(models: Sequence[BPNN], *, uncertainty_threshold: float | N
     if any(m.dropout > 0 for m in models):
         raise ModelError("models with dropout cannot be merged into a committee")
 
-    # Descriptor parts: one per distinct (set, statistics); a merged model contributes each of its parts.
-    # owner[k]: per part of model k, (index of the merged part, the part's columns in model k).
+    # Descriptor parts: one per distinct set; a merged model contributes each of its parts.  A part keeps
+    # the standardisation of its first model; members of other models that read it (trained on other
+    # data: other statistics) get that folded into their first layer, and its range is the union.
+    # owner[k]: per part of model k, (index of the merged part, the part's columns in model k, its statistics).
     parts, part_stats, owner = [], [], []
     for m in models:
         combined = isinstance(m.spec, CombinedDescriptors)
@@ -88,14 +92,17 @@ def merge_committees(models: Sequence[BPNN], *, uncertainty_threshold: float | N
         own = []
         for part_spec, (a, b) in zip(specs, columns):
             stats = {n: v[:, a:b] for n, v in stats_m.items()}
-            for p, (spec, st) in enumerate(zip(parts, part_stats)):
-                if spec == part_spec and all(np.array_equal(st[n], stats[n]) for n in stats):
-                    own.append((p, (a, b)))
+            for p, spec in enumerate(parts):
+                if spec == part_spec:
+                    st = part_stats[p]
+                    st["sf_min"] = np.minimum(st["sf_min"], stats["sf_min"])
+                    st["sf_max"] = np.maximum(st["sf_max"], stats["sf_max"])
+                    own.append((p, (a, b), stats))
                     break
             else:
                 parts.append(part_spec)
-                part_stats.append(stats)
-                own.append((len(parts) - 1, (a, b)))
+                part_stats.append(dict(stats))
+                own.append((len(parts) - 1, (a, b), stats))
         owner.append(own)
     spec = parts[0] if len(parts) == 1 else CombinedDescriptors(tuple(parts), name="+".join(
         s.name or "custom" for s in parts))
@@ -114,9 +121,14 @@ def merge_committees(models: Sequence[BPNN], *, uncertainty_threshold: float | N
             Ws, bs = net.member_weights()  # per layer (K, fan_in, fan_out), (K, fan_out)
             Ws, bs = [np.asarray(W, np.float64) for W in Ws], [np.asarray(v, np.float64) for v in bs]
             W0 = np.zeros((Ws[0].shape[0], F, Ws[0].shape[2]))
-            for p, (a_m, b_m) in own:  # each of the model's parts to its merged columns
+            for p, (a_m, b_m), stats in own:  # each of the model's parts to its merged columns
                 a, b = ranges[p]
-                W0[:, a:b] = Ws[0][:, a_m:b_m]
+                # x = (G - μ)/σ = x' σ'/σ + (μ' - μ)/σ in the part's standardisation x' = (G - μ')/σ'.
+                W = Ws[0][:, a_m:b_m]
+                mu, sd = stats["sf_mean"][s], stats["sf_std"][s]
+                mu0, sd0 = part_stats[p]["sf_mean"][s], part_stats[p]["sf_std"][s]
+                W0[:, a:b] = W * (sd0 / sd)[None, :, None]
+                bs[0] = bs[0] + np.einsum("kfh,f->kh", W, (mu0 - mu) / sd)
             Ws[0] = W0
             # e = shift + scale * out  ==  shift0 + scale0 * out'  with out' = (shift - shift0 + scale * out) / scale0
             Ws[-1] = Ws[-1] * (scale / scale0)
@@ -135,3 +147,53 @@ def merge_committees(models: Sequence[BPNN], *, uncertainty_threshold: float | N
         net.set_member_weights([np.concatenate(ws, axis=0) for ws in kernels[s]],
                                [np.concatenate(vs, axis=0) for vs in biases[s]])
     return merged
+
+
+def select_members(model: BPNN, members: Sequence[int], *, uncertainty_threshold: float | None = None) -> BPNN:
+    """A committee of some of ``model``'s members (0-based, in the order given), exactly as they were.
+
+    The inverse of :func:`merge_committees`: a merged committee's part (e.g.
+    one descriptor family's members, to compare it or to run it alone) or a
+    committee without some members.  Descriptor parts that none of the kept
+    members reads (all-zero first-layer columns) are dropped, so a subset on
+    a cheap set computes only that set.
+
+    Args:
+        model: a trained BPNN (a committee).
+        members: indices of the members to keep (at least one, no repeats).
+        uncertainty_threshold: the new committee's extrapolation threshold,
+            eV/atom (a subset's spread differs: calibrate afresh; None: none).
+
+    Returns:
+        A BPNN with ``len(members)`` members whose energies and forces are
+        those of the chosen members.
+
+    Raises:
+        ModelError: indices out of range, repeated or none.
+    """
+    members = [int(k) for k in members]
+    K = model.members
+    if not members or len(set(members)) != len(members) or min(members) < 0 or max(members) >= K:
+        raise ModelError(f"members {members}: choose distinct indices from 0 to {K - 1} (the model has {K})")
+    weights = [net.member_weights() for net in model.nets]
+    combined = isinstance(model.spec, CombinedDescriptors)
+    parts = model.spec.parts if combined else (model.spec,)
+    ranges = model.spec.column_ranges() if combined else [(0, model.spec.n_functions)]
+    # A part is kept if a chosen member of any element's network reads one of its columns.
+    kept = [p for p, (a, b) in enumerate(ranges)
+            if any(np.any(np.asarray(Ws[0])[members, a:b] != 0) for Ws, _ in weights)] or [0]
+    columns = np.concatenate([np.arange(*ranges[p]) for p in kept])
+    spec = parts[kept[0]] if len(kept) == 1 else CombinedDescriptors(
+        tuple(parts[p] for p in kept), name="+".join(parts[p].name or "custom" for p in kept))
+    out = BPNN(spec.to_config(), hidden=model.hidden, activation=model.activation,
+               reference_energies=model.reference_energies, members=len(members), chunk_size=model.chunk_size,
+               uncertainty_threshold=uncertainty_threshold, dtype=model.dtype_policy.name,
+               repulsion=None if model.repulsion is None else model.repulsion.to_config())
+    stats = {n: _stat(model, n)[:, columns] for n in ("sf_mean", "sf_std", "sf_min", "sf_max")}
+    out.set_statistics(**stats, energy_shift=_stat(model, "energy_shift"),
+                       energy_scale=float(_stat(model, "energy_scale")))
+    for net, (Ws, bs) in zip(out.nets, weights):
+        Ws = [np.asarray(W)[members] for W in Ws]
+        Ws[0] = Ws[0][:, columns]
+        net.set_member_weights(Ws, [np.asarray(v)[members] for v in bs])
+    return out

@@ -45,7 +45,7 @@ from .geometry import displacements
 from .layers import ElementMLP, MaskedRMSE
 from .repulsion import PairRepulsion
 
-__all__ = ["BPNN", "load_model", "with_dtype", "total_energy", "PRETRAINED_DIR"]
+__all__ = ["BPNN", "load_model", "with_dtype", "total_energy", "member_backward", "PRETRAINED_DIR"]
 
 PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
 
@@ -301,10 +301,9 @@ class BPNN(keras.Model):
             e = members_energy(positions)
             return {"energy": jnp.mean(e, axis=0), "energy_members": e}
         e, vjp = jax.vjp(members_energy, positions)
-        # One backward pass per member (a one-hot cotangent each), vmapped:
-        # the descriptors' forward pass is shared.
+        # One backward pass per member (a one-hot cotangent each), the descriptors' forward pass shared.
         onehot = jnp.eye(self.members, dtype=e.dtype)[:, :, None] * jnp.ones_like(e)[None]
-        (grads,) = jax.vmap(vjp)(onehot)
+        (grads,) = member_backward(vjp, onehot)
         return {"energy": jnp.mean(e, axis=0), "energy_members": e,
                 "forces": -jnp.mean(grads, axis=0), "forces_members": -grads}
 
@@ -415,6 +414,18 @@ def with_dtype(model: BPNN, dtype) -> BPNN:
     for dst, src in zip(copy.variables, model.variables):
         dst.assign(np.asarray(keras.ops.convert_to_numpy(src.value)).astype(dst.dtype))
     return copy
+
+
+def member_backward(vjp, cotangents):
+    """``vjp`` applied to each of a committee's cotangents (a leading member axis), one after another.
+
+    ``jax.lax.map``, not ``jax.vmap``: on XLA's CPU backend (jaxlib 0.10.2)
+    the descriptors' backward pass vmapped over 8 or more cotangents gave
+    wrong float32 values in the 8th and later lanes (up to 0.7 eV/Å in the
+    shipped committee's member forces; float64 and the unbatched pass were
+    right), see ``tests/test_model.py``.  A map costs the same passes.
+    """
+    return jax.lax.map(vjp, cotangents)
 
 
 def load_model(name_or_path, dtype=None) -> BPNN:

@@ -132,6 +132,45 @@ def test_a_merged_model_merges_again_as_its_parts(models, make_random_committee,
         np.testing.assert_allclose(e2[5:], ec, rtol=1e-12)  # c's members exactly as alone
 
 
+def test_a_set_standardised_otherwise_shares_its_columns(models, make_random_committee):
+    """c on a's set, standardised by other data (as a committee trained on more structures is): it reads
+    a's columns, a's standardisation folded into its first layer, and every member computes exactly what
+    it did alone; the shared part's range (extrapolation check) is the union of both."""
+    atoms, (a, b) = models
+    hosts = prepare_structures(atoms[:2], a.spec.elements, a.spec.cutoff, energy_offsets=REFERENCE_ENERGIES_TIO2)
+    c = make_random_committee(hosts, a.spec, members=2, seed=43, energy_scale=0.7)["model"]
+    assert not np.allclose(np.asarray(a.sf_mean.value), np.asarray(c.sf_mean.value))
+    assert not np.allclose(np.asarray(a.sf_std.value), np.asarray(c.sf_std.value))
+    merged = merge_committees([a, b, c])
+    assert merged.members == 7 and merged.spec.parts == (a.spec, b.spec)  # no third part
+    out_a, out_b, out_c = (_member_outputs(m, atoms) for m in (a, b, c))
+    for (ea, fa), (eb, fb), (ec, fc), (em, fm) in zip(out_a, out_b, out_c, _member_outputs(merged, atoms)):
+        np.testing.assert_allclose(em, np.concatenate([ea, eb, ec]), rtol=1e-12)
+        np.testing.assert_allclose(fm, np.concatenate([fa, fb, fc]), rtol=1e-9, atol=1e-10 * np.abs(fc).max())
+    lo, hi = (np.asarray(getattr(merged, n).value)[:, :70] for n in ("sf_min", "sf_max"))
+    np.testing.assert_array_equal(lo, np.minimum(np.asarray(a.sf_min.value), np.asarray(c.sf_min.value)))
+    np.testing.assert_array_equal(hi, np.maximum(np.asarray(a.sf_max.value), np.asarray(c.sf_max.value)))
+
+
+def test_selected_members_are_exactly_those_members(models):
+    """select_members undoes a merge: b's members alone on b's set only (a's part dropped); any order."""
+    from bpnn_jax.ensemble import select_members
+
+    atoms, (a, b) = models
+    merged = merge_committees([a, b])
+    only_b = select_members(merged, [3, 4])
+    assert only_b.members == 2 and only_b.spec == b.spec  # the part no kept member reads is gone
+    mixed = select_members(merged, [4, 0])
+    assert mixed.spec == merged.spec
+    for (eb, fb), (ea, fa), (e1, f1), (e2, f2) in zip(*(_member_outputs(m, atoms) for m in (b, a, only_b, mixed))):
+        np.testing.assert_allclose(e1, eb, rtol=1e-12)
+        np.testing.assert_allclose(f1, fb, rtol=1e-9, atol=1e-10 * np.abs(fb).max())
+        np.testing.assert_allclose(e2, [eb[1], ea[0]], rtol=1e-12)
+    for bad in ([], [0, 0], [5], [-1]):
+        with pytest.raises(ModelError, match="distinct indices"):
+            select_members(merged, bad)
+
+
 def test_merged_committee_jacobian_forces_equal_autodiff(models):
     """The merged model trains and evaluates on the Jacobian path too (its combined Jacobians)."""
     atoms, (a, b) = models
@@ -193,3 +232,13 @@ def test_merge_cli_calibrates_the_threshold_by_the_training_rule(models, data_di
     assert main(["merge", str(pa), str(pb), "--out", str(out), "--split", str(tmp_path / "split.json")]) == 0
     assert load_model(out).uncertainty_threshold == merged.uncertainty_threshold
     assert main(["merge", str(pa), "--out", str(out)]) == 2
+    assert "--members" in capsys.readouterr().err
+    # --members: 1-based ranges of the merged committee; one MODEL is enough
+    sub = tmp_path / "sub.keras"
+    assert main(["merge", str(pa), str(pb), "--members", "4-5", "--out", str(sub)]) == 0
+    assert load_model(sub).members == 2 and load_model(sub).spec == b.spec
+    assert main(["merge", str(pa), "--members", "1,3", "--out", str(sub)]) == 0
+    assert load_model(sub).members == 2
+    capsys.readouterr()
+    assert main(["merge", str(pa), "--members", "2-4", "--out", str(sub)]) == 2
+    assert "from 1 to 3" in capsys.readouterr().err

@@ -532,3 +532,39 @@ def test_predict_structures_reuses_its_compilation_and_sees_new_weights(model, c
     finally:
         model.set_weights(weights)
     assert training.predict._predict_function(model, True)[0] is fn_first
+
+
+@pytest.mark.parametrize("members", [10])
+def test_committee_member_forces_in_float32_equal_float64(data_dir, make_random_committee, members):
+    """Every member's float32 forces (model call and the calculator's member_forces) equal float64's.
+
+    Regression: vmapping the descriptors' backward pass over the members gave
+    wrong float32 values from the 8th member on (XLA CPU; up to 0.7 eV/Å in
+    the shipped committee) while float64 was right; see member_backward.
+    """
+    from bpnn_jax.calculator import BPNNCalculator
+    from bpnn_jax.chebyshev import ChebyshevBasis
+    from bpnn_jax.io import REFERENCE_ENERGIES_TIO2
+    from bpnn_jax.model import with_dtype
+
+    atoms = read_xsf(data_dir / "structure0001.xsf")  # 24 atoms
+    spec = ChebyshevBasis.aenet(("O", "Ti"), radial_cutoff=6.5, angular_cutoff=6.5, radial_order=22,
+                                angular_order=6)
+    hosts = prepare_structures([atoms], spec.elements, spec.cutoff, energy_offsets=REFERENCE_ENERGIES_TIO2)
+    m64 = make_random_committee(hosts, spec, members=members, seed=3, hidden=(16, 16))["model"]
+    m32 = with_dtype(m64, "float32")
+    (h,) = prepare_structures([atoms], m64.elements, m64.spec.cutoff)
+    out = {}
+    for m, dt in ((m32, np.float32), (m64, np.float64)):
+        inputs = collate([h], 1, bucket_size(h.n_atoms, ATOM_BUCKETS), h.slots, dtype=dt).inputs(m.elements)
+        out[dt] = np.asarray(m(inputs)["forces_members"], np.float64)[:, 0, :h.n_atoms]
+    scale = np.abs(out[np.float64]).max()
+    assert scale > 0.1
+    err = np.abs(out[np.float32] - out[np.float64]).max(axis=(1, 2)) / scale
+    assert err.max() < 1e-4, err
+    for m in (m32, m64):
+        a = atoms.copy()
+        a.calc = BPNNCalculator(m, member_forces=True, warn_extrapolation=False)
+        a.get_forces()
+        out[m] = a.calc.results["forces_std"]
+    np.testing.assert_allclose(out[m32], out[m64], rtol=1e-3, atol=1e-4 * scale)

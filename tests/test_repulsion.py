@@ -278,3 +278,23 @@ def test_train_with_repulsion_fits_it_and_saves_it_in_the_model(data_dir, tmp_pa
     capsys.readouterr()
     assert main(["train", *files[:3], "--out", str(tmp_path / "bad"), "--repulsion", "Ti-Ti=2"]) == 2
     assert "--repulsion" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    # A refit on the test split too, on that model's baseline (not refitted): the same validation split,
+    # the test structures trained on (and refused as a test set), and a model that merges with the first.
+    refit = tmp_path / "refit"
+    assert main(["train", *files, "--out", str(refit), "--quiet", "--members", "2", "--hidden", "8,8",
+                 "--ef-epochs", "2", "--descriptors", "artrith-urban", "--val-fraction", "0.2",
+                 "--repulsion-from", str(run / "model.keras"), "--train-on-test", "--member-seed", "1"]) == 0
+    assert load_model(refit / "model.keras").repulsion == model.repulsion
+    assert json.loads((refit / "repulsion.json").read_text())["from"] == str(run / "model.keras")
+    again = json.loads((refit / "split.json").read_text())
+    assert again["trained_on_test"] and not split["trained_on_test"] and again["val"] == split["val"]
+    assert sorted(again["train"]) == sorted(split["train"] + split["test"]) and again["test"] == split["test"]
+    capsys.readouterr()
+    assert main(["evaluate", str(refit / "model.keras"), "--split", f"{refit}/split.json:test"]) == 2
+    assert "trained on its test split" in capsys.readouterr().err
+    assert main(["merge", str(run / "model.keras"), str(refit / "model.keras"), "--out", str(tmp_path / "m.keras")]) == 0
+    assert load_model(tmp_path / "m.keras").members == 4
+    assert main(["train", *files, "--out", str(tmp_path / "both"), "--quiet", "--members", "2", "--hidden", "8,8",
+                 "--ef-epochs", "1", "--descriptors", "artrith-urban", "--repulsion", "Ti-Ti:2.0",
+                 "--repulsion-from", str(run / "model.keras")]) == 2
+    assert "not both" in capsys.readouterr().err

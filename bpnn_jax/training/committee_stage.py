@@ -33,7 +33,7 @@ def train_committee(data, train_s, val_s, run_dir: Path, config: TrainConfig, *,
     cfg = config.committee_config()
     require_forces(train_s + val_s)
     repulsion = None
-    if config.repulsion:
+    if config.repulsion or config.repulsion_from:
         # The networks learn what the baseline leaves (the Jacobian cache keys on geometry, not targets).
         repulsion, train_s, val_s = run_repulsion_stage(train_s, val_s, data["elements"], config, run_dir,
                                                         verbose=verbose)

@@ -67,6 +67,11 @@ class TrainConfig:
             excluded from training and validation (aenet's MAXENERGY);
             None keeps everything.
         val_fraction, test_fraction: split fractions.
+        train_on_test: train on the test split too (a final refit on more
+            data with a recipe whose held-out errors were measured before):
+            the split is drawn as without it, the test structures join the
+            training ones, validation is unchanged, and ``split.json`` says
+            so (``evaluate --split RUN_DIR/split.json:test`` then refuses).
         seed: split, initialisation and shuffling seed.
         member_seed: the E+F committee's initialisation, bootstrap and
             shuffling seed where it should differ from ``seed``: another
@@ -103,6 +108,11 @@ class TrainConfig:
             saved in the model; None = no baseline.
         repulsion_force_weight: weight of the squared force error (eV²/Å²)
             against the per-atom energy error (eV²/atom²) in that fit.
+        repulsion_from: a model (.keras path or shipped name) whose fitted
+            pair baseline is used as it is instead of fitting one (its
+            ``repulsion`` cut-offs then need not be given): a committee
+            trained on other data on the baseline of a model it is to be
+            merged with (merging needs one baseline).
         data_parallel: train with ``keras.distribution.DataParallel`` over
             all local devices (:func:`data_parallel_distribution`): weights
             replicated, every batch split over the devices.  Batch sizes
@@ -139,6 +149,7 @@ class TrainConfig:
     max_energy: float | None = 1.0
     val_fraction: float = 0.1
     test_fraction: float = 0.1
+    train_on_test: bool = False
     seed: int = 0
     member_seed: int | None = None
     patience: int = 100
@@ -158,6 +169,7 @@ class TrainConfig:
     ef_final_force_factor: float = 1.0
     repulsion: dict | None = None
     repulsion_force_weight: float = 0.01
+    repulsion_from: str | None = None
     data_parallel: bool = False
 
     def committee_config(self):

@@ -120,9 +120,27 @@ def subtract_repulsion(structures: Sequence[HostStructure], repulsion: PairRepul
     return out
 
 
+def baseline_of(model_name: str, elements: Sequence[str]) -> PairRepulsion:
+    """The fitted pair baseline of a saved model (path or shipped name), checked against ``elements``.
+
+    Raises:
+        BPNNInputError: the model has no baseline, or other elements.
+    """
+    from ..model import load_model
+
+    model = load_model(model_name)
+    if model.repulsion is None:
+        raise BPNNInputError(f"{model_name}: the model has no pair baseline to train on (--repulsion-from)")
+    if tuple(model.elements) != tuple(elements):
+        raise BPNNInputError(f"{model_name}: the model's elements {', '.join(model.elements)} are not the "
+                             f"data's {', '.join(elements)} (--repulsion-from)")
+    return model.repulsion
+
+
 def run_repulsion_stage(train_s: Sequence[HostStructure], val_s: Sequence[HostStructure], elements: Sequence[str],
                         config, run_dir, *, verbose: int = 1):
-    """The stage of a run with ``config.repulsion``: fit on ``train_s``, record, take it out of both splits.
+    """The stage of a run with ``config.repulsion``: fit on ``train_s`` (or take ``config.repulsion_from``'s
+    baseline), record, take it out of both splits.
 
     Writes ``run_dir/repulsion.json`` (the baseline and :func:`fit_repulsion`'s report).  Deterministic:
     a resumed run fits the same baseline again.
@@ -131,6 +149,17 @@ def run_repulsion_stage(train_s: Sequence[HostStructure], val_s: Sequence[HostSt
         ``(repulsion, train_rest, val_rest)``: the baseline and copies of the splits whose energies and
         forces are what it leaves (what the networks learn).
     """
+    if config.repulsion_from:
+        if config.repulsion:
+            raise BPNNInputError("give a baseline's cut-offs to fit (--repulsion) or a model to take it from "
+                                 "(--repulsion-from), not both")
+        repulsion = baseline_of(config.repulsion_from, elements)
+        write_json(Path(run_dir) / "repulsion.json", {"repulsion": repulsion.to_config(),
+                                                      "from": str(config.repulsion_from)})
+        if verbose:
+            print(f"repulsion baseline of {config.repulsion_from} "
+                  f"({', '.join(f'{k} < {v:g} Å' for k, v in repulsion.cutoffs.items())}), not refitted", flush=True)
+        return repulsion, subtract_repulsion(train_s, repulsion), subtract_repulsion(val_s, repulsion)
     repulsion, report = fit_repulsion(train_s, elements, config.repulsion, force_weight=config.repulsion_force_weight)
     write_json(Path(run_dir) / "repulsion.json", {"repulsion": repulsion.to_config(), "fit": report})
     if verbose:

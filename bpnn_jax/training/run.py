@@ -132,6 +132,7 @@ def _train(paths, run_dir, config: TrainConfig, *, resume: bool, verbose: int, d
     if not resume:
         write_json(run_dir / "split.json", {
             "seed": config.seed, "references": data["references"], "excluded_above_max_energy": data["excluded"],
+            "trained_on_test": bool(config.train_on_test),
             **{k: [data["files"][i] for i in v] for k, v in split.items()},
         })
     train_s = [S[i] for i in split["train"]]
@@ -158,7 +159,7 @@ def _train(paths, run_dir, config: TrainConfig, *, resume: bool, verbose: int, d
     # Stages on cached descriptors learn what the pair baseline leaves; the end-to-end stage runs the
     # whole model (baseline included) on the data as they are.
     desc_train_s, desc_val_s = train_s, val_s
-    if config.repulsion:
+    if config.repulsion or config.repulsion_from:
         if init is not None:
             raise BPNNInputError("--init with a repulsion baseline is not supported: the loaded model's "
                                  "networks were trained without it")
