@@ -688,7 +688,7 @@ def _member_list(text: str) -> list[int]:
 def cmd_merge(args: argparse.Namespace) -> int:
     from .batch import prepare_structures
     from .ensemble import merge_committees, select_members
-    from .errors import BPNNInputError
+    from .errors import BPNNInputError, ModelError
     from .model import load_model
     from .training import spread_threshold
 
@@ -698,10 +698,11 @@ def cmd_merge(args: argparse.Namespace) -> int:
     models = [load_model(m) for m in args.models]
     merged = merge_committees(models) if len(models) > 1 else models[0]
     if args.members is not None:
-        if max(args.members) >= merged.members or len(set(args.members)) != len(args.members):
+        try:
+            merged = select_members(merged, args.members)
+        except ModelError:  # its message counts from 0; --members counts from 1
             raise BPNNInputError(f"--members: give distinct member numbers from 1 to {merged.members} (the "
-                                 f"committee of {' + '.join(args.models)} has {merged.members})")
-        merged = select_members(merged, args.members)
+                                 f"committee of {' + '.join(args.models)} has {merged.members})") from None
     paths = list(args.calibrate) + (_split_files(args.split, default="val") if args.split else [])
     if paths:
         atoms = read_inputs(paths, merged, "(merged)", require_energy=False, skip_invalid=args.skip_invalid)

@@ -32,6 +32,23 @@ def _stat(model, name):
     return np.asarray(getattr(model, name).value, np.float64)
 
 
+def _parts(model) -> tuple[tuple, list]:
+    """A model's descriptor parts and their column ranges (one part for a set that is not combined)."""
+    if isinstance(model.spec, CombinedDescriptors):
+        return model.spec.parts, model.spec.column_ranges()
+    return (model.spec,), [(0, model.spec.n_functions)]
+
+
+def _committee_like(model, parts, members: int, uncertainty_threshold, dtype) -> BPNN:
+    """A new BPNN with ``model``'s elements, networks' shape, references and baseline on ``parts``."""
+    spec = parts[0] if len(parts) == 1 else CombinedDescriptors(tuple(parts), name="+".join(
+        s.name or "custom" for s in parts))
+    return BPNN(spec.to_config(), hidden=model.hidden, activation=model.activation,
+                reference_energies=model.reference_energies, members=members, chunk_size=model.chunk_size,
+                uncertainty_threshold=uncertainty_threshold, dtype=dtype,
+                repulsion=None if model.repulsion is None else model.repulsion.to_config())
+
+
 def merge_committees(models: Sequence[BPNN], *, uncertainty_threshold: float | None = None,
                      dtype: str | None = None) -> BPNN:
     """One committee holding every member of ``models``, in order.
@@ -85,9 +102,7 @@ def merge_committees(models: Sequence[BPNN], *, uncertainty_threshold: float | N
     # owner[k]: per part of model k, (index of the merged part, the part's columns in model k, its statistics).
     parts, part_stats, owner = [], [], []
     for m in models:
-        combined = isinstance(m.spec, CombinedDescriptors)
-        specs = m.spec.parts if combined else (m.spec,)
-        columns = m.spec.column_ranges() if combined else [(0, m.spec.n_functions)]
+        specs, columns = _parts(m)
         stats_m = {n: _stat(m, n) for n in ("sf_mean", "sf_std", "sf_min", "sf_max")}
         own = []
         for part_spec, (a, b) in zip(specs, columns):
@@ -104,10 +119,10 @@ def merge_committees(models: Sequence[BPNN], *, uncertainty_threshold: float | N
                 part_stats.append(dict(stats))
                 own.append((len(parts) - 1, (a, b), stats))
         owner.append(own)
-    spec = parts[0] if len(parts) == 1 else CombinedDescriptors(tuple(parts), name="+".join(
-        s.name or "custom" for s in parts))
-    ranges = [(0, spec.n_functions)] if len(parts) == 1 else spec.column_ranges()
-    S, F = len(first.elements), spec.n_functions
+    members = sum(m.members for m in models)
+    merged = _committee_like(first, parts, members, uncertainty_threshold, dtype or first.dtype_policy.name)
+    _, ranges = _parts(merged)
+    S, F = len(first.elements), merged.spec.n_functions
     merged_stats = {n: np.concatenate([st[n] for st in part_stats], axis=1)
                     for n in ("sf_mean", "sf_std", "sf_min", "sf_max")}
     # The merged output scale: the first model's; others' output layers are rescaled to it.
@@ -137,11 +152,6 @@ def merge_committees(models: Sequence[BPNN], *, uncertainty_threshold: float | N
                 kernels[s][layer].append(W)
                 biases[s][layer].append(v)
 
-    members = sum(m.members for m in models)
-    merged = BPNN(spec.to_config(), hidden=first.hidden, activation=first.activation,
-                  reference_energies=first.reference_energies, members=members, chunk_size=first.chunk_size,
-                  uncertainty_threshold=uncertainty_threshold, dtype=dtype or first.dtype_policy.name,
-                  repulsion=None if first.repulsion is None else first.repulsion.to_config())
     merged.set_statistics(**merged_stats, energy_shift=shift0, energy_scale=scale0)
     for s, net in enumerate(merged.nets):
         net.set_member_weights([np.concatenate(ws, axis=0) for ws in kernels[s]],
@@ -176,19 +186,13 @@ def select_members(model: BPNN, members: Sequence[int], *, uncertainty_threshold
     if not members or len(set(members)) != len(members) or min(members) < 0 or max(members) >= K:
         raise ModelError(f"members {members}: choose distinct indices from 0 to {K - 1} (the model has {K})")
     weights = [net.member_weights() for net in model.nets]
-    combined = isinstance(model.spec, CombinedDescriptors)
-    parts = model.spec.parts if combined else (model.spec,)
-    ranges = model.spec.column_ranges() if combined else [(0, model.spec.n_functions)]
+    parts, ranges = _parts(model)
     # A part is kept if a chosen member of any element's network reads one of its columns.
     kept = [p for p, (a, b) in enumerate(ranges)
             if any(np.any(np.asarray(Ws[0])[members, a:b] != 0) for Ws, _ in weights)] or [0]
     columns = np.concatenate([np.arange(*ranges[p]) for p in kept])
-    spec = parts[kept[0]] if len(kept) == 1 else CombinedDescriptors(
-        tuple(parts[p] for p in kept), name="+".join(parts[p].name or "custom" for p in kept))
-    out = BPNN(spec.to_config(), hidden=model.hidden, activation=model.activation,
-               reference_energies=model.reference_energies, members=len(members), chunk_size=model.chunk_size,
-               uncertainty_threshold=uncertainty_threshold, dtype=model.dtype_policy.name,
-               repulsion=None if model.repulsion is None else model.repulsion.to_config())
+    out = _committee_like(model, [parts[p] for p in kept], len(members), uncertainty_threshold,
+                          model.dtype_policy.name)
     stats = {n: _stat(model, n)[:, columns] for n in ("sf_mean", "sf_std", "sf_min", "sf_max")}
     out.set_statistics(**stats, energy_shift=_stat(model, "energy_shift"),
                        energy_scale=float(_stat(model, "energy_scale")))
