@@ -420,10 +420,13 @@ def member_backward(vjp, cotangents):
     """``vjp`` applied to each of a committee's cotangents (a leading member axis), one after another.
 
     ``jax.lax.map``, not ``jax.vmap``: on XLA's CPU backend (jaxlib 0.10.2)
-    the descriptors' backward pass vmapped over 8 or more cotangents gave
-    wrong float32 values in the 8th and later lanes (up to 0.7 eV/Å in the
-    shipped committee's member forces; float64 and the unbatched pass were
-    right), see ``tests/test_model.py``.  A map costs the same passes.
+    the descriptors' backward pass vmapped over the members' cotangents gave
+    wrong float32 values in the last lanes (up to 0.7 eV/Å in the shipped
+    committee's member forces; float64 and the unbatched pass were right).
+    The cause is XLA's YNNPACK reduce fusion of the batched pass (a 4-lane
+    VJP of x/|x| shows it: ``experiments/xla_vmap_vjp_bug.py``); turning
+    that fusion off would slow the float32 kernels 16x, so the passes are
+    mapped instead, see ``tests/test_model.py``.  A map costs the same passes.
     """
     return jax.lax.map(vjp, cotangents)
 

@@ -582,3 +582,23 @@ def test_lbfgs_polish_too_big_for_the_machine_is_refused_before_training(six_ato
     assert "--ef-lbfgs-steps 5" in capsys.readouterr().err
     assert not (run / "ef_state.npz").exists()  # no Adam epoch was spent first
     assert not list((run / "cache").glob("jacobians-*.npy"))  # nor the Jacobians
+
+
+def test_float32_jacobians_equal_float64_on_the_largest_cell(data_dir):
+    """Float32 descriptor Jacobians of both of tio2's descriptor sets equal float64's on a 95-atom cell.
+
+    E+F training reads only these Jacobians.  The Chebyshev Jacobian vmaps
+    forward-mode tangents over a shared primal, the pattern of an XLA:CPU
+    bug that gave wrong float32 values only at large batch sizes
+    (experiments/xla_vmap_vjp_bug.py); small cells would not show it.
+    """
+    atoms = read_xsf(data_dir / "structure7513.xsf")
+    assert len(atoms) == 95
+    spec = load_model("tio2").spec
+    (h,) = prepare_structures([atoms], spec.elements, spec.cutoff)
+    for part in spec.parts:
+        j32, j64 = (descriptor_jacobians([h], part, dtype=dt, sparse=False)[0] for dt in (np.float32, np.float64))
+        scale = np.abs(j64).max(axis=(0, 1, 3))  # per function, Å⁻¹
+        assert scale.min() > 0
+        err = np.abs(np.asarray(j32, np.float64) - j64).max(axis=(0, 1, 3)) / scale
+        assert err.max() < 1e-4, (type(part).__name__, err.max())
