@@ -1,6 +1,6 @@
 """Score models on the held-out test split of a training run.
 
-    python -m experiments.evaluate_split RUN_DIR [DATA_DIR] --models tio2 RUN_DIR/model.keras --out FILE.json
+    python -m experiments.evaluate_split RUN_DIR [DATA_DIR] --models tio2_v8 RUN_DIR/model.keras --out FILE.json
 
 Reads ``RUN_DIR/split.json`` (written by ``python -m bpnn_jax train``) and
 scores each model on its ``test`` files (cohesive energy <= the run's
@@ -28,7 +28,8 @@ def main(argv=None) -> int:
     p.add_argument("run_dir", type=Path)
     p.add_argument("data", nargs="?", type=Path,
                    default=Path(os.environ.get("BPNN_DATA_DIR", REPO.parent / "shared" / "data" / "tio2")))
-    p.add_argument("--models", nargs="+", default=["tio2"], help="model files or shipped names")
+    p.add_argument("--models", nargs="+", default=["tio2_v8"],
+                   help="model files or shipped names (default tio2_v8: the shipped tio2 was trained on the test split)")
     p.add_argument("--out", type=Path, required=True, help="JSON file to write")
     args = p.parse_args(argv)
 

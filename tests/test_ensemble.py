@@ -244,19 +244,16 @@ def test_merge_cli_calibrates_the_threshold_by_the_training_rule(models, data_di
     assert "from 1 to 3" in capsys.readouterr().err
 
 
-def test_tio2_refit_is_tio2_with_its_chebyshev_half_replaced():
-    """The shipped tio2_refit keeps tio2's baseline, descriptor sets and Imbalzano members 1-5 exactly;
-    members 6-15 are other networks (trained on more data), read through tio2's Chebyshev columns."""
+def test_tio2_is_tio2_v8_refit_on_the_same_baseline():
+    """The shipped tio2 (tio2_v8's recipe on more data) keeps tio2_v8's pair baseline and descriptor sets
+    exactly; all 15 members are other networks (trained again), each half reading its own columns."""
     from bpnn_jax.model import load_model
 
-    t, r = load_model("tio2"), load_model("tio2_refit")
+    t, r = load_model("tio2_v8"), load_model("tio2")
     assert r.members == t.members == 15 and r.spec == t.spec and r.repulsion == t.repulsion
-    assert r.uncertainty_threshold is not None
-    for n in ("sf_mean", "sf_std", "energy_shift", "energy_scale"):
-        np.testing.assert_array_equal(np.asarray(getattr(r, n).value), np.asarray(getattr(t, n).value))
+    assert r.hidden == t.hidden and r.uncertainty_threshold is not None
     for net_t, net_r in zip(t.nets, r.nets):
         (Wt, bt), (Wr, br) = net_t.member_weights(), net_r.member_weights()
         for a, b in zip(Wt + bt, Wr + br):
-            np.testing.assert_array_equal(a[:5], b[:5])
-            assert not np.allclose(a[5:], b[5:])
+            assert a.shape == b.shape and not np.any(np.all(np.isclose(a, b), axis=tuple(range(1, a.ndim))))
         assert not np.any(Wr[0][5:, :96]) and not np.any(Wr[0][:5, 96:])  # each half reads its own columns

@@ -60,7 +60,8 @@ def test_config_file_errors_name_the_file(tmp_path, capsys):
 
 def test_shipped_recipe_file_is_a_valid_config():
     """The shipped model's recipe: tio2.sh trains tio2.yaml, tio2_chebyshev65.yaml and that again with
-    --member-seed 1 on one pair baseline, and merges them.
+    --member-seed 1 on one pair baseline, and merges them (tio2_v8); tio2_refit.sh trains the same three
+    on the training and test parts, on tio2_v8's baseline, and merges them (the shipped tio2).
 
     Every step reads into a full TrainConfig; their descriptor sets are the
     shipped model's parts (the two Chebyshev committees share theirs), their
@@ -102,6 +103,14 @@ def test_shipped_recipe_file_is_a_valid_config():
     assert script.count('--repulsion "$REPULSION"') == 1  # inside the loop over both halves
     named = dict(item.split(":") for item in line.split("=", 1)[1].split(","))
     assert parse_pair_cutoffs(named, shipped.elements) == shipped.repulsion.cutoffs
+    # The refit: the same parts, other member seeds, the test part trained on, tio2_v8's baseline kept.
+    refit = (root / "experiments" / "recipes" / "tio2_refit.sh").read_text()
+    steps_line = next(x for x in refit.splitlines() if x.startswith("for step in "))
+    refit_steps = [s.split(":") for s in steps_line.removeprefix("for step in ").removesuffix("; do").split()]
+    assert [p for p, _ in refit_steps] == [p for p, _ in steps] and len({s for _, s in refit_steps[1:]}) == 2
+    assert "--repulsion-from \"$MODEL\" --train-on-test" in refit and "MODEL=${MODEL:-tio2_v8}" in refit
+    assert load_model("tio2_v8").repulsion == shipped.repulsion
+    assert refit.count("/model.keras") == 1 + len(refit_steps) and "python -m bpnn_jax merge" in refit
 
 
 def test_member_seed_changes_the_committee_not_the_split():

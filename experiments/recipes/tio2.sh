@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The shipped tio2: three committees of 5 (one on Imbalzano symmetry functions, two on aenet's Chebyshev
+# tio2_v8 (shipped as tio2 2026-12-03 ... 12-07; experiments/recipes/tio2_refit.sh trains the same on more data, the
+# shipped tio2): three committees of 5 (one on Imbalzano symmetry functions, two on aenet's Chebyshev
 # descriptor), all on one short-range repulsive pair baseline, merged into one committee of 15.
 #
 #   bash experiments/recipes/tio2.sh            (from the repository root, data in ../shared/data/tio2)
