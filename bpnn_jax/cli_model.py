@@ -52,130 +52,136 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     d = TrainConfig()
     p = subparsers.add_parser(
         "train",
-        help="train a BPNN on XSF files (energies, then energies + forces)",
+        help="train a potential on structure files (a committee on energies and forces)",
+        usage="%(prog)s DATA [DATA ...] --out RUN_DIR [options]   (or --config FILE.yaml, or --out RUN_DIR --resume)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
-            "Train a Behler-Parrinello network. Stage 1 fits energies on cached symmetry functions; "
-            "stage 2 fits energies and forces end to end from positions and cell. Writes config.json, "
-            "split.json, history.csv, checkpoints/last.keras (every epoch), best.keras and model.keras "
-            "to RUN_DIR; --resume continues an interrupted run."
+            "Train a committee of Behler-Parrinello networks on energies and forces (and stress when the data\n"
+            "have it). Options that are not given are derived from the data (cut-off, descriptors, network\n"
+            "size, epochs, force weights, split): train prints each choice with its reason and writes them to\n"
+            "RUN_DIR/config.yaml, which `train --config` repeats. --resume continues an interrupted run.\n\n"
+            "  python -m bpnn_jax train data.extxyz --out runs/mine\n"
+            "  python -m bpnn_jax evaluate runs/mine/model.keras test.extxyz"
         ),
     )
-    p.add_argument("paths", nargs="*", metavar="DATA", help="XSF files or directories (or 'data' in --config)")
-    p.add_argument("--out", default=None, metavar="RUN_DIR", help="run directory (or 'out' in --config)")
-    p.add_argument("--config", default=None, metavar="FILE.yaml",
-                   help="read every option from a YAML (or JSON) file: keys are the option names (dashes or "
-                        "underscores, e.g. ef-epochs or ef_epochs) plus 'data' and 'out'; flags given on the "
-                        "command line override it. Each run writes its fully resolved config to "
-                        "RUN_DIR/config.yaml, so `train --config RUN_DIR/config.yaml` repeats it")
-    p.add_argument("--preset", choices=["default", "seed"], default="default",
-                   help="'seed' reproduces the original study (MAE, 5x64, lr 1e-4, batch 20, 80 epochs, energies only)")
-    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR's last checkpoint with the run's saved options "
-                   "(of the flags, only --time-limit, --ef-lbfgs-steps and --lbfgs-steps apply)")
-    p.add_argument("--descriptors", default=None, metavar="NAME|FILE",
-                   help="descriptors: auto (default: artrith-urban for O/Ti data, imbalzano otherwise), "
-                        "artrith-urban, imbalzano (alias general), chebyshev (aenet's Chebyshev basis), or a "
-                        "JSON/YAML parameter file")
-    p.add_argument("--cutoff", type=float, default=None, help="cut-off radius of the imbalzano set, Å (default 6.0)")
-    p.add_argument("--reference", action="append", default=None, metavar="EL=EV", type=parse_reference,
-                   help="free-atom reference energy of an element, eV (repeatable); elements without one are "
-                        "fitted by least squares on composition")
-    p.add_argument("--references", default=None, metavar="FILE",
-                   help="JSON/YAML mapping of element to reference energy (eV)")
-    p.add_argument("--hidden", type=_hidden, default=None, help=f"nodes per hidden layer (default {','.join(map(str, d.hidden))})")
-    p.add_argument("--activation", default=None, help=f"hidden activation (default {d.activation})")
-    p.add_argument("--dropout", type=float, default=None)
-    p.add_argument("--lr", type=float, default=None, dest="learning_rate", help=f"initial learning rate (default {d.learning_rate})")
-    p.add_argument("--batch-size", type=int, default=None, help="structures per batch (default: 32 in stage 1, ~256 padded atoms in stage 2)")
-    p.add_argument("--energy-epochs", type=int, default=None, help=f"stage-1 epochs (default {d.energy_epochs})")
-    p.add_argument("--lbfgs-steps", type=int, default=None,
-                   help=f"full-batch L-BFGS iterations on energies after the Adam epochs of stage 1 (default {d.lbfgs_steps})")
-    p.add_argument("--lbfgs-force-weight", type=float, default=None,
-                   help=f"train forces in those L-BFGS iterations with this weight (eV²/Å² against eV²/atom²), on "
-                        f"descriptor Jacobians computed once (~5 ms/atom on a CPU, ~3 GB for the TiO2 set) "
-                        f"(default {d.lbfgs_force_weight}; 0 = energies only)")
-    p.add_argument("--force-epochs", type=int, default=None, help=f"stage-2 epochs (default {d.force_epochs})")
-    p.add_argument("--force-weight", type=float, default=None, help=f"force loss weight in Å⁻²·atom² units (default {d.force_weight}; 0 = energies only)")
-    p.add_argument("--force-loss", choices=["mse", "huber"], default=None,
-                   help=f"force loss (default {d.force_loss}); huber is quadratic up to --huber-delta and linear beyond")
-    p.add_argument("--huber-delta", type=float, default=None, help=f"eV/Å (default {d.huber_delta})")
-    p.add_argument("--atoms-per-batch", type=int, default=None,
-                   help=f"padded atoms per stage-2 batch when --batch-size is not given (default {d.atoms_per_batch}; "
-                        "larger is faster on a GPU)")
-    p.add_argument("--init", default=None, dest="init_model", metavar="MODEL",
-                   help="fine-tune this model (.keras or shipped name, e.g. tio2) instead of a fresh network; "
-                        "with --energy-epochs 0 it goes straight to energies + forces at --lr")
-    p.add_argument("--time-limit", type=float, default=None, dest="time_limit_minutes", metavar="MINUTES",
-                   help="stop after the epoch that crosses this wall time; the best epoch is kept")
-    p.add_argument("--force-subset", type=int, default=None, help="training structures drawn per stage-2 epoch (default: all)")
-    p.add_argument("--max-energy", type=float, default=None,
-                   help=f"exclude structures with cohesive energy above this, eV/atom (default {d.max_energy}; 'none' via --keep-all)")
-    p.add_argument("--keep-all", action="store_true", help="train on every structure, whatever its energy")
-    p.add_argument("--patience", type=int, default=None, help=f"early-stopping patience, epochs (default {d.patience})")
-    p.add_argument("--seed", type=int, default=None, help=f"split/initialisation seed (default {d.seed})")
-    p.add_argument("--member-seed", type=int, default=None,
-                   help="initialisation and shuffling seed of the E+F committee, on the split of --seed: another "
-                        "committee to merge with one trained before (default: --seed)")
-    p.add_argument("--val-fraction", type=float, default=None,
-                   help=f"fraction of the structures held out for validation (default {d.val_fraction}); the test "
-                        f"split does not depend on it")
-    p.add_argument("--train-on-test", action="store_true", default=None,
-                   help="train on the test split too (a final refit with a recipe measured before; validation "
-                        "unchanged; evaluate --split RUN_DIR/split.json:test then refuses)")
-    p.add_argument("--repulsion", type=_pair_cutoffs, default=None, metavar="A-B:RC,...",
-                   help="a short-range repulsive pair baseline under the networks, zero beyond RC (Å) per element "
-                        "pair, fitted to the training energies and forces first (e.g. Ti-Ti:2.0,Ti-O:1.6,O-O:1.8)")
-    p.add_argument("--repulsion-from", default=None, metavar="MODEL",
-                   help="use the fitted pair baseline of MODEL (.keras or shipped name, e.g. tio2) instead of fitting "
-                        "one: a committee to merge with MODEL, trained on other data")
-    p.add_argument("--repulsion-force-weight", type=float, default=None,
-                   help=f"weight of the squared force error (eV²/Å²) against the per-atom energy error "
-                        f"(eV²/atom²) in the fit of --repulsion (default {d.repulsion_force_weight})")
-    p.add_argument("--fit-references", action="store_true",
-                   help="fit per-element reference energies by least squares instead of aenet's free-atom values")
-    p.add_argument("--data-parallel", action="store_true",
-                   help="split every batch over all local devices (keras.distribution.DataParallel); "
-                        "--batch-size must then be a multiple of the device count")
-    g = p.add_argument_group(
-        "energy+force committee on cached descriptor Jacobians (--members K >= 1 replaces the stages above)")
+    g = p.add_argument_group("inputs and output")
+    g.add_argument("paths", nargs="*", metavar="DATA",
+                   help="structure files or directories: extended XYZ or any ASE format with energies (and "
+                        "forces), or XSF (or 'data' in --config)")
+    g.add_argument("--out", default=None, metavar="RUN_DIR", help="run directory (or 'out' in --config)")
+    g.add_argument("--config", default=None, metavar="FILE.yaml",
+                   help="options from a YAML/JSON file (keys: option names, 'data', 'out'); flags override it; "
+                        "RUN_DIR/config.yaml repeats a run")
+    g.add_argument("--resume", action="store_true",
+                   help="continue RUN_DIR with its saved options (of the flags only --time-limit, "
+                        "--ef-lbfgs-steps and --lbfgs-steps apply)")
+    g.add_argument("--time-limit", type=float, default=None, dest="time_limit_minutes", metavar="MINUTES",
+                   help="stop after the epoch that crosses this wall time; --resume continues")
+    g.add_argument("--quiet", action="store_true", help="about ten progress lines instead of one per epoch")
+    g.add_argument("--reference", action="append", default=None, metavar="EL=EV", type=parse_reference,
+                   help="free-atom energy of an element, eV (repeatable); default: aenet's for O and Ti, the "
+                        "others fitted by least squares")
+    g.add_argument("--references", default=None, metavar="FILE", help="YAML/JSON mapping element -> eV")
+    g.add_argument("--fit-references", action="store_true", help="fit every element's reference energy")
+    g.add_argument("--max-energy", type=float, default=None, metavar="EV",
+                   help=f"leave out structures with cohesive energy above this, eV/atom (default {d.max_energy})")
+    g.add_argument("--keep-all", action="store_true", help="keep every structure, whatever its energy")
+    g.add_argument("--val-fraction", type=float, default=None,
+                   help=f"validation fraction (default {d.val_fraction})")
+    g.add_argument("--test-fraction", type=float, default=None,
+                   help="test fraction (default: 0 under 1 000 structures, else 0.1)")
+    g.add_argument("--train-on-test", action="store_true", default=None,
+                   help="train on the test split too (a final refit; evaluate --split ...:test then refuses)")
+    g.add_argument("--seed", type=int, default=None, help=f"split and initialisation seed (default {d.seed})")
+    g.add_argument("--energy-key", default=None, metavar="KEY", help="info key of the energy, eV")
+    g.add_argument("--forces-key", default=None, metavar="KEY", help="arrays key of the forces, eV/Å")
+    g.add_argument("--stress-key", default=None, metavar="KEY",
+                   help="info key of the stress, eV/Å³ (a key containing 'virial' is read as a virial, eV)")
+
+    g = p.add_argument_group("model (default: derived from the data)")
+    g.add_argument("--descriptors", default=None, metavar="NAME|FILE",
+                   help="dense (default), imbalzano, artrith-urban (TiO2, exact against aenet), chebyshev, "
+                        "or a JSON/YAML parameter file")
+    g.add_argument("--cutoff", type=float, default=None,
+                   help="cut-off of the dense/imbalzano sets, Å (default: from the neighbour shells)")
     g.add_argument("--members", type=int, default=None,
-                   help=f"committee size K (default {d.members}: a single network from the energy stages)")
-    g.add_argument("--ef-epochs", type=int, default=None, help=f"Adam epochs (default {d.ef_epochs})")
-    g.add_argument("--ef-lr", type=float, default=None, dest="ef_learning_rate",
-                   help=f"peak learning rate (default {d.ef_learning_rate})")
+                   help="committee size (default 5; 0: one network on the legacy energy stages below)")
+    g.add_argument("--hidden", type=_hidden, default=None, help="nodes per hidden layer, e.g. 64,64")
+    g.add_argument("--activation", default=None, help=f"hidden activation (default {d.activation})")
+    g.add_argument("--repulsion", type=_pair_cutoffs, default=None, metavar="A-B:RC,...",
+                   help="a short-range repulsive pair baseline, zero beyond RC (Å) per pair, fitted first "
+                        "(e.g. Ti-Ti:2.4,Ti-O:1.8,O-O:2.2)")
+    g.add_argument("--repulsion-from", default=None, metavar="MODEL",
+                   help="use MODEL's fitted pair baseline (to merge with MODEL later)")
+    g.add_argument("--repulsion-force-weight", type=float, default=None,
+                   help=f"force weight of that fit (default {d.repulsion_force_weight})")
+
+    g = p.add_argument_group("hyper-parameter search")
+    g.add_argument("--tune", action="store_true",
+                   help="search cut-off, descriptors, depth, width, force weights, learning rate and weight decay "
+                        "around the derived set-up (KerasTuner; RUN_DIR/tune/), then train the best; the same "
+                        "command resumes a killed search")
+    g.add_argument("--budget", type=float, default=60.0, metavar="MINUTES",
+                   help="wall time of --tune, search and final training together (default 60)")
+    g.add_argument("--tune-trials", type=int, default=50, metavar="N", help="most trials (default 50)")
+
+    g = p.add_argument_group("committee training (default: derived from the data)")
+    g.add_argument("--ef-epochs", type=int, default=None, help="Adam epochs")
+    g.add_argument("--ef-force-weight", type=_weights, default=None,
+                   help="force weight λ, eV²/Å² per eV²/atom²; K comma-separated values give each member "
+                        "its own (default: 0.02 ... 0.09)")
+    g.add_argument("--stress-weight", type=float, default=None,
+                   help="stress weight, per GPa² (default: 1e-4 when the data have stresses, else 0)")
+    g.add_argument("--ef-lr", type=float, default=None, dest="ef_learning_rate", help="peak learning rate")
     g.add_argument("--ef-final-lr", type=float, default=None, dest="ef_final_learning_rate",
                    help=f"learning rate at the end of the cosine decay (default {d.ef_final_learning_rate})")
     g.add_argument("--ef-warmup-epochs", type=int, default=None, help=f"warm-up epochs (default {d.ef_warmup_epochs})")
-    g.add_argument("--ef-force-weight", type=_weights, default=None,
-                   help=f"force weight, eV²/Å² against eV²/atom² (default {d.ef_force_weight}); K comma-separated "
-                        f"values give each member its own")
-    g.add_argument("--weight-decay", type=float, default=None, help=f"AdamW weight decay of kernels (default {d.weight_decay})")
-    g.add_argument("--ema-decay", type=float, default=None, help=f"per-step decay of the weight average (default {d.ema_decay})")
-    g.add_argument("--ef-atoms-per-batch", type=int, default=None,
-                   help=f"padded atoms per mini-batch (default {d.ef_atoms_per_batch})")
-    g.add_argument("--stress-weight", type=float, default=None,
-                   help="weight of the mean squared stress error (GPa², structures with a stress) against the "
-                        "energy term (eV²/atom²); default 0 (no stress term); e.g. 1e-4")
-    g.add_argument("--bootstrap", action="store_true", help="Poisson-bootstrap the training structures per member")
     g.add_argument("--ef-final-epochs", type=int, default=None,
-                   help=f"the last N Adam epochs form a final phase with the force weights times "
-                        f"--ef-final-force-factor (default {d.ef_final_epochs}: none)")
-    g.add_argument("--ef-final-force-factor", type=float, default=None,
-                   help=f"force-weight factor of the final phase, < 1 weighs energies more "
-                        f"(default {d.ef_final_force_factor})")
+                   help="the last N epochs weigh forces by --ef-final-force-factor")
+    g.add_argument("--ef-final-force-factor", type=float, default=None, help="e.g. 0.1: energies weigh more")
+    g.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay of the kernels")
+    g.add_argument("--ema-decay", type=float, default=None, help=f"weight average per step (default {d.ema_decay})")
+    g.add_argument("--ef-atoms-per-batch", type=int, default=None, help="padded atoms per mini-batch")
+    g.add_argument("--bootstrap", action="store_true", help="Poisson-bootstrap the structures per member")
+    g.add_argument("--member-seed", type=int, default=None,
+                   help="members' initialisation seed on the split of --seed (another committee to merge)")
     g.add_argument("--ef-lbfgs-steps", type=int, default=None,
-                   help=f"full-batch L-BFGS polish iterations after Adam (default {d.ef_lbfgs_steps})")
-    add_key_args(p)
-    p.add_argument("--quiet", action="store_true", help="one line per epoch instead of progress bars")
+                   help=f"full-batch L-BFGS polish after Adam (default {d.ef_lbfgs_steps})")
+    g.add_argument("--patience", type=int, default=None, help=f"early-stopping patience, epochs (default {d.patience})")
+    g.add_argument("--data-parallel", action="store_true", help="split every batch over all local devices")
+
+    g = p.add_argument_group("legacy: one network, energy stages (--members 0) and --preset seed")
+    g.add_argument("--preset", choices=["default", "seed"], default="default",
+                   help="'seed': the original study (MAE, 5x64, lr 1e-4, batch 20, 80 epochs, energies only)")
+    g.add_argument("--init", default=None, dest="init_model", metavar="MODEL",
+                   help="fine-tune MODEL (.keras or shipped name) instead of a fresh network")
+    g.add_argument("--dropout", type=float, default=None)
+    g.add_argument("--lr", type=float, default=None, dest="learning_rate",
+                   help=f"initial learning rate (default {d.learning_rate})")
+    g.add_argument("--batch-size", type=int, default=None, help="structures per batch")
+    g.add_argument("--atoms-per-batch", type=int, default=None,
+                   help=f"padded atoms per batch without --batch-size (default {d.atoms_per_batch})")
+    g.add_argument("--energy-epochs", type=int, default=None, help=f"stage-1 epochs (default {d.energy_epochs})")
+    g.add_argument("--lbfgs-steps", type=int, default=None, help=f"stage-1 L-BFGS iterations (default {d.lbfgs_steps})")
+    g.add_argument("--lbfgs-force-weight", type=float, default=None,
+                   help=f"force weight of those iterations (default {d.lbfgs_force_weight}; 0: energies only)")
+    g.add_argument("--force-epochs", type=int, default=None, help=f"stage-2 epochs (default {d.force_epochs})")
+    g.add_argument("--force-weight", type=float, default=None, help=f"stage-2 force weight (default {d.force_weight})")
+    g.add_argument("--force-loss", choices=["mse", "huber"], default=None, help=f"default {d.force_loss}")
+    g.add_argument("--huber-delta", type=float, default=None, help=f"eV/Å (default {d.huber_delta})")
+    g.add_argument("--force-subset", type=int, default=None, help="structures drawn per stage-2 epoch")
     return p
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .training import PRESETS, RESUME_OPTIONS, TrainConfig, train
+    from .training.defaults import DERIVED
 
     from .errors import BPNNInputError
 
     config = TrainConfig(**PRESETS[args.preset])
     paths, out = list(args.paths), args.out
+    file_values = {}
     if args.config:  # flags win over the file
         file_values = read_config(args.config)
         paths = paths or file_values.pop("data", [])
@@ -193,7 +199,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                   "atoms_per_batch", "init_model", "time_limit_minutes", "members", "ef_epochs", "ef_learning_rate",
                   "ef_final_learning_rate", "ef_warmup_epochs", "ef_force_weight", "weight_decay", "ema_decay",
                   "ef_atoms_per_batch", "ef_lbfgs_steps", "ef_final_epochs", "ef_final_force_factor",
-                  "val_fraction", "train_on_test", "repulsion", "repulsion_from", "repulsion_force_weight")
+                  "val_fraction", "test_fraction", "train_on_test", "repulsion", "repulsion_from",
+                  "repulsion_force_weight")
         if getattr(args, k) is not None
     }
     if args.descriptors is not None:
@@ -211,9 +218,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         # Given values replace the defaults; other elements are fitted.
         config.reference_energies = given
     config.data_parallel = args.data_parallel
+    # What the user did not set is derived from the data (training.defaults), except for the study's
+    # preset and fine-tuning, which define their own set-up.
+    given = set(overrides) | set(file_values) | set(PRESETS[args.preset])
+    if args.preset == "default" and not config.init_model and not args.resume:
+        config.derive = tuple(name for name in DERIVED if name not in given)
+    verbose = 2 if args.quiet else 1
     try:
-        train(args.paths, args.out, config, resume=args.resume, verbose=2 if args.quiet else 1,
-              resume_overrides={k: v for k, v in overrides.items() if k in RESUME_OPTIONS})
+        if args.tune:
+            _tune(args, config, verbose)
+        else:
+            train(args.paths, args.out, config, resume=args.resume, verbose=verbose,
+                  resume_overrides={k: v for k, v in overrides.items() if k in RESUME_OPTIONS})
     except KeyboardInterrupt:
         import sys
         from pathlib import Path
@@ -224,6 +240,26 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise
     print(f"model saved to {args.out}/model.keras")
     return 0
+
+
+def _tune(args, config, verbose: int) -> None:
+    """``train --tune``: derive, search within ``--budget``, train the best (:mod:`bpnn_jax.training.tune`)."""
+    from .errors import BPNNInputError
+    from .training.data import read_training_frames
+    from .training.run import resolve_defaults
+    from .training.tune import tune_and_train
+
+    if args.resume or not config.derive:
+        raise BPNNInputError("--tune searches around the derived set-up: run the same command again to resume a "
+                             "search (not --resume), and leave out --preset seed and --init")
+    if not args.budget > 0:
+        raise BPNNInputError(f"--budget must be > 0 minutes, got {args.budget}")
+    atoms = read_training_frames(args.paths, config, progress=verbose == 1)
+    base, reasons = resolve_defaults(config, atoms)
+    if verbose:
+        print("options from the data (the search starts here):\n  " + "\n  ".join(reasons), flush=True)
+    tune_and_train(args.paths, args.out, base, budget_minutes=args.budget, max_trials=args.tune_trials,
+                   verbose=verbose)
 
 
 def _split_files(spec: str, default: str = "test") -> list[str]:

@@ -72,7 +72,7 @@ __all__ = [
     "batch_descriptor_strain_jacobian",
 ]
 
-_PRESETS = ("auto", "artrith-urban", "imbalzano", "chebyshev")
+_PRESETS = ("auto", "artrith-urban", "imbalzano", "dense", "chebyshev")
 
 #: Aliases of preset names.
 _PRESET_ALIASES = {"imbalzano2018": "imbalzano", "general": "imbalzano"}
@@ -185,6 +185,17 @@ class SymmetryFunctionSet:
         return cls(tuple(elements), rc, radial, angular, name="imbalzano")
 
     @classmethod
+    def dense(cls, elements: Sequence[str], cutoff: float = 6.0) -> "SymmetryFunctionSet":
+        """The Imbalzano grids made denser: the default set of ``train`` (any elements).
+
+        10 shifted and 8 centred G2 per element; G4 with 4 centred widths,
+        ζ ∈ {1, 2, 4, 8, 16}, λ = ±1 per element pair: 58 functions for one
+        element, 156 for two.
+        """
+        spec = cls.imbalzano(elements, cutoff, n_shifted=10, n_centred=8, n_angular_eta=4, zetas=(1, 2, 4, 8, 16))
+        return dataclasses.replace(spec, name="dense")
+
+    @classmethod
     def preset(cls, name: str, elements: Sequence[str], cutoff: float | None = None) -> "SymmetryFunctionSet":
         """A named preset or a parameter file.
 
@@ -206,6 +217,8 @@ class SymmetryFunctionSet:
             return cls.artrith_urban(elements)
         if key == "imbalzano":
             return cls.imbalzano(elements, 6.0 if cutoff is None else cutoff)
+        if key == "dense":
+            return cls.dense(elements, 6.0 if cutoff is None else cutoff)
         if key == "chebyshev":
             raise BPNNInputError("'chebyshev' is not a symmetry-function set; use descriptor_preset "
                                  "or ChebyshevBasis.aenet")

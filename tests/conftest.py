@@ -169,7 +169,7 @@ def six_atom_files(data_dir) -> list[Path]:
 
 @pytest.fixture(scope="session")
 def train_and_evaluate():
-    """``run(data, run_dir, *flags) -> metrics``: ``train DATA --out RUN_DIR --quiet FLAGS``, then
+    """``run(data, run_dir, *flags) -> metrics``: ``train DATA --out RUN_DIR --quiet --test-fraction 0.1 FLAGS``, then
     ``evaluate`` of the run's model on its own test split; returns the ``--json`` report (dict)."""
     import json
 
@@ -177,7 +177,8 @@ def train_and_evaluate():
 
     def run(data, run_dir, *flags) -> dict:
         run_dir = Path(run_dir)
-        assert main(["train", str(data), "--out", str(run_dir), "--quiet", *flags]) == 0
+        # A test split of its own (small data sets hold none by default).
+        assert main(["train", str(data), "--out", str(run_dir), "--quiet", "--test-fraction", "0.1", *flags]) == 0
         out = run_dir / "metrics.json"
         assert main(["evaluate", str(run_dir / "model.keras"), "--split", str(run_dir / "split.json"), "--json",
                      str(out)]) == 0

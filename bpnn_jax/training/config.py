@@ -119,6 +119,10 @@ class TrainConfig:
             must then be multiples of the device count (automatic ones are
             rounded up).  A property of the machine, not of the model: on
             ``resume`` the caller's value wins over the saved one.
+        derive: options to derive from the data when the run starts
+            (:mod:`bpnn_jax.training.defaults`; ``train`` on the command
+            line derives every option of :data:`~bpnn_jax.training.
+            defaults.DERIVED` that is not given); empty once resolved.
     """
 
     preset: str = "auto"
@@ -171,6 +175,7 @@ class TrainConfig:
     repulsion_force_weight: float = 0.01
     repulsion_from: str | None = None
     data_parallel: bool = False
+    derive: tuple = ()
 
     def committee_config(self):
         """The :class:`~bpnn_jax.jacobian_training.CommitteeConfig` of the E+F stage."""
@@ -188,6 +193,7 @@ class TrainConfig:
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
         d["hidden"] = list(self.hidden)
+        d["derive"] = list(self.derive)
         return d
 
     @classmethod
@@ -196,6 +202,7 @@ class TrainConfig:
         d["hidden"] = tuple(d["hidden"])
         if isinstance(d.get("ef_force_weight"), list):
             d["ef_force_weight"] = tuple(d["ef_force_weight"])
+        d["derive"] = tuple(d.get("derive") or ())
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 

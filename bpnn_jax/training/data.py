@@ -91,18 +91,27 @@ def featurize_host(structures: Sequence[HostStructure], spec: SymmetryFunctionSe
     return featurize(structures, spec, dtype=dtype, atoms_per_batch=atoms_per_batch, progress=progress)
 
 
-def load_training_data(paths, config: TrainConfig, *, progress=True):
+def read_training_frames(paths, config: TrainConfig, *, progress=True) -> list:
+    """The structures of ``paths`` with their labels (energies required), as ``ase.Atoms``."""
+    from ..io import FrameKeys
+
+    keys = FrameKeys(config.energy_key, config.forces_key, config.stress_key)
+    atoms, _ = read_structures(paths, require_energy=True, progress=progress, keys=keys)
+    return atoms
+
+
+def load_training_data(paths, config: TrainConfig, *, progress=True, atoms=None):
     """Read structures, choose references, filter by energy, prepare, split.
+
+    ``atoms``: the frames of ``paths`` already read (:func:`read_training_frames`).
 
     Returns:
         dict with elements, references, structures (HostStructure, energies
         relative to references), atoms, split (indices into the kept
         structures), files, excluded (file names above ``max_energy``).
     """
-    from ..io import FrameKeys
-
-    keys = FrameKeys(config.energy_key, config.forces_key, config.stress_key)
-    atoms, _ = read_structures(paths, require_energy=True, progress=progress, keys=keys)
+    if atoms is None:
+        atoms = read_training_frames(paths, config, progress=progress)
     elements = sorted({s for a in atoms for s in a.get_chemical_symbols()})
     refs = config.reference_energies
     # The data's elements only: given values where there are, the others fitted with those held fixed.

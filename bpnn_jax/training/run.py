@@ -17,7 +17,8 @@ from ..descriptors import descriptor_preset
 from ..errors import BPNNInputError
 from ..model import BPNN
 from .config import TrainConfig
-from .data import load_training_data
+from .data import load_training_data, read_training_frames
+from .defaults import DERIVED, derive_defaults, summarize_data
 from .run_state import atomic_save, batch_multiple, data_parallel_distribution, write_json, write_yaml_config
 from .committee_stage import train_committee
 from .repulsion_fit import run_repulsion_stage
@@ -35,6 +36,13 @@ def build_model(config: TrainConfig, elements: Sequence[str], reference_energies
         force_weight=config.force_weight, energy_loss=config.energy_loss, force_loss=config.force_loss,
         huber_delta=config.huber_delta, seed=config.seed,
     )
+
+
+def resolve_defaults(config: TrainConfig, atoms) -> tuple[TrainConfig, list[str]]:
+    """``config`` with its ``derive`` options set from the data (:mod:`.defaults`), and the reasons."""
+    given = [name for name in DERIVED if name not in config.derive]
+    values, reasons = derive_defaults(summarize_data(atoms), given, current=config.to_json())
+    return dataclasses.replace(config, **values, derive=()), reasons
 
 
 def init_model(config: TrainConfig) -> tuple[BPNN, TrainConfig]:
@@ -113,12 +121,20 @@ def _train(paths, run_dir, config: TrainConfig, *, resume: bool, verbose: int, d
     init = None
     if config.init_model and not (resume and (run_dir / "checkpoints" / "last.keras").exists()):
         init, config = init_model(config)  # its references define the targets
+    reasons = []
     if data is None:
         # Before anything in run_dir changes: bad input leaves an earlier run intact.
-        data = load_training_data(paths, config, progress=verbose == 1)
+        atoms = None
+        if config.derive and not resume:
+            atoms = read_training_frames(paths, config, progress=verbose == 1)
+            config, reasons = resolve_defaults(config, atoms)
+            if verbose:
+                print("options from the data (give any of them to override it):\n  "
+                      + "\n  ".join(reasons), flush=True)
+        data = load_training_data(paths, config, progress=verbose == 1, atoms=atoms)
     if not resume:
         write_json(run_dir / "config.json", config.to_json())
-        write_yaml_config(run_dir / "config.yaml", config, paths, run_dir)
+        write_yaml_config(run_dir / "config.yaml", config, paths, run_dir, reasons=reasons)
         for stale in ("state.json", "history.csv"):
             (run_dir / stale).unlink(missing_ok=True)
     S = data["structures"]

@@ -30,8 +30,11 @@ def atomic_save(model: keras.Model, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def write_yaml_config(path: Path, config: TrainConfig, paths, run_dir: Path) -> None:
-    """The fully resolved config, as ``train --config`` reads it (data and out included)."""
+def write_yaml_config(path: Path, config: TrainConfig, paths, run_dir: Path, reasons=()) -> None:
+    """The fully resolved config, as ``train --config`` reads it (data and out included).
+
+    ``reasons``: lines saying why options were derived from the data, written as comments.
+    """
     import yaml
 
     d = {"data": [str(p) for p in ([paths] if isinstance(paths, (str, os.PathLike)) else (paths or []))],
@@ -40,6 +43,8 @@ def write_yaml_config(path: Path, config: TrainConfig, paths, run_dir: Path) -> 
         d["ef_force_weight"] = list(d["ef_force_weight"])
     with atomic_write(path) as fh:
         fh.write("# bpnn_jax train config: python -m bpnn_jax train --config THIS_FILE (flags override it)\n")
+        if reasons:
+            fh.write("# options derived from the data:\n" + "".join(f"#   {line}\n" for line in reasons))
         yaml.safe_dump(d, fh, sort_keys=False)
 
 

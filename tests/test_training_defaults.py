@@ -1,0 +1,104 @@
+"""Options derived from the data (:mod:`bpnn_jax.training.defaults`): what ``train DATA`` does by default.
+
+* the cut-off follows the data's neighbour shells: the same crystal at two densities gets two cut-offs,
+  in the ratio of the lattice constants (and a brute-force neighbour count agrees with the summary);
+* what is derived is printed and recorded in ``RUN_DIR/config.yaml``, and ``train --config`` of that file
+  repeats the run exactly; options that are given are never derived;
+* data too small to validate, or without forces, are told apart with a message.
+"""
+
+from __future__ import annotations
+
+import json
+
+import ase.io
+import numpy as np
+import pytest
+import yaml
+from ase.build import bulk
+from ase.calculators.emt import EMT
+from ase.calculators.singlepoint import SinglePointCalculator
+
+from bpnn_jax.cli import main
+from bpnn_jax.errors import BPNNInputError
+from bpnn_jax.training import TrainConfig
+from bpnn_jax.training.data import read_training_frames
+from bpnn_jax.training.defaults import DERIVED, derive_defaults, summarize_data
+
+
+def cu_frames(n: int, a0: float, seed: int = 0, forces: bool = True) -> list:
+    """Rattled 2x2x2 fcc Cu cells of lattice constant ~a0 (Å), labelled by EMT."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for _ in range(n):
+        a = bulk("Cu", "fcc", a=a0 * (0.98 + 0.04 * rng.random()), cubic=True).repeat((2, 2, 2))
+        a.positions += rng.normal(0.0, 0.05, a.positions.shape)
+        a.calc = EMT()
+        e, f = a.get_potential_energy(), a.get_forces()
+        a.calc = SinglePointCalculator(a, energy=e, forces=f if forces else None)
+        frames.append(a)
+    return frames
+
+
+def read(path):
+    return read_training_frames([str(path)], TrainConfig(), progress=False)
+
+
+def test_cutoff_follows_the_density(tmp_path):
+    dense, loose = cu_frames(24, 3.61), cu_frames(24, 3.61 * 1.15, seed=1)
+    s_dense, s_loose = summarize_data(dense), summarize_data(loose)
+    # Brute force with ASE's neighbour list: atom 0's 24th-36th nearest neighbours' mean distance.
+    from ase.neighborlist import neighbor_list
+
+    i, dist = neighbor_list("id", dense[0], 9.0)
+    ranked = np.sort(dist[i == 0])
+    assert ranked[23:36].mean() == pytest.approx(s_dense.radius["Cu"], rel=0.03)
+    v_dense, why_dense = derive_defaults(s_dense)
+    v_loose, why_loose = derive_defaults(s_loose)
+    assert v_loose["cutoff"] > v_dense["cutoff"]
+    assert v_loose["cutoff"] / v_dense["cutoff"] == pytest.approx(1.15, rel=0.05)
+    assert any(f"cut-off {v_dense['cutoff']:g} Å" in line for line in why_dense)
+    assert v_dense["members"] >= 5 and v_dense["preset"] == "dense"
+    # Given options are never derived.
+    v_given, _ = derive_defaults(s_dense, given=["cutoff", "members"])
+    assert "cutoff" not in v_given and "members" not in v_given
+
+
+def test_too_few_structures_and_no_forces_are_told(tmp_path):
+    with pytest.raises(BPNNInputError, match=r"5 structures with energies: too few .* at least 10"):
+        derive_defaults(summarize_data(cu_frames(5, 3.61)))
+    values, reasons = derive_defaults(summarize_data(cu_frames(24, 3.61, forces=False)))
+    assert values["members"] == 0 and "ef_force_weight" not in values
+    assert any("24 of 24 structures have no forces" in line for line in reasons)
+    path = tmp_path / "few.extxyz"
+    ase.io.write(path, cu_frames(5, 3.61), format="extxyz")
+    assert main(["train", str(path), "--out", str(tmp_path / "run")]) == 2
+
+
+def test_derived_options_are_recorded_and_the_config_repeats_the_run(tmp_path, capsys):
+    data = tmp_path / "cu.extxyz"
+    ase.io.write(data, cu_frames(24, 3.61), format="extxyz")
+    quick = ["--members", "2", "--hidden", "8", "--ef-epochs", "3", "--ef-final-epochs", "1", "--quiet"]
+    assert main(["train", str(data), "--out", str(tmp_path / "a"), *quick]) == 0
+    printed = capsys.readouterr().out
+    text = (tmp_path / "a" / "config.yaml").read_text()
+    config = yaml.safe_load(text)
+    saved = json.loads((tmp_path / "a" / "config.json").read_text())
+    # Derived: the cut-off and descriptors, printed with their reasons and kept in config.yaml.
+    assert "cut-off" in printed and "# options derived from the data:" in text
+    assert config["preset"] == "dense" and config["cutoff"] == saved["cutoff"] > 4.0
+    assert config["members"] == 2 and config["hidden"] == [8] and config["derive"] == []
+    assert set(DERIVED) <= set(config)
+    # The recorded config repeats the run: same options, same model.
+    assert main(["train", "--config", str(tmp_path / "a" / "config.yaml"), "--out", str(tmp_path / "b"),
+                 "--quiet"]) == 0
+    again = json.loads((tmp_path / "b" / "config.json").read_text())
+    assert again == saved
+    from bpnn_jax.calculator import BPNNCalculator
+    from bpnn_jax.model import load_model
+
+    def energies(run):
+        calc = BPNNCalculator(load_model(str(tmp_path / run / "model.keras")), warn_extrapolation=False)
+        return [calc.get_potential_energy(a) for a in read(data)[:3]]
+
+    np.testing.assert_allclose(energies("a"), energies("b"), rtol=0, atol=1e-6)
