@@ -321,7 +321,8 @@ def test_stress_training_lowers_held_out_stress_error(tmp_path, capsys, train_an
     # (Data with stresses train on them by default: "plain" turns that off.)
     for label, extra in (("plain", ["--stress-weight", "0"]), ("stress", ["--stress-weight", "1e-4"])):
         metrics[label] = train_and_evaluate(path, tmp_path / label, "--members", "2", "--hidden", "16,16",
-                                            "--ef-epochs", "60", "--ef-atoms-per-batch", "64", *extra)
+                                            "--ef-epochs", "60", "--ef-atoms-per-batch", "64",
+                                            "--ef-force-weight", "1e-3", *extra)
     log = capsys.readouterr().out
     assert "strain Jacobians of 36 structures" in log and "stress (committee)" in log
     print({k: (m["stress_rmse_gpa"], m["energy_rmse_mev_atom"]) for k, m in metrics.items()})

@@ -404,7 +404,7 @@ def test_train_committee_cli_and_evaluate_json(six_atom_files, tmp_path):
     run = tmp_path / "run"
     files = [str(p) for p in six_atom_files[:20]]
     assert main(["train", *files, "--out", str(run), "--members", "3", "--hidden", "8", "--ef-epochs", "4",
-                 "--ef-force-weight", "1e-3,2e-3,3e-3", "--quiet"]) == 0
+                 "--ef-force-weight", "1e-3,2e-3,3e-3", "--test-fraction", "0.1", "--quiet"]) == 0
     model = load_model(run / "model.keras")
     assert model.members == 3 and model.uncertainty_threshold > 0
     summary = json.loads((run / "ef.json").read_text())

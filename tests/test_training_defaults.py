@@ -20,7 +20,6 @@ from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
 
 from bpnn_jax.cli import main
-from bpnn_jax.errors import BPNNInputError
 from bpnn_jax.training import TrainConfig
 from bpnn_jax.training.data import read_training_frames
 from bpnn_jax.training.defaults import DERIVED, derive_defaults, summarize_data
@@ -64,15 +63,30 @@ def test_cutoff_follows_the_density(tmp_path):
     assert "cutoff" not in v_given and "members" not in v_given
 
 
-def test_too_few_structures_and_no_forces_are_told(tmp_path):
-    with pytest.raises(BPNNInputError, match=r"5 structures with energies: too few .* at least 10"):
-        derive_defaults(summarize_data(cu_frames(5, 3.61)))
+def test_close_contacts_get_a_repulsive_baseline():
+    frames = cu_frames(12, 3.61)
+    values, _ = derive_defaults(summarize_data(frames))
+    assert values["repulsion"] is None
+    # Two atoms pushed to 0.6 of the nearest-neighbour distance (2.55 Å) in three structures.
+    for a in frames[:3]:
+        d = a.positions[1] - a.positions[0]
+        a.positions[1] = a.positions[0] + d / np.linalg.norm(d) * 0.6 * 2.55
+    summary = summarize_data(frames)
+    lo, median = summary.nearest["Cu-Cu"]
+    assert lo == pytest.approx(0.6 * 2.55, abs=0.01) and 2.4 < median < 2.7
+    values, reasons = derive_defaults(summary)
+    assert values["repulsion"] == {"Cu-Cu": round(0.85 * median, 2)}
+    assert any("close contacts" in line for line in reasons)
+
+
+def test_too_few_structures_and_no_forces_are_told(tmp_path, capsys):
     values, reasons = derive_defaults(summarize_data(cu_frames(24, 3.61, forces=False)))
     assert values["members"] == 0 and "ef_force_weight" not in values
     assert any("24 of 24 structures have no forces" in line for line in reasons)
     path = tmp_path / "few.extxyz"
     ase.io.write(path, cu_frames(5, 3.61), format="extxyz")
     assert main(["train", str(path), "--out", str(tmp_path / "run")]) == 2
+    assert "5 structures: too few for a training and a validation split" in capsys.readouterr().err
 
 
 def test_derived_options_are_recorded_and_the_config_repeats_the_run(tmp_path, capsys):

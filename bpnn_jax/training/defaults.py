@@ -25,6 +25,10 @@ The rules, in short (lengths in Å):
   per eV²/atom², as the shipped TiO2 recipe), which makes the committee
   diverse and lets the members with the better trade-off carry the mean.
 * **stress**: trained on when at least a tenth of the structures have one.
+* **repulsive baseline**: for every element pair whose shortest distance
+  in the data is below 0.7 x its median nearest-neighbour distance (close
+  contacts), a pair term zero beyond 0.85 x that median
+  (:mod:`bpnn_jax.repulsion`), fitted first.
 * **split**: no internal test split below 1 000 structures (every one is
   needed for training; score on a test file of your own), 10 % above.
 
@@ -40,24 +44,25 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import BPNNInputError
 
 #: Options derived from the data unless given (TrainConfig field names).
 DERIVED = ("members", "preset", "cutoff", "hidden", "ef_epochs", "ef_force_weight", "ef_final_epochs",
            "ef_final_force_factor", "ef_learning_rate", "weight_decay", "ef_atoms_per_batch", "patience",
-           "test_fraction", "stress_weight")
+           "test_fraction", "stress_weight", "repulsion")
 
 #: Neighbour ranks whose mean distance sets each element's radius (the cut-off rule).
 NEIGHBOUR_RANKS = (24, 36)
 #: Bounds of the derived cut-off, Å.
 CUTOFF_RANGE = (4.0, 7.0)
-#: Fewest structures a run accepts: 9 to train on and 1 to validate on at the default 10 %.
-MIN_STRUCTURES = 10
 #: Committee size of a default run.
 MEMBERS = 5
 #: Atom-epochs a default run aims at (training atoms x Adam epochs); epochs are clipped to EPOCH_RANGE.
 ATOM_EPOCHS = 3.0e7
 EPOCH_RANGE = (300, 2000)
+#: A pair whose shortest distance in the data is below CLOSE_CONTACT x its median nearest-neighbour distance
+#: gets the repulsive baseline, zero beyond REPULSION_FRACTION x that median.
+CLOSE_CONTACT = 0.7
+REPULSION_FRACTION = 0.85
 #: Range of the members' force weights (eV²/Å² against eV²/atom²), first to last, spaced geometrically.
 FORCE_WEIGHT_RANGE = (0.02, 0.09)
 
@@ -82,8 +87,9 @@ class DataSummary:
         radius: per element X, the median over atoms (of every element) of
             the mean distance to the atom's 24th-36th nearest X neighbours,
             Å (NaN where no atom has that many within 9 Å).
-        nearest: per element pair "A-B", the (minimum, median) over A atoms
-            of the distance to the nearest B neighbour, Å.
+        nearest: per unordered element pair "A-B" (A <= B), the (minimum,
+            median) over atoms of either element of the distance to the
+            nearest neighbour of the other, Å.
     """
 
     n_structures: int
@@ -142,7 +148,8 @@ def summarize_data(atoms_list: Sequence, *, max_radius: float = 9.0, max_atoms: 
             for c in np.nonzero(counts >= hi)[0]:
                 radii[el].append(float(dd[starts[c] + lo - 1:starts[c] + hi].mean()))
             for c in np.nonzero(counts)[0]:
-                nearest.setdefault(f"{sym[c]}-{el}", []).append(float(dd[starts[c]]))
+                pair = "-".join(sorted((str(sym[c]), el)))
+                nearest.setdefault(pair, []).append(float(dd[starts[c]]))
     return DataSummary(
         n_structures=len(atoms_list), n_atoms=n_atoms, elements=elements,
         n_forces=sum(_has(a, "forces") for a in atoms_list), n_stress=sum(_has(a, "stress") for a in atoms_list),
@@ -178,17 +185,12 @@ def derive_defaults(summary: DataSummary, given: Sequence[str] = (), current: di
         :data:`DERIVED` that are not in ``given``, and one line of reason
         per decision.
 
-    Raises:
-        BPNNInputError: too few structures for a validation split, or no
-            energies.
+    Too few structures for a validation split are refused later, by
+    :func:`bpnn_jax.training.train`, after every structure was checked.
     """
     given = set(given)
     current = dict(current or {})
     n = summary.n_structures
-    if n < MIN_STRUCTURES:
-        raise BPNNInputError(
-            f"{n} structures with energies: too few to train and validate a potential; need at least "
-            f"{MIN_STRUCTURES} (a tenth of them held out for validation), better a few hundred")
     values, reasons = {}, []
 
     def put(name, value, reason):
@@ -237,6 +239,16 @@ def derive_defaults(summary: DataSummary, given: Sequence[str] = (), current: di
     test = 0.0 if n < 1000 else 0.1
     put("test_fraction", test, "no internal test split (under 1 000 structures): score on data of your own"
         if test == 0 else "10 % of the structures held out as a test split (split.json)")
+    if "repulsion" not in given and not current.get("repulsion_from"):
+        close = {p: round(REPULSION_FRACTION * med, 2) for p, (lo_d, med) in summary.nearest.items()
+                 if lo_d < CLOSE_CONTACT * med}
+        if close:
+            shown = ", ".join(f"{p} {summary.nearest[p][0]:.2f}/{summary.nearest[p][1]:.2f}" for p in close)
+            put("repulsion", close, f"short-range repulsive baseline, zero beyond {close} Å: close contacts "
+                                    f"(shortest/median nearest distance {shown} Å)")
+        else:
+            put("repulsion", None, f"no repulsive baseline: no pair closer than {CLOSE_CONTACT:g} x its median "
+                                   f"nearest-neighbour distance")
     with_stress = summary.n_stress >= max(1, n // 10)
     put("stress_weight", 1e-4 if with_stress and has_forces else 0.0,
         f"stress weight 1e-4 GPa⁻² ({summary.n_stress} structures have a stress)" if with_stress and has_forces

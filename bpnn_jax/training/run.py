@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import json
 import time
 from pathlib import Path
@@ -154,7 +155,10 @@ def _train(paths, run_dir, config: TrainConfig, *, resume: bool, verbose: int, d
     train_s = [S[i] for i in split["train"]]
     val_s = [S[i] for i in split["val"]]
     if not train_s or not val_s:
-        raise BPNNInputError(f"too few structures ({len(S)}) for a train/validation split")
+        raise BPNNInputError(
+            f"{len(S)} structures: too few for a training and a validation split ({len(train_s)} training, "
+            f"{len(val_s)} validation at --val-fraction {config.val_fraction:g}); need at least "
+            f"{math.ceil(1.5 / max(config.val_fraction, 1e-9))} structures, better a few hundred")
 
     if config.members > 0:
         return train_committee(data, train_s, val_s, run_dir, config, resume=resume, verbose=verbose,
