@@ -32,16 +32,18 @@ from .errors import BPNNError, BPNNInputError
 def _add_energies_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "energies",
-        help="tabulate total and cohesive energies of XSF files as CSV",
+        help="tabulate total and cohesive energies of structure files as CSV",
         description=(
-            "Read XSF files (each needs a '# total energy = X eV' line) and write a CSV "
+            "Read structure files (extended XYZ, any ASE format, or XSF; each needs an energy, in XSF a "
+            "'# total energy = X eV' line) and write a CSV "
             "with columns file, n_atoms, composition, energy_ev, energy_per_atom_ev and "
             "cohesive_energy_per_atom_ev = (E - sum of free-atom reference energies) / N, "
             "all in eV. Default references: aenet's TiO2 values "
             "(O -432.503149303 eV, Ti -1604.604515075 eV)."
         ),
     )
-    p.add_argument("paths", nargs="+", metavar="PATH", help="XSF files or directories of *.xsf files")
+    p.add_argument("paths", nargs="+", metavar="PATH",
+                   help="structure files (extended XYZ, any ASE format, XSF) or directories")
     p.add_argument("--out", "-o", required=True, metavar="FILE.csv", help="CSV file to write (atomically)")
     p.add_argument(
         "--skip-invalid",
@@ -96,10 +98,10 @@ def _cmd_energies(args: argparse.Namespace) -> int:
 def _add_featurize_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "featurize",
-        help="compute symmetry functions of XSF files into an .npz file",
+        help="compute descriptors of structure files into an .npz file",
         description=(
             "Compute raw (unnormalised) Behler-Parrinello symmetry functions of every atom of "
-            "the given XSF files and write them to an .npz file with arrays files, n_atoms, "
+            "the given structure files and write them to an .npz file with arrays files, n_atoms, "
             "atom_offset, species (element symbol per atom), sf (total_atoms x n_functions; "
             "atoms in file order, structures in the order given, directories sorted by name), "
             "elements, cutoff (Å) and the column description fn_center, fn_kind, fn_neighbors, "
@@ -107,7 +109,8 @@ def _add_featurize_parser(subparsers) -> argparse.ArgumentParser:
             "reference file. Load with numpy.load(FILE, allow_pickle=False)."
         ),
     )
-    p.add_argument("paths", nargs="+", metavar="PATH", help="XSF files or directories of *.xsf files")
+    p.add_argument("paths", nargs="+", metavar="PATH",
+                   help="structure files (extended XYZ, any ASE format, XSF) or directories")
     p.add_argument(
         "--out", "-o", required=True, metavar="FILE.npz",
         help="output file, written atomically and exactly at this name (no suffix is added)",

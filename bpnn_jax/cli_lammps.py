@@ -28,7 +28,7 @@ def add_export_lammps_parser(subparsers) -> argparse.ArgumentParser:
         ),
     )
     p.add_argument("args", nargs="*", metavar="MODEL | PATH",
-                   help="the model to export (a .keras file or a shipped name); with --verify, XSF files, "
+                   help="the model to export (a .keras file or a shipped name); with --verify, structure files, "
                         "extended XYZ or directories")
     p.add_argument("--out", metavar="FILE.json", help="bundle to write")
     p.add_argument("--platform", choices=("cpu", "cuda"), default="cpu",

@@ -493,14 +493,15 @@ def read_inputs(paths, model, model_name: str, *, require_energy: bool, skip_inv
 def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "evaluate",
-        help="score a model on labelled XSF files (meV/atom, eV/Å) with plots",
+        help="score a model on labelled structure files (meV/atom, eV/Å) with plots",
         description=(
             "Energy RMSE/MAE (meV/atom), total-energy RMSE (eV), force RMSE/MAE (eV/Å), residual statistics, "
             "on all structures and on those with cohesive energy <= --max-energy (eV/atom)."
         ),
     )
     p.add_argument("model", metavar="MODEL", help="a .keras file or a shipped model name (e.g. tio2)")
-    p.add_argument("paths", nargs="*", metavar="PATH", help="XSF files or directories")
+    p.add_argument("paths", nargs="*", metavar="PATH",
+                   help="structure files (extended XYZ, any ASE format, XSF) or directories")
     p.add_argument("--split", metavar="RUN_DIR/split.json[:NAME]", default=None,
                    help="evaluate the structures of one part of a training run's split (NAME: test, the "
                         "default, val or train) instead of, or in addition to, PATHs")
@@ -564,11 +565,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def add_predict_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "predict",
-        help="predict energies (and forces) of XSF files",
+        help="predict energies (and forces) of structure files",
         description="Write a CSV with file, n_atoms, energy_ev (DFT scale) and energy_per_atom_ev.",
     )
     p.add_argument("model", metavar="MODEL", help="a .keras file or a shipped model name (e.g. tio2)")
-    p.add_argument("paths", nargs="+", metavar="PATH", help="XSF files or directories (energy line optional)")
+    p.add_argument("paths", nargs="+", metavar="PATH",
+                   help="structure files or directories (energies not needed)")
     p.add_argument("--out", required=True, metavar="FILE.csv", help="CSV to write")
     p.add_argument("--forces", metavar="FILE.xyz", help="also write structures with predicted energy and forces (extended XYZ)")
     p.add_argument("--dtype", choices=["float32", "float64"], default=None,
@@ -631,7 +633,8 @@ def add_check_forces_parser(subparsers) -> argparse.ArgumentParser:
         ),
     )
     p.add_argument("model", metavar="MODEL", help="a .keras file or a shipped model name (e.g. tio2)")
-    p.add_argument("paths", nargs="+", metavar="PATH", help="XSF files or directories (energy line optional)")
+    p.add_argument("paths", nargs="+", metavar="PATH",
+                   help="structure files or directories (energies not needed)")
     p.add_argument("--json", metavar="FILE", help="write the result (one row per structure) as JSON")
     p.add_argument("--delta", type=float, default=1e-4,
                    help="finite-difference step, Å for positions and dimensionless for strain; five-point "

@@ -170,7 +170,8 @@ def derived_cutoff(summary: DataSummary) -> tuple[float, str]:
                 f"within ({shown} Å, median over atoms), clipped to {lo:g}-{hi:g} Å")
 
 
-def derive_defaults(summary: DataSummary, given: Sequence[str] = (), current: dict | None = None) -> tuple[dict, list[str]]:
+def derive_defaults(summary: DataSummary, given: Sequence[str] = (),
+                    current: dict | None = None) -> tuple[dict, list[str]]:
     """Options for a run on the summarised data.
 
     Args:
