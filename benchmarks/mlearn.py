@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench_common import REPO, add_common_args, default_tag, fmt, footer, log, machine_line, new_result, write_results
+from bench_common import REPO, add_common_args, default_tag, footer, log, machine_line, new_result, write_results
 
 #: Published test-set MAE (energy meV/atom, force eV/Å) on the benchmark's own split.
 PUBLISHED = {
@@ -80,8 +80,8 @@ def main() -> int:
         gap, mtp = pub.get("GAP", (None, None)), pub.get("MTP", (None, None))
         t = r["train_seconds"]
         lines.append(
-            f"| {el} | {fmt(r['energy_mae_mev_atom'], 2)} ({fmt(r['energy_rmse_mev_atom'], 2)}) | "
-            f"{fmt(r['force_mae_ev_a'], 3)} ({fmt(r['force_rmse_ev_a'], 3)}) | "
+            f"| {el} | {r['energy_mae_mev_atom']:.2f} ({r['energy_rmse_mev_atom']:.2f}) | "
+            f"{r['force_mae_ev_a']:.4f} ({r['force_rmse_ev_a']:.4f}) | "
             f"{'—' if t is None else f'{t / 60:.1f} min'} | {gap[0]} / {gap[1]} | {mtp[0]} / {mtp[1]} | "
             f"{TARGET.get(el, ('—', '—'))[0]} / {TARGET.get(el, ('—', '—'))[1]} |")
     lines += footer(res)
