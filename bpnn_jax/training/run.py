@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import json
+import math
 import time
 from pathlib import Path
 from typing import Sequence
