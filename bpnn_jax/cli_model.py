@@ -243,11 +243,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _tune(args, config, verbose: int) -> None:
-    """``train --tune``: derive, search within ``--budget``, train the best (:mod:`bpnn_jax.training.tune`)."""
+    """``train --tune``: derive, search within ``--budget``, train the best (:mod:`bpnn_jax.tuning_train`)."""
     from .errors import BPNNInputError
     from .training.data import read_training_frames
     from .training.run import resolve_defaults
-    from .training.tune import tune_and_train
+    from .tuning_train import tune_and_train
 
     if args.resume or not config.derive:
         raise BPNNInputError("--tune searches around the derived set-up: run the same command again to resume a "

@@ -37,8 +37,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import atomic_write
-from .config import TrainConfig
+from .io import atomic_write
+from .training import TrainConfig
+from .tuning import ResultsTable
 
 #: The search space: the first value of each is the derived set-up's (scales multiply derived values).
 SPACE: dict[str, tuple] = {
@@ -146,7 +147,7 @@ def tune_and_train(paths, run_dir, base: TrainConfig, *, budget_minutes: float, 
     import keras_tuner
     from keras_tuner.src.distribute import utils as dist_utils
 
-    from .run import train
+    from .training import train
 
     run_dir = Path(run_dir)
     tune_dir = run_dir / "tune"
@@ -154,7 +155,8 @@ def tune_and_train(paths, run_dir, base: TrainConfig, *, budget_minutes: float, 
     start = time.time()
     budget_s = 60.0 * budget_minutes
     oracle = _make_oracle(budget_s, max_trials, base.seed)
-    table = tune_dir / "trials.csv"
+    # One row per finished trial, written atomically under a lock (several workers share it).
+    table = ResultsTable(tune_dir / "trials.csv", hp_names=("trial_id",), columns=COLUMNS)
 
     class TrainTuner(keras_tuner.Tuner):
         def run_trial(self, trial, *args, **kwargs):
@@ -178,7 +180,7 @@ def tune_and_train(paths, run_dir, base: TrainConfig, *, budget_minutes: float, 
             row = {"trial_id": trial.trial_id, **values, OBJECTIVE: round(score, 4),
                    "val_energy_rmse_mev_atom": round(e_rmse, 4), "val_force_rmse_ev_a": round(f_rmse, 5),
                    "seconds": round(seconds, 1)}
-            _append_row(table, row)
+            table.append(row)
             if verbose:
                 print(f"[tune] trial {trial.trial_id}: validation {e_rmse:.2f} meV/atom, {f_rmse:.4f} eV/Å, "
                       f"score {score:.3f} ({seconds:.0f} s)", flush=True)
@@ -188,9 +190,9 @@ def tune_and_train(paths, run_dir, base: TrainConfig, *, budget_minutes: float, 
     tuner.search(verbose=1 if verbose == 1 else 0)
     if not dist_utils.is_chief_oracle() and dist_utils.has_chief_oracle():
         return None  # a worker: the chief trains the final committee
-    rows = _read_rows(table)
+    rows = table.rows()
     if not rows:
-        raise RuntimeError(f"{table}: no finished trial to choose from")
+        raise RuntimeError(f"{table.path}: no finished trial to choose from")
     best = min(rows, key=lambda r: r[OBJECTIVE])
     values = {k: best[k] for k in SPACE}
     final = trial_config(base, values, trial=False)
@@ -216,28 +218,3 @@ def tune_and_train(paths, run_dir, base: TrainConfig, *, budget_minutes: float, 
               f"committee of {final.members}, {final.ef_epochs} epochs", flush=True)
     resume = (run_dir / "ef_state.npz").exists()
     return train(paths, run_dir, final, resume=resume, verbose=verbose)
-
-
-def _append_row(path: Path, row: dict) -> None:
-    rows = [r for r in _read_rows(path) if str(r["trial_id"]) != str(row["trial_id"])] + [row]
-    with atomic_write(path, newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(COLUMNS))
-        w.writeheader()
-        w.writerows(rows)
-
-
-def _read_rows(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    with open(path, newline="") as fh:
-        out = []
-        for r in csv.DictReader(fh):
-            parsed = {}
-            for k, v in r.items():
-                try:
-                    parsed[k] = v if k in ("trial_id", "descriptors") else float(v)
-                except ValueError:
-                    parsed[k] = v
-            parsed["layers"] = int(parsed["layers"])
-            out.append(parsed)
-        return out
