@@ -1,6 +1,6 @@
 """Paired A/B of the MD step cost of two models (energy, forces, stress), in one process, interleaved.
 
-    python benchmarks/md_ab.py tio2 tio2_v7 [--sizes 96,1050]
+    python benchmarks/md_ab.py tio2 tio2_v8 [--sizes 96,1050]
 
 One benchmark run on a shared VM varies by tens of per cent; two models timed
 alternately in one process share that noise, so their ratio is the figure.

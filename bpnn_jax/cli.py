@@ -21,7 +21,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from . import cli_lammps, cli_model
+from . import cli_lammps, cli_model, cli_n2p2
 from .errors import BPNNError, BPNNInputError
 
 # --------------------------------------------------------------------------
@@ -191,6 +191,7 @@ COMMANDS: dict[str, tuple[Callable[..., argparse.ArgumentParser], Callable[[argp
     "predict": (cli_model.add_predict_parser, cli_model.cmd_predict),
     "check-forces": (cli_model.add_check_forces_parser, cli_model.cmd_check_forces),
     "export-lammps": (cli_lammps.add_export_lammps_parser, cli_lammps.cmd_export_lammps),
+    "export-n2p2": (cli_n2p2.add_export_n2p2_parser, cli_n2p2.cmd_export_n2p2),
     "merge": (cli_model.add_merge_parser, cli_model.cmd_merge),
 }
 

@@ -107,7 +107,8 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--members", type=int, default=None,
                    help="committee size (default 5; 0: one network on the legacy energy stages below)")
     g.add_argument("--hidden", type=_hidden, default=None, help="nodes per hidden layer, e.g. 64,64")
-    g.add_argument("--activation", default=None, help=f"hidden activation (default {d.activation})")
+    g.add_argument("--activation", default=None,
+                   help=f"hidden activation (default: silu, derived; {d.activation} with --preset seed)")
     g.add_argument("--repulsion", type=_pair_cutoffs, default=None, metavar="A-B:RC,...",
                    help="a short-range repulsive pair baseline, zero beyond RC (Å) per pair, fitted first "
                         "(e.g. Ti-Ti:2.4,Ti-O:1.8,O-O:2.2)")
@@ -547,6 +548,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             line += f"  force RMSE {m['force_rmse_ev_a']:.4f} eV/Å  MAE {m['force_mae_ev_a']:.4f} eV/Å"
         if "stress_rmse_gpa" in m:
             line += f"  stress RMSE {m['stress_rmse_gpa']:.4f} GPa  MAE {m['stress_mae_gpa']:.4f} GPa"
+        if m.get("spread_error_spearman") is not None:
+            line += f"  spread-error Spearman {m['spread_error_spearman']:.2f}"
         print(line)
     if args.json:
         write_report(report, args.json)
@@ -698,7 +701,7 @@ def add_merge_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("models", nargs="+", metavar="MODEL",
                    help="two or more .keras files or shipped model names (one with --members)")
     p.add_argument("--out", required=True, metavar="FILE.keras", help="model to write")
-    p.add_argument("--members", type=_member_list, default=None, metavar="LIST",
+    p.add_argument("--members", type=member_list, default=None, metavar="LIST",
                    help="keep only these members of the merged committee, numbered from 1 in MODEL order, e.g. "
                         "1-5,16-25 (descriptor sets that no kept member reads are dropped)")
     p.add_argument("--split", metavar="RUN_DIR/split.json[:NAME]", default=None,
@@ -709,7 +712,7 @@ def add_merge_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def _member_list(text: str) -> list[int]:
+def member_list(text: str) -> list[int]:
     """``1-5,16-25`` -> [0, ..., 4, 15, ..., 24] (1-based inclusive ranges in, 0-based indices out)."""
     out = []
     try:

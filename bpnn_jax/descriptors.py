@@ -52,8 +52,8 @@ import numpy as np
 from .chebyshev import ChebyshevBasis, chebyshev_atom_descriptors, chebyshev_atom_jacobian
 from .cutoffs import cosine_cutoff
 from .errors import BPNNInputError
-from .io import VOIGT
 from .geometry import displacements, safe_inverse, safe_norm
+from .units import VOIGT
 
 __all__ = [
     "SymmetryFunctionSet",
@@ -967,7 +967,7 @@ def batch_descriptor_strain_jacobian(batch, spec: SymmetryFunctionSet, *, chunk_
 
     Returns:
         (B, N, spec.n_functions, 6) array S[b, i, f, v] = dG_{i,f}/dε_v
-        (dimensionless), v in Voigt order (:data:`bpnn_jax.io.VOIGT`); zero for padding.
+        (dimensionless), v in Voigt order (:data:`bpnn_jax.units.VOIGT`); zero for padding.
     """
     B, N, M = batch.neighbors.shape
     disp = jax.vmap(displacements)(batch.positions, batch.cell, batch.neighbors, batch.shifts)

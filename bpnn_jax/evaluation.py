@@ -13,7 +13,8 @@ import numpy as np
 from .batch import prepare_structures
 from .io import atomic_write
 
-__all__ = ["energy_metrics", "stress_metrics", "evaluate_structures", "write_plots", "write_report"]
+__all__ = ["energy_metrics", "evaluate_structures", "spread_error_spearman", "stress_metrics", "write_plots",
+           "write_report"]
 
 
 def stress_metrics(pred_gpa, true_gpa) -> dict:
@@ -72,6 +73,24 @@ def energy_metrics(pred_total_ev, true_total_ev, n_atoms, pred_forces=None, true
     return out
 
 
+def spread_error_spearman(spread, abs_error) -> float | None:
+    """Spearman rank correlation of a committee's spread with the absolute errors (None below 3 values).
+
+    Args:
+        spread: (n,) per-atom energy spread of the committee, eV/atom.
+        abs_error: (n,) absolute per-atom energy errors, eV/atom.
+
+    1 means the spread ranks the structures exactly as their errors; 0, not
+    at all.
+    """
+    from scipy.stats import spearmanr
+
+    spread, abs_error = np.asarray(spread, np.float64), np.asarray(abs_error, np.float64)
+    if len(spread) < 3 or np.ptp(spread) == 0 or np.ptp(abs_error) == 0:
+        return None
+    return float(spearmanr(spread, abs_error).statistic)
+
+
 def evaluate_structures(model, atoms_list: Sequence, *, forces=True, max_energy: float | None = 1.0,
                         progress=False, dtype=None) -> dict:
     """Predict and score labelled structures.
@@ -96,10 +115,13 @@ def evaluate_structures(model, atoms_list: Sequence, *, forces=True, max_energy:
         When structures carry a stress (ASE's results, eV/Å³), the metrics
         also hold stress_rmse_gpa, stress_mae_gpa over the structures that
         have one, and their rows stress_dft_gpa / stress_pred_gpa (Voigt xx,
-        yy, zz, yz, xz, xy; ASE's sign, tensile positive).
+        yy, zz, yz, xz, xy; ASE's sign, tensile positive).  For a
+        committee the metrics hold spread_error_spearman
+        (:func:`spread_error_spearman` of the per-atom energy spread and
+        absolute error over the structures).
     """
     from .model import total_energy
-    from .io import EV_PER_A3_IN_GPA
+    from .units import EV_PER_A3_IN_GPA
     from .training import predict_stress, predict_structures
 
     hs = prepare_structures(atoms_list, model.elements, model.spec.cutoff, progress=progress)
@@ -150,6 +172,12 @@ def evaluate_structures(model, atoms_list: Sequence, *, forces=True, max_energy:
                 row["force_std_max_ev_a"] = float(np.max(f_std[k]))
                 row["force_std_mean_ev_a"] = float(np.mean(f_std[k]))
         rows.append(row)
+    if getattr(model, "members", 1) > 1:
+        abs_err = np.abs(e_pred - e_true) / n
+        spread = np.asarray(e_std, np.float64) / n
+        report["all"]["spread_error_spearman"] = spread_error_spearman(spread, abs_err)
+        if max_energy is not None:
+            report["within_max_energy"]["spread_error_spearman"] = spread_error_spearman(spread[keep], abs_err[keep])
     report["per_structure"] = rows
     report["_forces"] = (f_pred, f_true)
     return report

@@ -39,11 +39,11 @@ from typing import IO, Any
 
 import numpy as np
 from ase import Atoms
-from ase.units import GPa as _ASE_GPA
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.data import atomic_numbers, chemical_symbols
 
 from .errors import BPNNInputError, XSFError
+from .units import VOIGT
 
 __all__ = [
     "ENERGY_CSV_COLUMNS",
@@ -703,11 +703,6 @@ def find_xsf_files(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> li
     return found
 
 
-#: eV/Å³ in GPa (from ASE's units).
-EV_PER_A3_IN_GPA = 1.0 / _ASE_GPA
-
-#: Voigt order of stress and strain components: xx, yy, zz, yz, xz, xy.
-VOIGT = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))
 
 #: info / arrays keys tried, in order, for energies and forces of frames read by ASE.
 ENERGY_KEYS = ("energy", "REF_energy", "total_energy", "dft_energy")

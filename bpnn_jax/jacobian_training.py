@@ -60,7 +60,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .batch import atoms_by_species, species_atom_lists
-from .io import EV_PER_A3_IN_GPA
+from .units import EV_PER_A3_IN_GPA
 
 __all__ = [
     "CommitteeConfig",

@@ -43,11 +43,11 @@ from .descriptors import atoms_descriptors, descriptor_from_config
 from .errors import ModelError
 from .geometry import displacements
 from .layers import ElementMLP, MaskedRMSE
+from .model_card import PRETRAINED_DIR, shipped_models
 from .repulsion import PairRepulsion
 
 __all__ = ["BPNN", "load_model", "with_dtype", "total_energy", "member_backward", "PRETRAINED_DIR"]
 
-PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
 
 #: Float64-preserving versions of Keras activations (used by float64 models).
 _JAX_ACTIVATIONS = {"tanh": jnp.tanh, "sigmoid": jax.nn.sigmoid, "relu": jax.nn.relu,
@@ -449,7 +449,7 @@ def load_model(name_or_path, dtype=None) -> BPNN:
         if candidate.exists():
             path = candidate
         else:
-            shipped = sorted(p.stem for p in PRETRAINED_DIR.glob("*.keras"))
+            shipped = shipped_models()
             raise ModelError(
                 f"{name_or_path}: no such model file, and no shipped model of that name "
                 f"(shipped: {', '.join(shipped) or 'none'})"

@@ -49,6 +49,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
+import jax
 import numpy as np
 
 import keras
@@ -868,6 +869,7 @@ class BPNNGridSearch(keras_tuner.GridSearch):
         """
         hp = trial.hyperparameters
         keras.backend.clear_session()
+        jax.clear_caches()  # free the last trial's programs: each holds ~18 memory maps (vm.max_map_count)
         model = self.hypermodel.build(hp)
         geometry = self.hypermodel.geometry
         train_ds, val_ds = data.datasets(batch_size, seed=seed, geometry=geometry, atoms_per_batch=atoms_per_batch)
@@ -1035,6 +1037,7 @@ def retrain(hypermodel: BPNNHyperModel, data: TuningData, values: Mapping, run_d
         model = keras.saving.load_model(last, compile=True)
     else:
         keras.backend.clear_session()
+        jax.clear_caches()  # free the last trial's programs: each holds ~18 memory maps (vm.max_map_count)
         model = hypermodel.build(hypermodel.hyperparameters_for(values))
     label = " ".join(f"{n}={values[n]:g}" for n in HP_NAMES)
     _log(f"[retrain] {label}: {epochs} epochs, batch {batch_size}, {len(data.files['train'])} training structures")

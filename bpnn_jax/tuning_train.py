@@ -35,6 +35,7 @@ import os
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 
 from .io import atomic_write
@@ -167,6 +168,7 @@ def tune_and_train(paths, run_dir, base: TrainConfig, *, budget_minutes: float, 
             if not (tdir / "cache").exists():  # one descriptor-Jacobian cache for all trials (keyed by set)
                 os.symlink(os.path.relpath(tune_dir / "cache", tdir), tdir / "cache")
             t0 = time.time()
+            jax.clear_caches()  # free the last trial's programs: each holds ~18 memory maps (vm.max_map_count)
             if not (tdir / "model.keras").exists():
                 resume = (tdir / "ef_state.npz").exists()
                 if verbose:

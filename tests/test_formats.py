@@ -278,7 +278,7 @@ def test_predicted_stress_equals_calculator(make_random_model, data_dir):
     from bpnn_jax.batch import prepare_structures
     from bpnn_jax.calculator import BPNNCalculator
     from bpnn_jax.io import read_xsf
-    from bpnn_jax.io import EV_PER_A3_IN_GPA
+    from bpnn_jax.units import EV_PER_A3_IN_GPA
     from bpnn_jax.training import predict_stress
 
     atoms = [read_xsf(data_dir / f) for f in ("structure1632.xsf", "structure0001.xsf")]
@@ -314,7 +314,11 @@ def test_train_and_evaluate_cu_au_with_references_and_stress(tmp_path, capsys, t
 
 
 def test_stress_training_lowers_held_out_stress_error(tmp_path, capsys, train_and_evaluate):
-    """--stress-weight trains on EMT stresses (strain Jacobians): held-out stress error drops, energies stay good."""
+    """--stress-weight trains on EMT stresses (strain Jacobians): held-out stress error drops, energies stay good.
+
+    tanh networks, as when the bounds were set (with silu, the default, these 60-epoch 16 x 16 networks
+    lower the stress error by ~22 % instead of > 30 %).
+    """
     path = tmp_path / "cuau.extxyz"
     ase.io.write(path, _cu_au(40, seed=3), format="extxyz")
     metrics = {}
@@ -322,7 +326,7 @@ def test_stress_training_lowers_held_out_stress_error(tmp_path, capsys, train_an
     for label, extra in (("plain", ["--stress-weight", "0"]), ("stress", ["--stress-weight", "1e-4"])):
         metrics[label] = train_and_evaluate(path, tmp_path / label, "--members", "2", "--hidden", "16,16",
                                             "--ef-epochs", "60", "--ef-atoms-per-batch", "64",
-                                            "--ef-force-weight", "1e-3", *extra)
+                                            "--ef-force-weight", "1e-3", "--activation", "tanh", *extra)
     log = capsys.readouterr().out
     assert "strain Jacobians of 36 structures" in log and "stress (committee)" in log
     print({k: (m["stress_rmse_gpa"], m["energy_rmse_mev_atom"]) for k, m in metrics.items()})

@@ -429,7 +429,7 @@ def test_train_committee_cli_and_evaluate_json(six_atom_files, tmp_path):
 def test_jacobian_stress_equals_calculator_stress(setup):
     """Strain Jacobians: the committee's stress from the Jacobian path equals the calculator's (end to end)."""
     from bpnn_jax.featurize import descriptor_strain_jacobians
-    from bpnn_jax.io import EV_PER_A3_IN_GPA
+    from bpnn_jax.units import EV_PER_A3_IN_GPA
 
     hosts, spec = setup["hosts"], setup["spec"]
     sf = featurize_host(hosts, spec, dtype=np.float64)

@@ -23,7 +23,6 @@ import csv
 import io
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -488,10 +487,11 @@ def test_shipped_tio2_is_accurate_on_structures_it_never_saw(data_dir, name, sam
     """
     import bpnn_jax
     from bpnn_jax.descriptors import CombinedDescriptors
+    from bpnn_jax.model_card import read_card
 
     model = bpnn_jax.load_model(name)
-    meta = json.loads((Path(bpnn_jax.__file__).parent / "pretrained" / f"{name}.json").read_text())
-    assert "merge" in meta["training_command"] and model.members == meta["members"] == 15
+    meta = read_card(name)
+    assert model.members == meta["members"] == 15
     atoms = [read_xsf(data_dir / n) for n in sample]
     hosts = prepare_structures(atoms, model.elements, model.spec.cutoff, energy_offsets=model.reference_energies)
     energies, forces, e_std, f_std = training.predict_structures(model, hosts, uncertainty=True)
@@ -503,7 +503,7 @@ def test_shipped_tio2_is_accurate_on_structures_it_never_saw(data_dir, name, sam
     assert model.repulsion is not None and set(model.repulsion.cutoffs) == {"Ti-Ti", "O-Ti", "O-O"}
     # Members 1-5 read the 96 Imbalzano functions, members 6-15 the 60 Chebyshev ones, all at Rc 6.5 Å.
     assert isinstance(model.spec, CombinedDescriptors) and [p.n_functions for p in model.spec.parts] == [96, 60]
-    assert meta["descriptor_set"].startswith("combined") and model.spec.cutoff == 6.5
+    assert meta["descriptors"].startswith("combined") and model.spec.cutoff == 6.5
     # In-range structures: the spread per atom stays below the calibrated threshold for nearly all.
     spread = np.array([s / h.n_atoms for s, h in zip(e_std, hosts)])
     assert np.mean(spread < model.uncertainty_threshold) >= 0.9
@@ -582,3 +582,19 @@ def test_committee_member_forces_in_float32_equal_float64(data_dir, make_random_
         a.get_forces()
         out[m] = a.calc.results["forces_std"]
     np.testing.assert_allclose(out[m32], out[m64], rtol=1e-3, atol=1e-4 * scale)
+
+
+def test_spread_error_spearman_ranks():
+    """Spearman's ρ of the committee spread against the errors: 1 for the same order, -1 reversed, None if flat."""
+    from bpnn_jax.evaluation import spread_error_spearman
+
+    err = np.array([0.1, 0.5, 0.2, 0.9, 0.3])
+    assert spread_error_spearman(err**2 + 1.0, err) == pytest.approx(1.0)
+    assert spread_error_spearman(-err, err) == pytest.approx(-1.0)
+    assert spread_error_spearman(np.ones(5), err) is None
+    assert spread_error_spearman(err[:2], err[:2]) is None
+    # Brute force: ρ is the Pearson correlation of the ranks (no ties).
+    rng = np.random.default_rng(0)
+    a, b = rng.random(40), rng.random(40)
+    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    assert spread_error_spearman(a, b) == pytest.approx(np.corrcoef(ra, rb)[0, 1], abs=1e-12)

@@ -58,59 +58,37 @@ def test_config_file_errors_name_the_file(tmp_path, capsys):
     assert "--init cannot be combined with --members" in capsys.readouterr().err
 
 
-def test_shipped_recipe_file_is_a_valid_config():
-    """The shipped model's recipe: tio2.sh trains tio2.yaml, tio2_chebyshev65.yaml and that again with
-    --member-seed 1 on one pair baseline, and merges them (tio2_v8); tio2_refit.sh trains the same three
-    on the training and test parts, on tio2_v8's baseline, and merges them (the shipped tio2).
-
-    Every step reads into a full TrainConfig; their descriptor sets are the
-    shipped model's parts (the two Chebyshev committees share theirs), their
-    members add up to its members, their force weights are the ones its
-    metadata records.
+def test_shipped_recipe_configs_give_the_shipped_model():
+    """The recipe files of the shipped model (its card lists them with their hashes, which
+    tests/test_model_card.py checks): tio2.yaml (one committee) and tio2_chebyshev65.yaml (two, other
+    member seeds) read into full TrainConfigs whose descriptor sets, networks, force weights and
+    committee sizes are the shipped model's.
     """
-    import dataclasses
     from pathlib import Path
 
     from bpnn_jax.cli_model import read_config
     from bpnn_jax.descriptors import descriptor_preset
     from bpnn_jax.model import load_model
+    from bpnn_jax.model_card import read_card
 
     root = Path(__file__).resolve().parent.parent
-    script = (root / "experiments" / "recipes" / "tio2.sh").read_text()
-    steps_line = next(x for x in script.splitlines() if x.startswith("for step in "))
-    steps = [s.split(":") for s in steps_line.removeprefix("for step in ").removesuffix("; do").split()]
-    assert steps == [["tio2", "0"], ["tio2_chebyshev65", "0"], ["tio2_chebyshev65", "1"]]
-    assert "python -m bpnn_jax merge" in script and script.count("/model.keras") == 1 + len(steps)
-    assert 'extra=(--member-seed "$seed")' in script and '"${extra[@]}"' in script
-    shipped = load_model("tio2")
-    meta = json.loads((root / "bpnn_jax" / "pretrained" / "tio2.json").read_text())
+    shipped, card = load_model("tio2"), read_card("tio2")
+    committees = {"experiments/recipes/tio2.yaml": (1, 0), "experiments/recipes/tio2_chebyshev65.yaml": (2, 1)}
+    assert set(committees) <= set(card["recipe"]["files"])
     members = 0
-    for name, _ in steps:
-        values = read_config(root / "experiments" / "recipes" / f"{name}.yaml")
-        assert values.pop("data") == ["../shared/data/tio2"] and values.pop("out") == f"runs/{name}"
-        config = dataclasses.replace(TrainConfig(), **values)
+    for rel, (count, part) in committees.items():
+        values = read_config(root / rel)
+        assert values.pop("data") == ["../shared/data/tio2"]
+        config = dataclasses.replace(TrainConfig(), **{k: v for k, v in values.items() if k != "out"})
         assert tuple(config.hidden) == shipped.hidden and config.seed == 0
-        assert list(config.ef_force_weight) == meta["ef_force_weight"]
+        assert list(config.ef_force_weight) == card["details"]["ef_force_weight"]
         spec = descriptor_preset(str(root / config.preset) if config.preset.endswith(".yaml") else config.preset,
                                  shipped.elements, config.cutoff)
-        assert spec == shipped.spec.parts[0 if name == "tio2" else 1]
-        members += config.members
-    assert members == shipped.members == meta["members"] == 15
-    # Both halves are trained on the pair baseline the script names, which the shipped model carries.
-    from bpnn_jax.repulsion import parse_pair_cutoffs
-
-    line = next(x for x in script.splitlines() if x.startswith("REPULSION="))
-    assert script.count('--repulsion "$REPULSION"') == 1  # inside the loop over both halves
-    named = dict(item.split(":") for item in line.split("=", 1)[1].split(","))
-    assert parse_pair_cutoffs(named, shipped.elements) == shipped.repulsion.cutoffs
-    # The refit: the same parts, other member seeds, the test part trained on, tio2_v8's baseline kept.
-    refit = (root / "experiments" / "recipes" / "tio2_refit.sh").read_text()
-    steps_line = next(x for x in refit.splitlines() if x.startswith("for step in "))
-    refit_steps = [s.split(":") for s in steps_line.removeprefix("for step in ").removesuffix("; do").split()]
-    assert [p for p, _ in refit_steps] == [p for p, _ in steps] and len({s for _, s in refit_steps[1:]}) == 2
-    assert "--repulsion-from \"$MODEL\" --train-on-test" in refit and "MODEL=${MODEL:-tio2_v8}" in refit
+        assert spec == shipped.spec.parts[part]
+        members += count * config.members
+    assert members == shipped.members == card["members"] == 15
+    # tio2 is tio2_v8's recipe on more data, on tio2_v8's baseline (--repulsion-from tio2_v8).
     assert load_model("tio2_v8").repulsion == shipped.repulsion
-    assert refit.count("/model.keras") == 1 + len(refit_steps) and "python -m bpnn_jax merge" in refit
 
 
 def test_member_seed_changes_the_committee_not_the_split():

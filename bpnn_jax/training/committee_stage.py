@@ -10,7 +10,7 @@ import numpy as np
 
 
 from ..errors import BPNNInputError
-from ..io import EV_PER_A3_IN_GPA
+from ..units import EV_PER_A3_IN_GPA
 from ..model import BPNN
 from .data import compute_statistics, featurize_host
 from .config import TrainConfig

@@ -5,14 +5,13 @@ from __future__ import annotations
 import weakref
 from typing import Sequence
 
+import keras
 import numpy as np
 
-import keras
-
 from ..batch import HostStructure, collate, plan_batches
-from ..io import EV_PER_A3_IN_GPA, voigt_6
+from ..io import voigt_6
 from ..model import BPNN
-
+from ..units import EV_PER_A3_IN_GPA
 
 #: model -> {forces: (jitted predict, variables)}; see :func:`_predict_function`.
 _PREDICT_FUNCTIONS: "weakref.WeakKeyDictionary[BPNN, dict]" = weakref.WeakKeyDictionary()
