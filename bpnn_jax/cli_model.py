@@ -171,7 +171,40 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--force-loss", choices=["mse", "huber"], default=None, help=f"default {d.force_loss}")
     g.add_argument("--huber-delta", type=float, default=None, help=f"eV/Å (default {d.huber_delta})")
     g.add_argument("--force-subset", type=int, default=None, help="structures drawn per stage-2 epoch")
+    hide_advanced_options(p, TRAIN_COMMON)
     return p
+
+
+#: The options ``train --help`` shows; ``--help-all`` shows every option.
+TRAIN_COMMON = frozenset({
+    "paths", "out", "config", "resume", "time_limit_minutes", "quiet", "reference", "test_fraction", "energy_key",
+    "forces_key", "descriptors", "cutoff", "members", "hidden", "activation", "repulsion", "tune", "budget",
+    "ef_epochs", "ef_force_weight", "stress_weight", "init_model",
+})
+
+
+class _HelpAll(argparse.Action):
+    """``--help-all``: the help with every option, then exit."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        for action in parser._actions:
+            action.help = getattr(action, "full_help", action.help)
+        parser.print_help()
+        parser.exit()
+
+
+def hide_advanced_options(parser: argparse.ArgumentParser, common) -> None:
+    """Show only the ``common`` options (by dest) in ``--help``; add ``--help-all`` for the rest."""
+    hidden = 0
+    for action in parser._actions:
+        if action.dest in common or action.dest == "help" or action.help == argparse.SUPPRESS:
+            continue
+        action.full_help, action.help = action.help, argparse.SUPPRESS
+        hidden += 1
+    parser.add_argument("--help-all", action=_HelpAll, help=f"show all options ({hidden} more)")
 
 
 def cmd_train(args: argparse.Namespace) -> int:

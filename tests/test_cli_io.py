@@ -103,6 +103,14 @@ def test_usage_errors_and_help(capsys):
     assert "energies" in capsys.readouterr().out
     assert main(["energies", "--help"]) == 0
     assert "--skip-invalid" in capsys.readouterr().out
+    # train: the common options in --help, every option in --help-all.
+    assert main(["train", "--help"]) == 0
+    short = capsys.readouterr().out
+    assert "--out RUN_DIR" in short and "--members" in short and "--help-all" in short
+    assert "--ema-decay" not in short and len(short.splitlines()) < 90
+    assert main(["train", "--help-all"]) == 0
+    full = capsys.readouterr().out
+    assert "--ema-decay" in full and "--preset" in full and len(full.splitlines()) > len(short.splitlines())
 
 
 def test_keyboard_interrupt_exit_130(monkeypatch, capsys):

@@ -195,8 +195,7 @@ def thermo_table(log: str) -> list[dict]:
             continue
         try:
             values = [float(w) for w in words]
-        except ValueError:
-            header = None
+        except ValueError:  # e.g. pair_style hdnnp's "### NNP EW SUMMARY ###" lines between thermo rows
             continue
         if len(values) == len(header):
             rows.append(dict(zip(header, values)))
