@@ -187,7 +187,7 @@ def markdown(res: dict) -> str:
                      f"{r['ms_per_step']:.1f} | {r['us_per_atom_step']:.1f} | {r['load_before']} | "
                      f"{r['load_after']} |")
     cpu = res["lscpu"]
-    lines += ["", f"Machine: {cpu.get('Model name', '?')}, {cpu.get('CPU(s)', '?')} CPUs; " + machine_line(res),
+    lines += ["", f"lscpu: {cpu.get('Model name', '?')}, {cpu.get('CPU(s)', '?')} CPUs. " + machine_line(res),
               "", ("The machine was shared with other jobs (a training run on about one core; the load "
               "averages above count everything on its 2 cores): absolute numbers are upper bounds, 2-rank runs "
               "competed with those jobs for the second core, and ratios between rows measured at different "
