@@ -25,18 +25,29 @@ from .descriptors import CombinedDescriptors
 from .errors import ModelError
 from .model import BPNN
 
-__all__ = ["merge_committees", "select_members"]
+__all__ = ["descriptor_parts", "merge_committees", "model_statistic", "parts_read", "select_members"]
 
 
-def _stat(model, name):
+def model_statistic(model, name: str) -> np.ndarray:
+    """A stored statistic of ``model`` (``sf_mean``, ``sf_std``, ``sf_min``, ``sf_max``, ``energy_shift``,
+    ``energy_scale``) as a float64 NumPy array."""
     return np.asarray(getattr(model, name).value, np.float64)
 
 
-def _parts(model) -> tuple[tuple, list]:
+def descriptor_parts(model) -> tuple[tuple, list]:
     """A model's descriptor parts and their column ranges (one part for a set that is not combined)."""
     if isinstance(model.spec, CombinedDescriptors):
         return model.spec.parts, model.spec.column_ranges()
     return (model.spec,), [(0, model.spec.n_functions)]
+
+
+def parts_read(model) -> np.ndarray:
+    """(members, parts) bool: member k's first layer has non-zero weights on part p's columns in some
+    element's network (:func:`descriptor_parts` order)."""
+    _, ranges = descriptor_parts(model)
+    first = [np.asarray(net.member_weights()[0][0]) for net in model.nets]  # per element (K, F, H)
+    return np.array([[any(np.any(W[k, a:b] != 0) for W in first) for (a, b) in ranges]
+                     for k in range(int(model.members))], dtype=bool).reshape(int(model.members), len(ranges))
 
 
 def _committee_like(model, parts, members: int, uncertainty_threshold, dtype) -> BPNN:
@@ -102,8 +113,8 @@ def merge_committees(models: Sequence[BPNN], *, uncertainty_threshold: float | N
     # owner[k]: per part of model k, (index of the merged part, the part's columns in model k, its statistics).
     parts, part_stats, owner = [], [], []
     for m in models:
-        specs, columns = _parts(m)
-        stats_m = {n: _stat(m, n) for n in ("sf_mean", "sf_std", "sf_min", "sf_max")}
+        specs, columns = descriptor_parts(m)
+        stats_m = {n: model_statistic(m, n) for n in ("sf_mean", "sf_std", "sf_min", "sf_max")}
         own = []
         for part_spec, (a, b) in zip(specs, columns):
             stats = {n: v[:, a:b] for n, v in stats_m.items()}
@@ -121,17 +132,17 @@ def merge_committees(models: Sequence[BPNN], *, uncertainty_threshold: float | N
         owner.append(own)
     members = sum(m.members for m in models)
     merged = _committee_like(first, parts, members, uncertainty_threshold, dtype or first.dtype_policy.name)
-    _, ranges = _parts(merged)
+    _, ranges = descriptor_parts(merged)
     S, F = len(first.elements), merged.spec.n_functions
     merged_stats = {n: np.concatenate([st[n] for st in part_stats], axis=1)
                     for n in ("sf_mean", "sf_std", "sf_min", "sf_max")}
     # The merged output scale: the first model's; others' output layers are rescaled to it.
-    shift0, scale0 = _stat(first, "energy_shift"), float(_stat(first, "energy_scale"))
+    shift0, scale0 = model_statistic(first, "energy_shift"), float(model_statistic(first, "energy_scale"))
 
     kernels = [[[] for _ in range(len(first.hidden) + 1)] for _ in range(S)]
     biases = [[[] for _ in range(len(first.hidden) + 1)] for _ in range(S)]
     for m, own in zip(models, owner):
-        shift, scale = _stat(m, "energy_shift"), float(_stat(m, "energy_scale"))
+        shift, scale = model_statistic(m, "energy_shift"), float(model_statistic(m, "energy_scale"))
         for s, net in enumerate(m.nets):
             Ws, bs = net.member_weights()  # per layer (K, fan_in, fan_out), (K, fan_out)
             Ws, bs = [np.asarray(W, np.float64) for W in Ws], [np.asarray(v, np.float64) for v in bs]
@@ -186,16 +197,16 @@ def select_members(model: BPNN, members: Sequence[int], *, uncertainty_threshold
     if not members or len(set(members)) != len(members) or min(members) < 0 or max(members) >= K:
         raise ModelError(f"members {members}: choose distinct indices from 0 to {K - 1} (the model has {K})")
     weights = [net.member_weights() for net in model.nets]
-    parts, ranges = _parts(model)
+    parts, ranges = descriptor_parts(model)
     # A part is kept if a chosen member of any element's network reads one of its columns.
-    kept = [p for p, (a, b) in enumerate(ranges)
-            if any(np.any(np.asarray(Ws[0])[members, a:b] != 0) for Ws, _ in weights)] or [0]
+    reads = parts_read(model)
+    kept = [p for p in range(len(parts)) if reads[members, p].any()] or [0]
     columns = np.concatenate([np.arange(*ranges[p]) for p in kept])
     out = _committee_like(model, [parts[p] for p in kept], len(members), uncertainty_threshold,
                           model.dtype_policy.name)
-    stats = {n: _stat(model, n)[:, columns] for n in ("sf_mean", "sf_std", "sf_min", "sf_max")}
-    out.set_statistics(**stats, energy_shift=_stat(model, "energy_shift"),
-                       energy_scale=float(_stat(model, "energy_scale")))
+    stats = {n: model_statistic(model, n)[:, columns] for n in ("sf_mean", "sf_std", "sf_min", "sf_max")}
+    out.set_statistics(**stats, energy_shift=model_statistic(model, "energy_shift"),
+                       energy_scale=float(model_statistic(model, "energy_scale")))
     for net, (Ws, bs) in zip(out.nets, weights):
         Ws = [np.asarray(W)[members] for W in Ws]
         Ws[0] = Ws[0][:, columns]

@@ -108,20 +108,6 @@ def _model_name(model) -> str:
     return getattr(model, "_bpnn_source", None) or getattr(model, "name", "model")
 
 
-def _parts(spec):
-    from .descriptors import CombinedDescriptors
-
-    if isinstance(spec, CombinedDescriptors):
-        return list(spec.parts), spec.column_ranges()
-    return [spec], [(0, spec.n_functions)]
-
-
-def _stat(model, name: str) -> np.ndarray:
-    from keras import ops
-
-    return np.asarray(ops.convert_to_numpy(getattr(model, name).value), np.float64)
-
-
 def _select(model, members: Sequence[int] | None, name: str):
     """The chosen members (0-based) and the symmetry-function parts they read.
 
@@ -134,6 +120,7 @@ def _select(model, members: Sequence[int] | None, name: str):
             compute (naming them and the members that can be exported).
     """
     from .descriptors import SymmetryFunctionSet
+    from .ensemble import descriptor_parts, parts_read
 
     K = int(model.members)
     if members is None:
@@ -143,9 +130,8 @@ def _select(model, members: Sequence[int] | None, name: str):
         if not chosen or len(set(chosen)) != len(chosen) or min(chosen) < 0 or max(chosen) >= K:
             raise BPNNInputError(f"{name}: --members: give distinct member numbers from 1 to {K} (the model has "
                                  f"{K} member{'s' if K > 1 else ''})")
-    parts, ranges = _parts(model.spec)
-    first = [np.asarray(net.member_weights()[0][0]) for net in model.nets]  # per element (K, F, H)
-    reads = np.array([[any(np.any(W[k, a:b] != 0) for W in first) for (a, b) in ranges] for k in range(K)])
+    parts, ranges = descriptor_parts(model)
+    reads = parts_read(model)
     if len(parts) == 1:
         reads[:] = True  # a member with all-zero first layer still "reads" the only set
     def foreign(k):  # the descriptor kinds n2p2 lacks that member k reads
@@ -240,9 +226,11 @@ def n2p2_networks(model, members: Sequence[int], columns: dict) -> dict:
     Raises:
         BPNNInputError: an activation n2p2 does not have.
     """
+    from .ensemble import model_statistic
+
     act = _activation_letter(model, _model_name(model))
-    scale = float(_stat(model, "energy_scale"))
-    shift = _stat(model, "energy_shift")
+    scale = float(model_statistic(model, "energy_scale"))
+    shift = model_statistic(model, "energy_shift")
     K = len(members)
     out = {}
     for s, (el, net) in enumerate(zip(model.elements, model.nets)):
@@ -401,6 +389,7 @@ def export_n2p2(model, out_dir, *, members: Sequence[int] | None = None, table_p
         BPNNInputError: a model n2p2 cannot express (descriptors,
             activation), bad member numbers, or an unwritable directory.
     """
+    from .ensemble import model_statistic
     from .model import BPNN, load_model
 
     if not isinstance(model, BPNN):
@@ -462,8 +451,8 @@ def export_n2p2(model, out_dir, *, members: Sequence[int] | None = None, table_p
     files.append(path)
 
     # scaling.data: rows in n2p2's element and function order.
-    mean, std = _stat(model, "sf_mean"), _stat(model, "sf_std")
-    lo, hi = _stat(model, "sf_min"), _stat(model, "sf_max")
+    mean, std = model_statistic(model, "sf_mean"), model_statistic(model, "sf_std")
+    lo, hi = model_statistic(model, "sf_min"), model_statistic(model, "sf_max")
     rows = ["# Symmetry function scaling data written by bpnn_jax export-n2p2.",
             "# Col 1 e_index; 2 sf_index; 3 sf_min; 4 sf_max; 5 sf_mean; 6 sf_sigma"]
     for e, el in enumerate(by_z, 1):
