@@ -216,6 +216,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = TrainConfig(**PRESETS[args.preset])
     paths, out = list(args.paths), args.out
     file_values = {}
+    if args.resume and out and not paths and not args.config:
+        # `train --out RUN_DIR --resume`: the data paths are in the run's own config.yaml.
+        from pathlib import Path
+
+        saved = Path(out) / "config.yaml"
+        if not saved.is_file():
+            raise BPNNInputError(f"{out}: nothing to resume (no config.yaml); give the DATA paths or --config")
+        args.config = str(saved)
     if args.config:  # flags win over the file
         file_values = read_config(args.config)
         paths = paths or file_values.pop("data", [])

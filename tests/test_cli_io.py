@@ -140,3 +140,23 @@ def test_python_m_bpnn_jax_bad_file(tmp_path):
     assert "Traceback" not in proc.stderr
     assert f"error: {bad}, line 3: unknown element 'Qq'" in proc.stderr
     assert not out.exists()
+
+
+def test_resume_reads_the_data_paths_from_the_run_config(tmp_path, monkeypatch, capsys):
+    """`train --out RUN --resume` needs no DATA: they come from RUN/config.yaml; no config.yaml is a clear error."""
+    import bpnn_jax.training as training
+
+    assert main(["train", "--out", str(tmp_path / "none"), "--resume"]) == 2
+    assert "nothing to resume (no config.yaml)" in capsys.readouterr().err
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("data:\n- a.extxyz\n- b.extxyz\nout: elsewhere\nmembers: 5\n")
+    seen = {}
+
+    def fake_train(paths, out, config, *, resume, **kw):
+        seen.update(paths=paths, out=out, resume=resume, members=config.members, lbfgs=kw["resume_overrides"])
+
+    monkeypatch.setattr(training, "train", fake_train)
+    assert main(["train", "--out", str(run), "--resume", "--ef-lbfgs-steps", "7"]) == 0
+    assert seen == {"paths": ["a.extxyz", "b.extxyz"], "out": str(run), "resume": True, "members": 5,
+                    "lbfgs": {"ef_lbfgs_steps": 7}}
