@@ -131,7 +131,7 @@ def run_dscribe(atoms, spec, n_jobs: int, repeats: int) -> tuple[dict, list]:
 
 
 def run_ours(compact, spec, dtype, repeats: int) -> tuple[dict, list]:
-    from bpnn_jax.featurize import featurize
+    from bpnn_jax.descriptors.featurize import featurize
 
     n_atoms = sum(s.n_atoms for s in compact)
     t0, c0 = time.perf_counter(), _cpu_s()
@@ -265,7 +265,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from bpnn_jax.descriptors import SymmetryFunctionSet
-    from bpnn_jax.featurize import prepare_compact
+    from bpnn_jax.descriptors.featurize import prepare_compact
     from bpnn_jax.io import read_structures
 
     args.tag = args.tag or default_tag()

@@ -10,7 +10,7 @@ What runs is the code of ``train --members K``: the seed-0 split
 default, and the whole validation split), symmetry functions, descriptor
 Jacobians (from ``--cache`` when it holds them for these structures, e.g.
 a training run's ``RUN_DIR/cache``, else computed and stored there), the
-size groups, then :func:`bpnn_jax.jacobian_training.fit_committee` for a
+size groups, then :func:`bpnn_jax.training.jacobian.fit_committee` for a
 few epochs.
 
 Measured: Jacobian time (and whether the cache was hit), Jacobian memory
@@ -90,8 +90,8 @@ def main(argv=None) -> int:
     import tempfile
 
     import bpnn_jax  # noqa: F401
-    from bpnn_jax import jacobian_training as jt
-    from bpnn_jax.jacobian_cache import cached_jacobians
+    from bpnn_jax.training import jacobian as jt
+    from bpnn_jax.descriptors.jacobian_cache import cached_jacobians
     from bpnn_jax.training import TrainConfig, compute_statistics, featurize_host, load_training_data
 
     args.tag = args.tag or default_tag()

@@ -8,7 +8,7 @@ DATA_DIR defaults to ``$BPNN_DATA_DIR`` or ``<repo>/../shared/data/tio2``.
 Measures, for the Artrith-Urban set (70 functions):
 
 * reading the XSF files and building the neighbour lists (host, NumPy/vesin),
-* the batch shapes of :func:`bpnn_jax.batch.plan_batches` (which merges
+* the batch shapes of :func:`bpnn_jax.descriptors.batch.plan_batches` (which merges
   rare shapes) and their padding waste,
 * per dtype (float32, float64) and mode (forward: the SFs; gradient: the SFs
   and d/d(positions) of sum_i,f SF[i, f] * w[f] for a random w, one vjp),
@@ -95,8 +95,8 @@ def _block(x):
 
 def _run_mode(compact, spec, *, dtype, chunk_size, atoms_per_batch, gradient: bool, repeats: int = 1) -> dict:
     """Compile timings per shape, then steady-state passes over all batches."""
-    from bpnn_jax.batch import collate, plan_batches
-    from bpnn_jax.featurize import descriptor_function, featurize
+    from bpnn_jax.descriptors.batch import collate, plan_batches
+    from bpnn_jax.descriptors.featurize import descriptor_function, featurize
 
     plan = plan_batches(compact, atoms_per_batch)  # the plan featurize uses
     n_atoms = int(sum(s.n_atoms for s in compact))
@@ -163,7 +163,7 @@ def slot_cost(slots) -> int:
 
 def _padding(compact, atoms_per_batch: int, merge: bool) -> dict:
     """Padding of the batch plan, as fractions of the padded work that is waste."""
-    from bpnn_jax.batch import plan_batches
+    from bpnn_jax.descriptors.batch import plan_batches
 
     seq = compact
     plan = plan_batches(seq, atoms_per_batch, merge_small=merge)
@@ -272,8 +272,8 @@ def main(argv=None) -> int:
     ap.add_argument("--limit", type=int, default=None, help="only the first N files (quick trials)")
     ap.add_argument("--dtypes", default="float32,float64")
     ap.add_argument("--no-grad", action="store_true", help="skip the gradient runs")
-    ap.add_argument("--chunk-size", type=int, default=None, help="default: bpnn_jax.featurize's")
-    ap.add_argument("--atoms-per-batch", type=int, default=None, help="default: bpnn_jax.featurize's")
+    ap.add_argument("--chunk-size", type=int, default=None, help="default: bpnn_jax.descriptors.featurize's")
+    ap.add_argument("--atoms-per-batch", type=int, default=None, help="default: bpnn_jax.descriptors.featurize's")
     ap.add_argument("--repeats", type=int, default=1, help="steady-state passes per mode (best is reported)")
     ap.add_argument("--sweep", action="store_true", help="time chunk_size x atoms_per_batch on a subset first")
     ap.add_argument(
@@ -289,7 +289,7 @@ def main(argv=None) -> int:
     import jax
 
     from bpnn_jax.descriptors import SymmetryFunctionSet  # imports bpnn_jax first (x64)
-    from bpnn_jax.featurize import (
+    from bpnn_jax.descriptors.featurize import (
         DEFAULT_ATOMS_PER_BATCH,
         DEFAULT_CHUNK_SIZE,
         prepare_compact,

@@ -8,7 +8,7 @@ Usage::
 What runs is the code of ``train --lbfgs-force-weight``: a random subset of
 the training split (seed 0, structures <= +1 eV/atom) and of the validation
 split, symmetry functions (:func:`bpnn_jax.training.featurize_host`),
-descriptor Jacobians (:func:`bpnn_jax.featurize.descriptor_jacobians`,
+descriptor Jacobians (:func:`bpnn_jax.descriptors.featurize.descriptor_jacobians`,
 float32), then :func:`bpnn_jax.training.refine_lbfgs` from the shipped
 ``tio2`` model, once on energies only and once with forces.
 
@@ -99,7 +99,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     import bpnn_jax
-    from bpnn_jax.featurize import descriptor_jacobians
+    from bpnn_jax.descriptors.featurize import descriptor_jacobians
     from bpnn_jax.training import TrainConfig, force_training_data, featurize_host, load_training_data, refine_lbfgs
 
     args.tag = args.tag or default_tag()

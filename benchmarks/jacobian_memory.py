@@ -8,7 +8,7 @@ Usage::
 Rutile TiO2 supercells (6-atom cell, a = 4.594 Å, c = 2.959 Å, positions
 rattled by 0.02 Å) with the shipped model's descriptor set (Imbalzano, 96
 functions, Rc = 6.5 Å).  Per size, for each layout of
-:func:`bpnn_jax.featurize.descriptor_jacobians` (``sparse=False`` and
+:func:`bpnn_jax.descriptors.featurize.descriptor_jacobians` (``sparse=False`` and
 ``sparse=True``): the Jacobian's bytes (float32), its width (partners per
 atom), the seconds to compute it (second call, compiled), and the seconds
 of one committee force evaluation on it (K members, energies + Jacobian
@@ -78,10 +78,10 @@ def main(argv=None) -> int:
     import jax.numpy as jnp
     import numpy as np
 
-    from bpnn_jax import jacobian_training as jt
-    from bpnn_jax.batch import prepare_structures
+    from bpnn_jax.training import jacobian as jt
+    from bpnn_jax.descriptors.batch import prepare_structures
     from bpnn_jax.descriptors import SymmetryFunctionSet
-    from bpnn_jax.featurize import descriptor_jacobians
+    from bpnn_jax.descriptors.featurize import descriptor_jacobians
     from bpnn_jax.io import REFERENCE_ENERGIES_TIO2
     from bpnn_jax.training import compute_statistics, featurize_host
 

@@ -47,7 +47,7 @@ def run_case(target: int, precision: str, args, tmp: Path) -> dict:
     import jax
 
     from bpnn_jax import BPNNCalculator
-    from bpnn_jax.lammps import compile_bundle, export_lammps, lammps_layout, read_bundle, run_bundle
+    from bpnn_jax.calculators.lammps import compile_bundle, export_lammps, lammps_layout, read_bundle, run_bundle
 
     atoms = rutile(rutile_repeats(target))
     n = len(atoms)

@@ -25,7 +25,7 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--steps", type=int, default=5, help="steps per round")
     args = ap.parse_args(argv)
-    from bpnn_jax.calculator import BPNNCalculator
+    from bpnn_jax.calculators.ase import BPNNCalculator
     from bpnn_jax.model import load_model
 
     rng = np.random.default_rng(0)

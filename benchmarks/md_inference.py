@@ -71,11 +71,11 @@ def rutile_repeats(target: int) -> tuple[int, int, int]:
     Sizes are scored by the padding of the atom-bucket ladder (x1.5 steps
     beyond 256: 9600 atoms pad to 10080 there, 10200 to 15136), which the
     calculator used when these sizes were chosen; it now pads with
-    :func:`bpnn_jax.calculator.calculator_padding` (9600 atoms: none), but
+    :func:`bpnn_jax.calculators.ase.calculator_padding` (9600 atoms: none), but
     the score is kept so that the sizes, and the committed results, stay
     comparable (the calculator's padding would choose 10 x 10 x 17 for 10 k).
     """
-    from bpnn_jax.neighbors import ATOM_BUCKETS, bucket_size
+    from bpnn_jax.descriptors.neighbors import ATOM_BUCKETS, bucket_size
 
     best = None
     for na in range(1, 80):
@@ -108,9 +108,9 @@ def run_size(model, target: int, args, rng) -> dict:
     import jax
 
     from bpnn_jax import BPNNCalculator
-    from bpnn_jax.batch import HostStructure, collate
-    from bpnn_jax.calculator import calculator_padding, calculator_slots
-    from bpnn_jax.neighbors import neighbor_list
+    from bpnn_jax.descriptors.batch import HostStructure, collate
+    from bpnn_jax.calculators.ase import calculator_padding, calculator_slots
+    from bpnn_jax.descriptors.neighbors import neighbor_list
 
     reps = rutile_repeats(target)
     atoms = rutile(reps)

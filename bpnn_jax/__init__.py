@@ -82,7 +82,7 @@ __all__ = [
 ]
 
 #: Names exported lazily (their modules import Keras), name -> submodule.
-_LAZY = {"load_model": ".model", "BPNNCalculator": ".calculator"}
+_LAZY = {"load_model": ".model.bpnn", "BPNNCalculator": ".calculators.ase"}
 
 
 from .lazy import lazy_attributes  # noqa: E402

@@ -52,7 +52,7 @@ def candidates(elements):
 
 def errors(params, stats, groups, activation):
     """Committee-mean energy RMSE and MAE (meV/atom) over groups (the trainer's own validation)."""
-    from bpnn_jax import jacobian_training as jt
+    from bpnn_jax.training import jacobian as jt
 
     m = jt.committee_validation(params, stats, groups, activation)
     return m["mean_energy_rmse_mev_atom"], m["mean_energy_mae_mev_atom"]
@@ -86,7 +86,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     import bpnn_jax  # noqa: F401  (backend first)
-    from bpnn_jax import jacobian_training as jt
+    from bpnn_jax.training import jacobian as jt
     from bpnn_jax.training import (
         TrainConfig,
         compute_statistics,

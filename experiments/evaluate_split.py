@@ -6,7 +6,7 @@ Reads ``RUN_DIR/split.json`` (written by ``python -m bpnn_jax train``) and
 scores each model on its ``test`` files (cohesive energy <= the run's
 ``max_energy``) and, separately, on the structures the run excluded as too
 high in energy, with energies and forces.  The JSON holds, per model, the
-metrics of ``bpnn_jax.evaluation.energy_metrics`` for "test" and
+metrics of ``bpnn_jax.training.evaluation.energy_metrics`` for "test" and
 "excluded" and the seconds taken.
 """
 
@@ -33,7 +33,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, required=True, help="JSON file to write")
     args = p.parse_args(argv)
 
-    from bpnn_jax.evaluation import evaluate_structures
+    from bpnn_jax.training.evaluation import evaluate_structures
     from bpnn_jax.io import atomic_write, read_xsf
     from bpnn_jax.errors import ModelError
     from bpnn_jax.model import load_model

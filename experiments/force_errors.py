@@ -33,7 +33,7 @@ in ``--out``, default ``experiments/results/force_errors``):
   atom, nearest-neighbour distance, symmetry functions outside the model's
   stored training range ``sf_min``/``sf_max``) and the 10 worst structures;
 * atoms outside the training range (strictly, and by more than 5 % of a
-  range as :func:`bpnn_jax.calculator.extrapolation_report` warns) and
+  range as :func:`bpnn_jax.calculators.ase.extrapolation_report` warns) and
   their share of the error;
 * the force RMSE on the near-equilibrium test structures (cohesive energy
   < -8 eV/atom).
@@ -110,7 +110,7 @@ def nearest_neighbor_distances(h) -> np.ndarray:
 def outside_counts(sf, species, lo, hi, tolerance: float) -> np.ndarray:
     """(N,) number of symmetry functions outside [lo - tol*range, hi + tol*range] of the atom's element.
 
-    The same test as :func:`bpnn_jax.calculator.extrapolation_report`
+    The same test as :func:`bpnn_jax.calculators.ase.extrapolation_report`
     (including its 1e-6 relative slack for the float32 storage of the
     ranges), for all atoms at once.
     """
@@ -459,8 +459,8 @@ def main(argv=None) -> int:
     p.add_argument("--max-energy", type=float, default=1.0, help="cohesive-energy filter, eV/atom (default 1)")
     args = p.parse_args(argv)
 
-    from bpnn_jax.batch import prepare_structures
-    from bpnn_jax.evaluation import energy_metrics
+    from bpnn_jax.descriptors.batch import prepare_structures
+    from bpnn_jax.training.evaluation import energy_metrics
     from bpnn_jax.io import atomic_write
     from bpnn_jax.model import load_model, total_energy
     from bpnn_jax.training import featurize_host, predict_structures

@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import bpnn_jax  # noqa: F401  (selects the JAX backend before Keras is imported)
     from bpnn_jax.training import TrainConfig
-    from bpnn_jax.tuning import (
+    from bpnn_jax.training.tuning import (
         BPNNGridSearch, BPNNHyperModel, ResultsTable, evaluate_on_test, grid_hyperparameters,
         plot_trials, prepare_tuning_data, retrain, select_files, write_results_markdown,
     )

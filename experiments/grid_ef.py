@@ -11,7 +11,7 @@ recipe of ``train --members K`` (mini-batch AdamW on energies and forces
 from cached descriptor Jacobians, warm-up and cosine decay, EMA, each
 member's best epoch on validation) and is scored by the validation value
 of mean((ΔE/n)²) + λ·mean(ΔF²) at the grid's force weight λ
-(:mod:`bpnn_jax.tuning_ef`).  Kill it at any moment and run the same
+(:mod:`bpnn_jax.training.tuning_ef`).  Kill it at any moment and run the same
 command again: finished points are not trained again, an interrupted one
 resumes from its last checkpoint.  Outputs under ``--out`` (default
 ``experiments/results/grid_ef``): ``results.csv``, ``results.md`` (sorted
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import bpnn_jax  # noqa: F401  (the JAX backend before Keras)
     from bpnn_jax.training import TrainConfig
-    from bpnn_jax.tuning_ef import (
+    from bpnn_jax.training.tuning_ef import (
         EFGridSearch,
         ef_grid_hyperparameters,
         ef_results_table,

@@ -323,7 +323,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     import bpnn_jax
-    from bpnn_jax.evaluation import evaluate_structures
+    from bpnn_jax.training.evaluation import evaluate_structures
     from bpnn_jax.io import atomic_write
     from experiments.md import build_phase
 

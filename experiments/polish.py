@@ -8,7 +8,7 @@ Usage::
 Rebuilds the model's training and validation split (seed 0, structures <=
 +1 eV/atom: the split of every shipped model), takes the descriptor
 Jacobians (cached in ``--cache``), and runs
-:func:`bpnn_jax.jacobian_training.polish_lbfgs` from the model's weights
+:func:`bpnn_jax.training.jacobian.polish_lbfgs` from the model's weights
 with its own descriptor statistics: all members at once, each with its own
 force weight (default: the model's ``force_weights_per_member`` from its
 shipped JSON), each keeping its best point by its validation objective,
@@ -41,8 +41,8 @@ def main(argv=None) -> int:
     import numpy as np
 
     import bpnn_jax  # noqa: F401
-    from bpnn_jax import jacobian_training as jt
-    from bpnn_jax.jacobian_cache import cached_jacobians
+    from bpnn_jax.training import jacobian as jt
+    from bpnn_jax.descriptors.jacobian_cache import cached_jacobians
     from bpnn_jax.model import load_model
     from bpnn_jax.training import TrainConfig, featurize_host, load_training_data
 

@@ -121,7 +121,7 @@ def make_random_model():
     import keras
     import numpy as np
 
-    from bpnn_jax.batch import prepare_structures
+    from bpnn_jax.descriptors.batch import prepare_structures
     from bpnn_jax.descriptors import SymmetryFunctionSet
     from bpnn_jax.io import REFERENCE_ENERGIES_TIO2
     from bpnn_jax.model import BPNN
@@ -159,7 +159,7 @@ def make_random_committee():
     import jax
     import numpy as np
 
-    from bpnn_jax import jacobian_training as jt
+    from bpnn_jax.training import jacobian as jt
     from bpnn_jax.io import REFERENCE_ENERGIES_TIO2
     from bpnn_jax.training import compute_statistics, featurize_host
 

@@ -1,11 +1,11 @@
-"""Host-side batch preparation: per-element atom lists (bpnn_jax.batch)."""
+"""Host-side batch preparation: per-element atom lists (bpnn_jax.descriptors.batch)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from bpnn_jax.batch import atoms_by_species, species_atom_lists
+from bpnn_jax.descriptors.batch import atoms_by_species, species_atom_lists
 
 
 def _brute_force(species, mask, s):

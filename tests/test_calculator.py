@@ -27,8 +27,8 @@ from ase import units
 from ase.md.velocitydistribution import Stationary
 from ase.md.verlet import VelocityVerlet
 
-from bpnn_jax.batch import collate, prepare_structures
-from bpnn_jax.calculator import BPNNCalculator, ExtrapolationWarning, extrapolation_report
+from bpnn_jax.descriptors.batch import collate, prepare_structures
+from bpnn_jax.calculators.ase import BPNNCalculator, ExtrapolationWarning, extrapolation_report
 from bpnn_jax.errors import StructureError
 from bpnn_jax.io import REFERENCE_ENERGIES_TIO2, read_xsf
 from bpnn_jax.model import BPNN, total_energy
@@ -307,7 +307,7 @@ def test_lazy_exports():
     code = (
         "import sys, bpnn_jax; assert 'keras' not in sys.modules, 'keras imported eagerly'; "
         "from bpnn_jax import BPNNCalculator, load_model; "
-        "from bpnn_jax.calculator import BPNNCalculator as C; from bpnn_jax.model import load_model as L; "
+        "from bpnn_jax.calculators.ase import BPNNCalculator as C; from bpnn_jax.model import load_model as L; "
         "assert BPNNCalculator is C and load_model is L"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -316,8 +316,8 @@ def test_lazy_exports():
 
 
 def test_large_cells_are_padded_tightly():
-    from bpnn_jax.calculator import LARGE_CELL_PAD, calculator_padding
-    from bpnn_jax.neighbors import ATOM_BUCKETS
+    from bpnn_jax.calculators.ase import LARGE_CELL_PAD, calculator_padding
+    from bpnn_jax.descriptors.neighbors import ATOM_BUCKETS
 
     sizes = np.arange(1, 20000, 7)
     padded = np.array([calculator_padding(int(n)) for n in sizes])
@@ -374,8 +374,8 @@ def test_calculator_slots_ladder_and_hysteresis():
     """Slots hold the peak counts on multiples of 8; a rebuild keeps them unless short or 16+ too wide."""
     from ase.spacegroup import crystal
 
-    from bpnn_jax.calculator import SLOT_MULTIPLE, SLOT_SHRINK, calculator_slots
-    from bpnn_jax.neighbors import neighbor_list, species_counts
+    from bpnn_jax.calculators.ase import SLOT_MULTIPLE, SLOT_SHRINK, calculator_slots
+    from bpnn_jax.descriptors.neighbors import neighbor_list, species_counts
 
     atoms = crystal(["Ti", "O"], basis=[(0, 0, 0), (0.305, 0.305, 0)], spacegroup=136,
                     cellpar=[4.594, 4.594, 2.959, 90, 90, 90]).repeat((2, 2, 3))  # rutile
@@ -393,8 +393,8 @@ def test_calculator_slots_ladder_and_hysteresis():
 
 def test_fine_slots_give_the_coarse_slots_results(model, structures, monkeypatch):
     """Energy, forces and stress do not depend on the slot ladder (float64, to round-off)."""
-    from bpnn_jax import calculator
-    from bpnn_jax.neighbors import NEIGHBOR_BUCKETS
+    from bpnn_jax.calculators import ase as calculator
+    from bpnn_jax.descriptors.neighbors import NEIGHBOR_BUCKETS
 
     atoms = bare(structures[BULK])
     fine = BPNNCalculator(model, warn_extrapolation=False)

@@ -21,15 +21,15 @@ import bpnn_jax  # noqa: F401  (selects the JAX backend, enables float64)
 import jax
 from numpy.polynomial import chebyshev as npcheb
 
-from bpnn_jax import jacobian_training as jt
-from bpnn_jax.batch import collate, prepare_structures
-from bpnn_jax.chebyshev import ChebyshevBasis, type_spins
+from bpnn_jax.training import jacobian as jt
+from bpnn_jax.descriptors.batch import collate, prepare_structures
+from bpnn_jax.descriptors.chebyshev import ChebyshevBasis, type_spins
 from bpnn_jax.descriptors import (batch_descriptor_jacobian, batch_descriptors, descriptor_from_config,
                                   descriptor_preset)
 from bpnn_jax.errors import BPNNInputError
-from bpnn_jax.featurize import descriptor_jacobians
+from bpnn_jax.descriptors.featurize import descriptor_jacobians
 from bpnn_jax.io import REFERENCE_ENERGIES_TIO2, read_xsf
-from bpnn_jax.neighbors import ATOM_BUCKETS, bucket_size
+from bpnn_jax.descriptors.neighbors import ATOM_BUCKETS, bucket_size
 
 TIO2 = ("structure1632.xsf", "structure0001.xsf")  # a thin 6-atom cell, a 24-atom cell
 
@@ -190,7 +190,7 @@ def test_committee_jacobian_forces_equal_autodiff_forces(committee):
 
 
 def test_committee_on_the_basis_saves_reloads_and_gives_calculator_stress(committee, tmp_path):
-    from bpnn_jax.calculator import BPNNCalculator
+    from bpnn_jax.calculators.ase import BPNNCalculator
     from bpnn_jax.model import load_model
 
     model = committee["model"]
@@ -259,7 +259,7 @@ def test_featurize_cli_writes_the_chebyshev_columns(data_dir, tmp_path):
 
 def test_lammps_bundle_of_a_chebyshev_committee_equals_the_calculator(committee, data_dir, tmp_path):
     """The LAMMPS route carries the basis: the exported program (float64) against the calculator."""
-    from bpnn_jax.lammps import export_lammps, verify_bundle
+    from bpnn_jax.calculators.lammps import export_lammps, verify_bundle
 
     path = tmp_path / "cheb.keras"
     committee["model"].save(path)

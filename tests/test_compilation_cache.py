@@ -21,10 +21,10 @@ counts = Counter()
 jax.monitoring.register_event_listener(lambda name, **kw: counts.update([name]))
 import bpnn_jax
 from bpnn_jax.descriptors import SymmetryFunctionSet
-from bpnn_jax.featurize import featurize
+from bpnn_jax.descriptors.featurize import featurize
 from bpnn_jax.io import read_xsf
 from bpnn_jax.model import load_model
-from bpnn_jax.batch import prepare_structures
+from bpnn_jax.descriptors.batch import prepare_structures
 from bpnn_jax.training import predict_structures
 atoms = [read_xsf(p) for p in sys.argv[1:]]
 featurize(atoms, SymmetryFunctionSet.artrith_urban(("O", "Ti")))

@@ -26,10 +26,10 @@ import pytest
 from ase import Atoms
 
 import bpnn_jax  # noqa: F401  (enables float64 in JAX)
-from bpnn_jax.batch import collate, prepare_structures
-from bpnn_jax.cutoffs import cos_0_pi, cosine_cutoff
+from bpnn_jax.descriptors.batch import collate, prepare_structures
+from bpnn_jax.descriptors.cutoffs import cos_0_pi, cosine_cutoff
 from bpnn_jax.descriptors import SymmetryFunctionSet, batch_descriptors
-from bpnn_jax.featurize import descriptor_function, featurize
+from bpnn_jax.descriptors.featurize import descriptor_function, featurize
 from bpnn_jax.io import read_xsf
 
 RC = 6.5
@@ -384,7 +384,7 @@ def test_jacobian_matches_autodiff_gradient(crowded, spec, rutile24, thin6):
     gives the same values.
     """
     from bpnn_jax.descriptors import batch_descriptor_jacobian
-    from bpnn_jax.featurize import descriptor_jacobians
+    from bpnn_jax.descriptors.featurize import descriptor_jacobians
 
     batch, (ny, nx) = crowded
     jac = np.asarray(jax.jit(lambda b: batch_descriptor_jacobian(b, spec))(batch))  # (B, N, N, F, 3)

@@ -19,16 +19,16 @@ import pytest
 import bpnn_jax  # noqa: F401  (selects the JAX backend, enables float64)
 import jax
 
-from bpnn_jax import jacobian_training as jt
-from bpnn_jax.batch import collate, prepare_structures
-from bpnn_jax.chebyshev import ChebyshevBasis
+from bpnn_jax.training import jacobian as jt
+from bpnn_jax.descriptors.batch import collate, prepare_structures
+from bpnn_jax.descriptors.chebyshev import ChebyshevBasis
 from bpnn_jax.descriptors import (CombinedDescriptors, SymmetryFunctionSet, batch_descriptor_jacobian,
                                   batch_descriptors, descriptor_from_config)
-from bpnn_jax.ensemble import merge_committees
+from bpnn_jax.model.ensemble import merge_committees
 from bpnn_jax.errors import ModelError
-from bpnn_jax.featurize import descriptor_jacobians
+from bpnn_jax.descriptors.featurize import descriptor_jacobians
 from bpnn_jax.io import REFERENCE_ENERGIES_TIO2, read_xsf
-from bpnn_jax.neighbors import ATOM_BUCKETS, bucket_size
+from bpnn_jax.descriptors.neighbors import ATOM_BUCKETS, bucket_size
 from bpnn_jax.training import featurize_host, predict_structures
 
 NAMES = ("structure1632.xsf", "structure0001.xsf", "structure7513.xsf")  # 6, 24 and 95 atoms
@@ -154,7 +154,7 @@ def test_a_set_standardised_otherwise_shares_its_columns(models, make_random_com
 
 def test_selected_members_are_exactly_those_members(models):
     """select_members undoes a merge: b's members alone on b's set only (a's part dropped); any order."""
-    from bpnn_jax.ensemble import select_members
+    from bpnn_jax.model.ensemble import select_members
 
     atoms, (a, b) = models
     merged = merge_committees([a, b])
@@ -210,7 +210,7 @@ def test_incompatible_models_are_refused(models):
 
 def test_merge_cli_calibrates_the_threshold_by_the_training_rule(models, data_dir, tmp_path, capsys):
     from bpnn_jax.cli import main
-    from bpnn_jax.jacobian_training import THRESHOLD_FACTOR
+    from bpnn_jax.training.jacobian import THRESHOLD_FACTOR
     from bpnn_jax.model import load_model
 
     atoms, (a, b) = models

@@ -1,4 +1,4 @@
-"""Tests of :mod:`bpnn_jax.featurize` and the ``featurize`` subcommand."""
+"""Tests of :mod:`bpnn_jax.descriptors.featurize` and the ``featurize`` subcommand."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 import bpnn_jax  # noqa: F401
-from bpnn_jax.batch import prepare_structures
+from bpnn_jax.descriptors.batch import prepare_structures
 from bpnn_jax.cli import main
 from bpnn_jax.descriptors import SymmetryFunctionSet
 from bpnn_jax.errors import BPNNInputError, StructureError
-from bpnn_jax.featurize import (
+from bpnn_jax.descriptors.featurize import (
     default_elements,
     descriptor_function,
     feature_arrays,

@@ -211,7 +211,7 @@ def test_general_preset_parameters_and_brute_force():
     assert spec.radial[0] == pytest.approx((1 / 4.5**2, 0.0)) and spec.radial[5][0] == pytest.approx(25 / 4.5**2)
     rs = sorted(p[1] for p in spec.radial[6:])
     assert rs == pytest.approx([4.5 / 6 ** (k / 6) for k in range(6, 0, -1)])
-    from bpnn_jax.featurize import featurize
+    from bpnn_jax.descriptors.featurize import featurize
 
     atoms = _cu_ni_al()
     got = featurize([atoms], spec, dtype=np.float64)[0]
@@ -223,7 +223,7 @@ def test_general_preset_gradient_finite_differences():
     import jax.numpy as jnp
 
     from bpnn_jax.descriptors import structure_descriptors
-    from bpnn_jax.neighbors import dense_neighbors, neighbor_list, slot_layout
+    from bpnn_jax.descriptors.neighbors import dense_neighbors, neighbor_list, slot_layout
 
     spec = SymmetryFunctionSet.imbalzano(("Al", "Cu", "Ni"), 4.5)
     atoms = _cu_ni_al()
@@ -275,8 +275,8 @@ def test_auto_preset_and_files(tmp_path):
 
 # --------------------------------------------------- stress in evaluation
 def test_predicted_stress_equals_calculator(make_random_model, data_dir):
-    from bpnn_jax.batch import prepare_structures
-    from bpnn_jax.calculator import BPNNCalculator
+    from bpnn_jax.descriptors.batch import prepare_structures
+    from bpnn_jax.calculators.ase import BPNNCalculator
     from bpnn_jax.io import read_xsf
     from bpnn_jax.units import EV_PER_A3_IN_GPA
     from bpnn_jax.training import predict_stress

@@ -18,11 +18,11 @@ import pytest
 import bpnn_jax  # noqa: F401  (JAX backend, float64)
 import jax
 
-from bpnn_jax.batch import collate, prepare_structures
+from bpnn_jax.descriptors.batch import collate, prepare_structures
 from bpnn_jax.descriptors import SymmetryFunctionSet
-from bpnn_jax.featurize import featurize
+from bpnn_jax.descriptors.featurize import featurize
 from bpnn_jax.io import read_xsf
-from bpnn_jax.neighbors import ATOM_BUCKETS, bucket_size
+from bpnn_jax.descriptors.neighbors import ATOM_BUCKETS, bucket_size
 
 pytestmark = pytest.mark.gpu
 
@@ -53,7 +53,7 @@ def test_descriptors_on_gpu_match_aenet(gpu, oracle_path, data_dir):
 
 def test_descriptor_jacobians_on_gpu_match_cpu(gpu, data_dir):
     """Force-training Jacobians (train --lbfgs-force-weight): GPU and host CPU agree in float64."""
-    from bpnn_jax.featurize import descriptor_jacobians
+    from bpnn_jax.descriptors.featurize import descriptor_jacobians
 
     spec = SymmetryFunctionSet.artrith_urban(("O", "Ti"))
     # A 2.36 Å thin cell and a 24-atom cell.

@@ -27,15 +27,15 @@ import bpnn_jax  # noqa: F401  (selects the JAX backend, enables float64)
 import jax
 import jax.numpy as jnp
 
-from bpnn_jax import jacobian_training as jt
-from bpnn_jax.batch import collate, prepare_structures, species_atom_lists
-from bpnn_jax.calculator import BPNNCalculator
+from bpnn_jax.training import jacobian as jt
+from bpnn_jax.descriptors.batch import collate, prepare_structures, species_atom_lists
+from bpnn_jax.calculators.ase import BPNNCalculator
 from bpnn_jax.descriptors import SymmetryFunctionSet
-from bpnn_jax.featurize import SparseJacobian, descriptor_jacobians
+from bpnn_jax.descriptors.featurize import SparseJacobian, descriptor_jacobians
 from bpnn_jax.io import REFERENCE_ENERGIES_TIO2, read_xsf
-from bpnn_jax.jacobian_cache import cached_jacobians
+from bpnn_jax.descriptors.jacobian_cache import cached_jacobians
 from bpnn_jax.model import load_model
-from bpnn_jax.neighbors import ATOM_BUCKETS, bucket_size
+from bpnn_jax.descriptors.neighbors import ATOM_BUCKETS, bucket_size
 from bpnn_jax.training import compute_statistics, featurize_host, predict_structures
 
 K = 3
@@ -375,7 +375,7 @@ def test_killed_ef_stage_resumes_bit_exactly(setup, tmp_path):
 def test_jacobian_cache_reused_and_rebuilt_when_inputs_change(setup, tmp_path, monkeypatch):
     hosts, spec = setup["hosts"][:2], setup["spec"]
     calls = []
-    import bpnn_jax.featurize as featurize
+    import bpnn_jax.descriptors.featurize as featurize
 
     original = featurize.descriptor_jacobians
 
@@ -428,7 +428,7 @@ def test_train_committee_cli_and_evaluate_json(six_atom_files, tmp_path):
 
 def test_jacobian_stress_equals_calculator_stress(setup):
     """Strain Jacobians: the committee's stress from the Jacobian path equals the calculator's (end to end)."""
-    from bpnn_jax.featurize import descriptor_strain_jacobians
+    from bpnn_jax.descriptors.featurize import descriptor_strain_jacobians
     from bpnn_jax.units import EV_PER_A3_IN_GPA
 
     hosts, spec = setup["hosts"], setup["spec"]

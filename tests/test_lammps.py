@@ -1,4 +1,4 @@
-"""The LAMMPS route (bpnn_jax.lammps, ``export-lammps``): the exported
+"""The LAMMPS route (bpnn_jax.calculators.lammps, ``export-lammps``): the exported
 lammps-jax program, run in process on structures laid out as LAMMPS lays
 them out, against the calculator; the layout itself against a brute-force
 image search; the bundle as lammps-jax's C++ loader reads it."""
@@ -21,7 +21,7 @@ CAPACITY = dict(max_atoms=2048, max_neighbors=160, max_owned=96)
 
 @pytest.fixture(scope="module")
 def bundle64(tmp_path_factory):
-    from bpnn_jax.lammps import export_lammps
+    from bpnn_jax.calculators.lammps import export_lammps
 
     path = tmp_path_factory.mktemp("lammps") / "tio2.json"
     export_lammps("tio2", path, precision="float64", **CAPACITY)
@@ -29,7 +29,7 @@ def bundle64(tmp_path_factory):
 
 
 def test_exported_program_equals_calculator_float64(bundle64, data_dir):
-    from bpnn_jax.lammps import verify_bundle
+    from bpnn_jax.calculators.lammps import verify_bundle
 
     atoms = [read_xsf(data_dir / THIN), read_xsf(data_dir / LARGE)]
     result = verify_bundle(bundle64, atoms)
@@ -43,7 +43,7 @@ def test_exported_program_equals_calculator_float64(bundle64, data_dir):
 
 def test_bundle_types_follow_model_elements_and_unknown_types_give_nan(bundle64, data_dir):
     """Type t is element t-1: swapping O and Ti changes the energy; a type past the elements is NaN."""
-    from bpnn_jax.lammps import compile_bundle, lammps_layout, read_bundle, run_bundle
+    from bpnn_jax.calculators.lammps import compile_bundle, lammps_layout, read_bundle, run_bundle
 
     bundle = read_bundle(bundle64)
     assert bundle["bpnn_jax"]["lammps_types"] == {"1": "O", "2": "Ti"}
@@ -70,7 +70,7 @@ def _replace(layout, **kw):
 
 def test_layout_matches_brute_force_images(data_dir):
     """Each row lists exactly the images within the cut-off (brute force over shifts), ghosts are images."""
-    from bpnn_jax.lammps import lammps_layout
+    from bpnn_jax.calculators.lammps import lammps_layout
 
     atoms = read_xsf(data_dir / THIN)
     rc = 6.5
@@ -125,7 +125,7 @@ def test_structure_too_large_for_the_bundle_is_a_clear_error(bundle64, data_dir,
     code = main(["export-lammps", "--verify", str(bundle64), str(data_dir / "structure0001.xsf"),
                  "--model", "tio2", "--force-tolerance", "1"])
     assert code == 0  # 24 atoms fit
-    from bpnn_jax.lammps import export_lammps
+    from bpnn_jax.calculators.lammps import export_lammps
 
     small = bundle64.with_name("small.json")
     export_lammps("tio2", small, max_atoms=64, max_neighbors=160, max_owned=32)

@@ -32,11 +32,11 @@ import jax
 import keras
 
 from bpnn_jax import training
-from bpnn_jax.batch import collate, prepare_structures
+from bpnn_jax.descriptors.batch import collate, prepare_structures
 from bpnn_jax.errors import ModelError
 from bpnn_jax.io import read_xsf
 from bpnn_jax.model import BPNN
-from bpnn_jax.neighbors import ATOM_BUCKETS, bucket_size
+from bpnn_jax.descriptors.neighbors import ATOM_BUCKETS, bucket_size
 from bpnn_jax.training import TrainConfig
 
 THIN = "structure1632.xsf"  # 6 atoms, cell 4.52 x 2.36 x 6.29 Å
@@ -487,7 +487,7 @@ def test_shipped_tio2_is_accurate_on_structures_it_never_saw(data_dir, name, sam
     """
     import bpnn_jax
     from bpnn_jax.descriptors import CombinedDescriptors
-    from bpnn_jax.model_card import read_card
+    from bpnn_jax.model.card import read_card
 
     model = bpnn_jax.load_model(name)
     meta = read_card(name)
@@ -556,8 +556,8 @@ def test_committee_member_forces_in_float32_equal_float64(data_dir, make_random_
     wrong float32 values from the 8th member on (XLA CPU; up to 0.7 eV/Å in
     the shipped committee) while float64 was right; see member_backward.
     """
-    from bpnn_jax.calculator import BPNNCalculator
-    from bpnn_jax.chebyshev import ChebyshevBasis
+    from bpnn_jax.calculators.ase import BPNNCalculator
+    from bpnn_jax.descriptors.chebyshev import ChebyshevBasis
     from bpnn_jax.io import REFERENCE_ENERGIES_TIO2
     from bpnn_jax.model import with_dtype
 
@@ -586,7 +586,7 @@ def test_committee_member_forces_in_float32_equal_float64(data_dir, make_random_
 
 def test_spread_error_spearman_ranks():
     """Spearman's ρ of the committee spread against the errors: 1 for the same order, -1 reversed, None if flat."""
-    from bpnn_jax.evaluation import spread_error_spearman
+    from bpnn_jax.training.evaluation import spread_error_spearman
 
     err = np.array([0.1, 0.5, 0.2, 0.9, 0.3])
     assert spread_error_spearman(err**2 + 1.0, err) == pytest.approx(1.0)

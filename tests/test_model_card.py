@@ -1,11 +1,11 @@
-"""Model cards of the shipped models (bpnn_jax/model_card.py): one schema, and the card agrees with the model."""
+"""Model cards of the shipped models (bpnn_jax/model/card.py): one schema, and the card agrees with the model."""
 
 import copy
 
 import pytest
 
 from bpnn_jax.model import load_model
-from bpnn_jax.model_card import check_card, read_card, shipped_models
+from bpnn_jax.model.card import check_card, read_card, shipped_models
 
 #: The shipped models: the default and its held-out twin (the same recipe without the test split).
 SHIPPED = ["tio2", "tio2_v8"]

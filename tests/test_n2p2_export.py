@@ -24,8 +24,8 @@ from bpnn_jax.descriptors import ChebyshevBasis, SymmetryFunctionSet
 from bpnn_jax.errors import BPNNInputError
 from bpnn_jax.io import REFERENCE_ENERGIES_TIO2, read_xsf
 from bpnn_jax.model import BPNN
-from bpnn_jax.n2p2 import export_n2p2, format_members, repulsion_table, write_n2p2_data
-from bpnn_jax.repulsion import PairRepulsion
+from bpnn_jax.calculators.n2p2 import export_n2p2, format_members, repulsion_table, write_n2p2_data
+from bpnn_jax.model.repulsion import PairRepulsion
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -331,8 +331,8 @@ def _compare(model_bpnn, export_dir, binary, files, tmp_path, *, baseline=None):
     nnp-predict plus ``baseline`` (bpnn_jax's pair term, which n2p2 lacks), per file."""
     from ase.neighborlist import neighbor_list
 
-    from bpnn_jax.calculator import BPNNCalculator
-    from bpnn_jax.n2p2 import nnp_predict
+    from bpnn_jax.calculators.ase import BPNNCalculator
+    from bpnn_jax.calculators.n2p2 import nnp_predict
 
     calc = BPNNCalculator(model_bpnn, dtype="float64", warn_extrapolation=False)
     refs = model_bpnn.reference_energies
@@ -377,7 +377,7 @@ def test_nnp_predict_tio2_imbalzano_committee(nnp_predict_bin, data_dir, tmp_pat
     """(b) The shipped tio2 committee's Imbalzano members (--members 1-5, exported by the command line) as one
     n2p2 network: nnp-predict plus bpnn_jax's pair baseline equals the whole model (baseline included) in
     float64."""
-    from bpnn_jax.ensemble import select_members
+    from bpnn_jax.model.ensemble import select_members
     from bpnn_jax.model import load_model
 
     assert main(["export-n2p2", "tio2", "--out", str(tmp_path / "tio2"), "--members", "1-5"]) == 0
@@ -443,10 +443,10 @@ def lammps_tio2_agreement(lammps_io, data_dir, tmp_path, *, table_points=LAMMPS_
     """
     from ase.neighborlist import neighbor_list
 
-    from bpnn_jax.calculator import BPNNCalculator
-    from bpnn_jax.ensemble import select_members
+    from bpnn_jax.calculators.ase import BPNNCalculator
+    from bpnn_jax.model.ensemble import select_members
     from bpnn_jax.model import load_model
-    from bpnn_jax.n2p2 import lammps_lines
+    from bpnn_jax.calculators.n2p2 import lammps_lines
 
     out = tmp_path / "tio2"
     assert main(["export-n2p2", "tio2", "--out", str(out), "--members", "1-5",

@@ -1,6 +1,6 @@
 """Tests of the host-side neighbour lists and batch planning.
 
-:mod:`bpnn_jax.neighbors` (vesin) is checked against a brute-force loop over
+:mod:`bpnn_jax.descriptors.neighbors` (vesin) is checked against a brute-force loop over
 periodic images, in a cell thinner than half the cut-off and in a triclinic
 cell; :func:`dense_neighbors` for its slot layout; :func:`bucket_size` for
 its ladder; errors for naming the structure; :func:`plan_batches` for
@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 from ase import Atoms
 
-from bpnn_jax.batch import plan_batches, prepare_structures
+from bpnn_jax.descriptors.batch import plan_batches, prepare_structures
 from bpnn_jax.errors import StructureError
 from bpnn_jax.io import read_structures, read_xsf, sample_data_dir
-from bpnn_jax.neighbors import (
+from bpnn_jax.descriptors.neighbors import (
     ATOM_BUCKETS,
     NEIGHBOR_BUCKETS,
     bucket_size,

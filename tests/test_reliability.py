@@ -8,7 +8,7 @@ The guarantees of the README ("Guarantees on bad input and interruptions"):
   finishes and lists the skipped files with their reasons.  ``train`` on a
   file without an energy line names the file and leaves an earlier run in
   the same directory untouched.
-* Geometry: atoms closer than :data:`~bpnn_jax.neighbors.MIN_DISTANCE`
+* Geometry: atoms closer than :data:`~bpnn_jax.descriptors.neighbors.MIN_DISTANCE`
   (periodic images included), singular, degenerate and too-small cells are
   :class:`~bpnn_jax.errors.StructureError` naming the file, the atoms and
   the distance, and fail at once; left-handed and skewed cells work; a
@@ -45,13 +45,13 @@ import jax
 import keras
 
 from bpnn_jax import training
-from bpnn_jax.batch import collate, plan_batches, prepare_structures
+from bpnn_jax.descriptors.batch import collate, plan_batches, prepare_structures
 from bpnn_jax.cli import main
 from bpnn_jax.descriptors import SymmetryFunctionSet, batch_descriptors
 from bpnn_jax.errors import StructureError
 from bpnn_jax.io import REFERENCE_ENERGIES_TIO2, read_xsf, write_xsf
 from bpnn_jax.model import BPNN
-from bpnn_jax.neighbors import ATOM_BUCKETS, MIN_DISTANCE, bucket_size, check_geometry, neighbor_list
+from bpnn_jax.descriptors.neighbors import ATOM_BUCKETS, MIN_DISTANCE, bucket_size, check_geometry, neighbor_list
 from bpnn_jax.training import TrainConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -1,4 +1,4 @@
-"""The short-range pair baseline (bpnn_jax.repulsion, bpnn_jax.training.repulsion_fit), float64.
+"""The short-range pair baseline (bpnn_jax.model.repulsion, bpnn_jax.training.repulsion_fit), float64.
 
 * φ(r) is zero beyond its cut-off, continuous with its derivative there,
   non-negative and decreasing; host forces are minus the gradient of the
@@ -27,12 +27,12 @@ import pytest
 import bpnn_jax  # noqa: F401  (JAX backend, float64)
 import jax
 
-from bpnn_jax.batch import collate, prepare_structures
+from bpnn_jax.descriptors.batch import collate, prepare_structures
 from bpnn_jax.errors import BPNNInputError, ModelError
 from bpnn_jax.io import read_xsf
 from bpnn_jax.model import BPNN, load_model
-from bpnn_jax.neighbors import ATOM_BUCKETS, bucket_size
-from bpnn_jax.repulsion import PairRepulsion
+from bpnn_jax.descriptors.neighbors import ATOM_BUCKETS, bucket_size
+from bpnn_jax.model.repulsion import PairRepulsion
 from bpnn_jax.training.repulsion_fit import fit_repulsion, subtract_repulsion
 
 COMPRESSED = "structure7065.xsf"  # 6 atoms, cohesive +0.82 eV/atom: Ti-O contacts well inside 1.6 Å
@@ -120,7 +120,7 @@ def test_host_forces_are_minus_the_energy_gradient(hosts, name):
 
 
 def test_model_adds_exactly_the_host_baseline(pair_models, hosts, atoms):
-    from bpnn_jax.calculator import BPNNCalculator
+    from bpnn_jax.calculators.ase import BPNNCalculator
 
     plain, rep = pair_models
     for name in NAMES:
@@ -145,7 +145,7 @@ def test_model_adds_exactly_the_host_baseline(pair_models, hosts, atoms):
 
 def test_stress_of_the_baseline_is_its_strain_derivative(pair_models, atoms):
     """σ from the calculator against a finite-difference strain derivative of the energy, baseline included."""
-    from bpnn_jax.calculator import BPNNCalculator
+    from bpnn_jax.calculators.ase import BPNNCalculator
 
     _, rep = pair_models
     a = atoms[COMPRESSED].copy()
@@ -167,7 +167,7 @@ def test_stress_of_the_baseline_is_its_strain_derivative(pair_models, atoms):
 
 def test_committee_save_reload_and_merge_keep_the_baseline(atoms, hosts, make_random_committee, tmp_path):
     from bpnn_jax.descriptors import SymmetryFunctionSet
-    from bpnn_jax.ensemble import merge_committees
+    from bpnn_jax.model.ensemble import merge_committees
 
     spec = SymmetryFunctionSet.artrith_urban(("O", "Ti"))
     hs = [hosts[n] for n in NAMES]
@@ -206,7 +206,7 @@ def test_committee_save_reload_and_merge_keep_the_baseline(atoms, hosts, make_ra
 
 
 def test_lammps_program_includes_the_baseline(pair_models, atoms):
-    from bpnn_jax.lammps import lammps_layout, neighbor_matrix_energy
+    from bpnn_jax.calculators.lammps import lammps_layout, neighbor_matrix_energy
 
     plain, rep = pair_models
     a = atoms[COMPRESSED]

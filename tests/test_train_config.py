@@ -66,10 +66,10 @@ def test_shipped_recipe_configs_give_the_shipped_model():
     """
     from pathlib import Path
 
-    from bpnn_jax.cli_model import read_config
+    from bpnn_jax.cli.model import read_config
     from bpnn_jax.descriptors import descriptor_preset
     from bpnn_jax.model import load_model
-    from bpnn_jax.model_card import read_card
+    from bpnn_jax.model.card import read_card
 
     root = Path(__file__).resolve().parent.parent
     shipped, card = load_model("tio2"), read_card("tio2")

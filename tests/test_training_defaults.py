@@ -108,7 +108,7 @@ def test_derived_options_are_recorded_and_the_config_repeats_the_run(tmp_path, c
                  "--quiet"]) == 0
     again = json.loads((tmp_path / "b" / "config.json").read_text())
     assert again == saved
-    from bpnn_jax.calculator import BPNNCalculator
+    from bpnn_jax.calculators.ase import BPNNCalculator
     from bpnn_jax.model import load_model
 
     def energies(run):

@@ -1,4 +1,4 @@
-"""Tests of the resumable KerasTuner grid search (bpnn_jax.tuning, experiments.grid).
+"""Tests of the resumable KerasTuner grid search (bpnn_jax.training.tuning, experiments.grid).
 
 The end-to-end tests run ``--quick`` (2 grid points on 60 structures).  The
 descriptors of those structures are computed once per module and copied
@@ -24,7 +24,7 @@ import pytest
 import bpnn_jax  # noqa: F401  (JAX backend for Keras)
 from bpnn_jax.descriptors import SymmetryFunctionSet
 from bpnn_jax.training import TrainConfig
-from bpnn_jax.tuning import (
+from bpnn_jax.training.tuning import (
     DEFAULT_CHOICES,
     RESULT_COLUMNS,
     BPNNGridSearch,

@@ -1,4 +1,4 @@
-"""Tests of the energy+force grid search (bpnn_jax.tuning_ef, ``python -m experiments.grid --ef``).
+"""Tests of the energy+force grid search (bpnn_jax.training.tuning_ef, ``python -m experiments.grid --ef``).
 
 A 2-point grid (1 hidden layer of 8 or 16 nodes) on 40 training structures
 of the bundled sample, 3 epochs per trial.
@@ -15,7 +15,7 @@ import pytest
 
 import bpnn_jax  # noqa: F401  (JAX backend for Keras)
 from bpnn_jax.io import sample_data_dir
-from bpnn_jax.tuning_ef import EF_COLUMNS, ef_grid_hyperparameters
+from bpnn_jax.training.tuning_ef import EF_COLUMNS, ef_grid_hyperparameters
 from experiments import grid as grid_cli
 
 ARGS = ["--ef", "--subset", "40", "--epochs", "3", "--layers", "1", "--nodes", "8", "16", "--atoms-per-batch", "256",

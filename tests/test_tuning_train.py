@@ -1,4 +1,4 @@
-"""``train --tune`` (:mod:`bpnn_jax.tuning_train`): a KerasTuner search within a budget, resumable.
+"""``train --tune`` (:mod:`bpnn_jax.training.tuning_train`): a KerasTuner search within a budget, resumable.
 
 * the budget bounds the search by the oracle's own rule (no new trial once elapsed time plus the longest
   trial passes the search share of the budget): a budget shorter than one trial runs exactly one;

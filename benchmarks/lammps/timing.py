@@ -103,8 +103,8 @@ def parse_members(text: str) -> list[int]:
 def calculator_timing(n_target: int, dtype: str, steps: int, max_seconds: float, members: str) -> dict:
     from md_inference import rutile
 
-    from bpnn_jax.calculator import BPNNCalculator
-    from bpnn_jax.ensemble import select_members
+    from bpnn_jax.calculators.ase import BPNNCalculator
+    from bpnn_jax.model.ensemble import select_members
     from bpnn_jax.model import load_model
 
     model = select_members(load_model("tio2", dtype=dtype), parse_members(members))

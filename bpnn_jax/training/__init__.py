@@ -10,7 +10,7 @@ A run (:func:`train`, ``python -m bpnn_jax train``) goes
 3. one of
    * :mod:`.committee_stage` (``--members K``): K networks on energies,
      forces (and stress) from scratch, on cached descriptor Jacobians
-     (:mod:`bpnn_jax.jacobian_training`, :mod:`bpnn_jax.jacobian_cache`);
+     (:mod:`bpnn_jax.training.jacobian`, :mod:`bpnn_jax.descriptors.jacobian_cache`);
    * or the single-network stages: :mod:`.energy_stage` (energies on
      cached descriptors, then full-batch L-BFGS, :mod:`.lbfgs`) and
      :mod:`.force_stage` (energies and forces end to end);

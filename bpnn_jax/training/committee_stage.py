@@ -1,5 +1,5 @@
 """The committee stage (``--members K``): energies, forces (and stress) on cached descriptor
-Jacobians, all members at once; see :mod:`bpnn_jax.jacobian_training`."""
+Jacobians, all members at once; see :mod:`bpnn_jax.training.jacobian`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 
 from ..errors import BPNNInputError
 from ..units import EV_PER_A3_IN_GPA
-from ..model import BPNN
+from ..model.bpnn import BPNN
 from .data import compute_statistics, featurize_host
 from .config import TrainConfig
 from .repulsion_fit import run_repulsion_stage
@@ -25,9 +25,9 @@ LBFGS_MEMORY_FACTOR = 5.5
 
 def train_committee(data, train_s, val_s, run_dir: Path, config: TrainConfig, *, resume: bool, verbose: int,
                      deadline) -> BPNN:
-    """The E+F committee stage (``config.members >= 1``); see :mod:`bpnn_jax.jacobian_training`."""
-    from .. import jacobian_training as jt
-    from ..jacobian_cache import cached_jacobians
+    """The E+F committee stage (``config.members >= 1``); see :mod:`bpnn_jax.training.jacobian`."""
+    from . import jacobian as jt
+    from ..descriptors.jacobian_cache import cached_jacobians
 
     spec = data["spec"]
     cfg = config.committee_config()
@@ -44,7 +44,7 @@ def train_committee(data, train_s, val_s, run_dir: Path, config: TrainConfig, *,
                                len(data["elements"]))
     if verbose:
         print(f"descriptors of {len(train_s)} + {len(val_s)} structures: {time.time() - t0:.1f} s", flush=True)
-    from ..featurize import jacobian_nbytes
+    from ..descriptors.featurize import jacobian_nbytes
 
     # Dense n² blocks for small cells, n · (atoms within the cut-off) for wide ones (sparse storage).
     gb = sum(jacobian_nbytes(s, spec.n_functions) for s in train_s + val_s) / 1e9
@@ -65,7 +65,7 @@ def train_committee(data, train_s, val_s, run_dir: Path, config: TrainConfig, *,
     del jac
     stress_kw = {"train": {}, "val": {}}
     if cfg.stress_weight > 0:
-        from ..jacobian_cache import cached_strain_jacobians
+        from ..descriptors.jacobian_cache import cached_strain_jacobians
 
         if not any(s.stress is not None for s in train_s):
             raise BPNNInputError("--stress-weight > 0 but no training structure has a stress (ASE's results, "

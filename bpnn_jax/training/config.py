@@ -80,7 +80,7 @@ class TrainConfig:
         reference_energies: free-atom energies (eV); None = fitted by least
             squares on composition.
         members: committee size K of the E+F stage on cached descriptor
-            Jacobians (:mod:`bpnn_jax.jacobian_training`); 0 = the
+            Jacobians (:mod:`bpnn_jax.training.jacobian`); 0 = the
             energy-then-L-BFGS stages above instead.  With K >= 1 the run is:
             descriptors, Jacobians (cached in ``RUN_DIR/cache``), mini-batch
             Adam on energies and forces for every member at once, optional
@@ -102,7 +102,7 @@ class TrainConfig:
             (< 1 weighs energies more; best points chosen afresh in it).
         ef_final_force_factor: force-weight factor of that phase.
         repulsion: {"A-B": rc} cut-offs (Å) of a short-range repulsive
-            pair baseline (:mod:`bpnn_jax.repulsion`), e.g. ``{"Ti-Ti": 2.0,
+            pair baseline (:mod:`bpnn_jax.model.repulsion`), e.g. ``{"Ti-Ti": 2.0,
             "Ti-O": 1.6, "O-O": 1.8}``: fitted to the training energies and
             forces before the networks (which then learn the rest) and
             saved in the model; None = no baseline.
@@ -178,8 +178,8 @@ class TrainConfig:
     derive: tuple = ()
 
     def committee_config(self):
-        """The :class:`~bpnn_jax.jacobian_training.CommitteeConfig` of the E+F stage."""
-        from ..jacobian_training import CommitteeConfig
+        """The :class:`~bpnn_jax.training.jacobian.CommitteeConfig` of the E+F stage."""
+        from .jacobian import CommitteeConfig
 
         return CommitteeConfig(
             members=self.members, hidden=tuple(self.hidden), activation=self.activation, epochs=self.ef_epochs,

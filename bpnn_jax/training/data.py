@@ -8,8 +8,8 @@ from typing import Sequence
 import numpy as np
 
 
-from ..batch import HostStructure, prepare_structures
-from ..descriptors import SymmetryFunctionSet, descriptor_preset
+from ..descriptors.batch import HostStructure, prepare_structures
+from ..descriptors.symmetry import SymmetryFunctionSet, descriptor_preset
 from ..io import read_structures
 from .config import TrainConfig
 
@@ -82,11 +82,11 @@ def featurize_host(structures: Sequence[HostStructure], spec: SymmetryFunctionSe
                    dtype=np.float32, progress=False) -> list[np.ndarray]:
     """Descriptors of prepared structures: list of (n_atoms, F) arrays.
 
-    A thin wrapper of :func:`bpnn_jax.featurize.featurize`, whose jitted
+    A thin wrapper of :func:`bpnn_jax.descriptors.featurize.featurize`, whose jitted
     function is cached per spec, so the training and validation sets (and
     later calls) share one compilation per shape.
     """
-    from ..featurize import featurize
+    from ..descriptors.featurize import featurize
 
     return featurize(structures, spec, dtype=dtype, atoms_per_batch=atoms_per_batch, progress=progress)
 

@@ -8,7 +8,7 @@ import numpy as np
 
 import keras
 
-from ..batch import collate, plan_batches
+from ..descriptors.batch import collate, plan_batches
 
 
 class GeometryDataset(keras.utils.PyDataset):
@@ -17,7 +17,7 @@ class GeometryDataset(keras.utils.PyDataset):
     Args:
         structures: prepared structures (energies relative to references).
         elements: element order of the model.
-        atoms_per_batch / batch_size: see :func:`bpnn_jax.batch.plan_batches`.
+        atoms_per_batch / batch_size: see :func:`bpnn_jax.descriptors.batch.plan_batches`.
         shuffle: reshuffle batches (and draw a new subset) every epoch.
         subset: number of structures drawn per epoch (None: all).
         seed: shuffling seed.

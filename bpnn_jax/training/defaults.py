@@ -28,7 +28,7 @@ The rules, in short (lengths in Å):
 * **repulsive baseline**: for every element pair whose shortest distance
   in the data is below 0.7 x its median nearest-neighbour distance (close
   contacts), a pair term zero beyond 0.85 x that median
-  (:mod:`bpnn_jax.repulsion`), fitted first.
+  (:mod:`bpnn_jax.model.repulsion`), fitted first.
 * **split**: no internal test split below 1 000 structures (every one is
   needed for training; score on a test file of your own), 10 % above.
 
@@ -210,7 +210,7 @@ def derive_defaults(summary: DataSummary, given: Sequence[str] = (),
     rc, why = derived_cutoff(summary)
     put("cutoff", rc, why)
     if "preset" not in given:
-        from ..descriptors import SymmetryFunctionSet
+        from ..descriptors.symmetry import SymmetryFunctionSet
 
         values["preset"] = "dense"
         spec = SymmetryFunctionSet.dense(summary.elements, float(values.get("cutoff", rc)))

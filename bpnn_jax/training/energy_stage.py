@@ -16,7 +16,7 @@ from pathlib import Path
 
 import keras
 
-from ..neighbors import round_up
+from ..descriptors.neighbors import round_up
 from .data import compute_statistics, featurize_host
 from .datasets import DescriptorDataset
 from .lbfgs import force_training_data, refine_lbfgs

@@ -10,13 +10,13 @@ import numpy as np
 
 
 from ..errors import BPNNInputError
-from ..model import BPNN
+from ..model.bpnn import BPNN
 from .run_state import physical_memory_gb, require_forces
 
 
 def force_training_data(structures, spec, verbose) -> tuple[list, list]:
     """(target forces, descriptor Jacobians) of prepared structures, for :func:`refine_lbfgs`."""
-    from ..featurize import descriptor_jacobians
+    from ..descriptors.featurize import descriptor_jacobians
 
     require_forces(structures)
     t0 = time.time()
@@ -40,11 +40,11 @@ def force_training_data(structures, spec, verbose) -> tuple[list, list]:
 def _size_groups(sf_list, species_list, energies, forces_list=None, jac_list=None):
     """Full-batch arrays grouped by padded atom count, as :func:`refine_lbfgs` takes them.
 
-    :func:`bpnn_jax.jacobian_training.group_by_size` in tuples
+    :func:`bpnn_jax.training.jacobian.group_by_size` in tuples
     ``(inputs, energies, n_atoms[, forces, jacobians])``; the per-structure
     Jacobians are released as they are copied.
     """
-    from ..jacobian_training import group_by_size
+    from .jacobian import group_by_size
 
     groups = group_by_size(sf_list, species_list, energies, forces_list, jac_list)
     out = []
@@ -68,7 +68,7 @@ def refine_lbfgs(model: BPNN, train_data, val_data, *, force_weight: float = 0.0
 
     (eV²/atom² and eV²/Å²), with forces F_k = -sum_i (dE/dG_i) · dG_i/dR_k
     from the network's input gradient and the cached descriptor Jacobians
-    (:func:`bpnn_jax.featurize.descriptor_jacobians`): exactly the model's
+    (:func:`bpnn_jax.descriptors.featurize.descriptor_jacobians`): exactly the model's
     autodiff forces, without differentiating the symmetry functions at
     every step.  The best parameters by the validation objective are kept.
 

@@ -8,9 +8,9 @@ from typing import Sequence
 import keras
 import numpy as np
 
-from ..batch import HostStructure, collate, plan_batches
+from ..descriptors.batch import HostStructure, collate, plan_batches
 from ..io import voigt_6
-from ..model import BPNN
+from ..model.bpnn import BPNN
 from ..units import EV_PER_A3_IN_GPA
 
 #: model -> {forces: (jitted predict, variables)}; see :func:`_predict_function`.
@@ -86,7 +86,7 @@ def predict_stress(model: BPNN, structures: Sequence[HostStructure], *, atoms_pe
     fn, variables = _stress_function(model)
     out = np.full((len(structures), 6), np.nan)
     if atoms_per_batch is None:
-        from ..featurize import default_atoms_per_batch
+        from ..descriptors.featurize import default_atoms_per_batch
 
         atoms_per_batch = default_atoms_per_batch()
     plan = plan_batches(structures, atoms_per_batch)
@@ -110,7 +110,7 @@ def predict_structures(model: BPNN, structures: Sequence[HostStructure], *, forc
     """Model energies (relative to references, eV) and forces for prepared structures.
 
     ``atoms_per_batch`` None: 256 on CPU, 8192 on a GPU
-    (:func:`bpnn_jax.featurize.default_atoms_per_batch`).  For a committee
+    (:func:`bpnn_jax.descriptors.featurize.default_atoms_per_batch`).  For a committee
     (``model.members > 1``) energies and forces are the members' means.
 
     Args:
@@ -130,7 +130,7 @@ def predict_structures(model: BPNN, structures: Sequence[HostStructure], *, forc
     out_f: list = [None] * len(structures)
     f_std: list = [None] * len(structures)
     if atoms_per_batch is None:
-        from ..featurize import default_atoms_per_batch
+        from ..descriptors.featurize import default_atoms_per_batch
 
         atoms_per_batch = default_atoms_per_batch()
     plan = plan_batches(structures, atoms_per_batch)
@@ -163,13 +163,13 @@ def predict_structures(model: BPNN, structures: Sequence[HostStructure], *, forc
 def spread_threshold(model: BPNN, structures: Sequence[HostStructure], *, dtype=np.float32) -> float | None:
     """A committee's extrapolation threshold (eV/atom) from its spread on ``structures`` (validation data).
 
-    The rule of :func:`bpnn_jax.jacobian_training.calibrate_threshold`
-    (:func:`~bpnn_jax.jacobian_training.threshold_from_spread` of the
+    The rule of :func:`bpnn_jax.training.jacobian.calibrate_threshold`
+    (:func:`~bpnn_jax.training.jacobian.threshold_from_spread` of the
     members' energy standard deviation per atom), taken from the model's own
     predictions, so it also serves committees merged after training
-    (:func:`bpnn_jax.ensemble.merge_committees`).  None for a single network.
+    (:func:`bpnn_jax.model.ensemble.merge_committees`).  None for a single network.
     """
-    from ..jacobian_training import threshold_from_spread
+    from .jacobian import threshold_from_spread
 
     if model.members < 2:
         return None

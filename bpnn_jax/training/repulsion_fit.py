@@ -1,4 +1,4 @@
-"""The repulsion stage: fit the short-range pair baseline (:mod:`bpnn_jax.repulsion`) to the
+"""The repulsion stage: fit the short-range pair baseline (:mod:`bpnn_jax.model.repulsion`) to the
 training data and take it out of the targets the networks learn."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from typing import Sequence
 
 import numpy as np
 
-from ..batch import HostStructure
+from ..descriptors.batch import HostStructure
 from ..errors import BPNNInputError
-from ..repulsion import DEFAULT_POWERS, PairRepulsion, parse_pair_cutoffs
+from ..model.repulsion import DEFAULT_POWERS, PairRepulsion, parse_pair_cutoffs
 from .run_state import write_json
 
 
@@ -126,7 +126,7 @@ def baseline_of(model_name: str, elements: Sequence[str]) -> PairRepulsion:
     Raises:
         BPNNInputError: the model has no baseline, or other elements.
     """
-    from ..model import load_model
+    from ..model.bpnn import load_model
 
     model = load_model(model_name)
     if model.repulsion is None:

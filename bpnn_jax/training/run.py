@@ -14,9 +14,9 @@ from typing import Sequence
 
 import keras
 
-from ..descriptors import descriptor_preset
+from ..descriptors.symmetry import descriptor_preset
 from ..errors import BPNNInputError
-from ..model import BPNN
+from ..model.bpnn import BPNN
 from .config import TrainConfig
 from .data import load_training_data, read_training_frames
 from .defaults import DERIVED, derive_defaults, summarize_data
@@ -48,7 +48,7 @@ def resolve_defaults(config: TrainConfig, atoms) -> tuple[TrainConfig, list[str]
 
 def init_model(config: TrainConfig) -> tuple[BPNN, TrainConfig]:
     """Load ``config.init_model`` and make ``config`` describe it."""
-    from ..model import load_model
+    from ..model.bpnn import load_model
 
     model = load_model(config.init_model)
     model.force_weight = config.force_weight

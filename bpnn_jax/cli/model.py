@@ -47,7 +47,7 @@ def _pair_cutoffs(text: str) -> dict:
 
 # ------------------------------------------------------------------- train
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
-    from .training import TrainConfig
+    from ..training import TrainConfig
 
     d = TrainConfig()
     p = subparsers.add_parser(
@@ -208,10 +208,10 @@ def hide_advanced_options(parser: argparse.ArgumentParser, common) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .training import PRESETS, RESUME_OPTIONS, TrainConfig, train
-    from .training.defaults import DERIVED
+    from ..training import PRESETS, RESUME_OPTIONS, TrainConfig, train
+    from ..training.defaults import DERIVED
 
-    from .errors import BPNNInputError
+    from ..errors import BPNNInputError
 
     config = TrainConfig(**PRESETS[args.preset])
     paths, out = list(args.paths), args.out
@@ -285,11 +285,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _tune(args, config, verbose: int) -> None:
-    """``train --tune``: derive, search within ``--budget``, train the best (:mod:`bpnn_jax.tuning_train`)."""
-    from .errors import BPNNInputError
-    from .training.data import read_training_frames
-    from .training.run import resolve_defaults
-    from .tuning_train import tune_and_train
+    """``train --tune``: derive, search within ``--budget``, train the best (:mod:`bpnn_jax.training.tuning_train`)."""
+    from ..errors import BPNNInputError
+    from ..training.data import read_training_frames
+    from ..training.run import resolve_defaults
+    from ..training.tuning_train import tune_and_train
 
     if args.resume or not config.derive:
         raise BPNNInputError("--tune searches around the derived set-up: run the same command again to resume a "
@@ -309,7 +309,7 @@ def _split_files(spec: str, default: str = "test") -> list[str]:
     import json
     from pathlib import Path
 
-    from .errors import BPNNInputError
+    from ..errors import BPNNInputError
 
     path, _, name = spec.partition(":") if not Path(spec).exists() else (spec, "", "")
     name = name or default
@@ -350,7 +350,7 @@ def add_key_args(p) -> None:
 
 def frame_keys(args):
     """The :class:`~bpnn_jax.io.FrameKeys` of ``--energy-key`` etc."""
-    from .io import FrameKeys
+    from ..io import FrameKeys
 
     return FrameKeys(getattr(args, "energy_key", None), getattr(args, "forces_key", None),
                      getattr(args, "stress_key", None))
@@ -377,7 +377,7 @@ def read_references(path) -> dict[str, float]:
     import yaml
     from ase.data import chemical_symbols
 
-    from .errors import BPNNInputError
+    from ..errors import BPNNInputError
 
     try:
         raw = yaml.safe_load(Path(path).read_text())  # YAML reads JSON too
@@ -406,8 +406,8 @@ def read_config(path) -> dict:
 
     import yaml
 
-    from .errors import BPNNInputError
-    from .training import TrainConfig
+    from ..errors import BPNNInputError
+    from ..training import TrainConfig
 
     try:
         raw = yaml.safe_load(Path(path).read_text())
@@ -446,7 +446,7 @@ def check_output(path) -> None:
     """Fail before any computation if ``path`` cannot be written."""
     from pathlib import Path
 
-    from .errors import BPNNInputError
+    from ..errors import BPNNInputError
 
     if path is None:
         return
@@ -459,8 +459,8 @@ def check_output(path) -> None:
 
 def _structure_problem(model, model_name: str, atoms) -> str | None:
     """Why ``atoms`` cannot be used with ``model`` (without the file name), or None."""
-    from .errors import StructureError
-    from .neighbors import check_geometry
+    from ..errors import StructureError
+    from ..descriptors.neighbors import check_geometry
 
     name = str(atoms.info.get("file", "structure"))
     symbols = atoms.get_chemical_symbols()
@@ -497,8 +497,8 @@ def read_inputs(paths, model, model_name: str, *, require_energy: bool, skip_inv
     """
     import sys
 
-    from .errors import BPNNInputError, XSFError
-    from .io import find_xsf_files, read_frames
+    from ..errors import BPNNInputError, XSFError
+    from ..io import find_xsf_files, read_frames
 
     files = find_xsf_files(paths)
     good, bad = [], []  # bad: (file or FILE@INDEX, reason without the file, full message)
@@ -565,13 +565,13 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .evaluation import evaluate_structures, write_plots, write_report
-    from .model import load_model
+    from ..training.evaluation import evaluate_structures, write_plots, write_report
+    from ..model.bpnn import load_model
 
     check_output(args.json)
     paths = list(args.paths) + (_split_files(args.split) if args.split else [])
     if not paths:
-        from .errors import BPNNInputError
+        from ..errors import BPNNInputError
 
         raise BPNNInputError("nothing to evaluate: give PATHs or --split RUN_DIR/split.json")
     model = load_model(args.model, dtype=args.dtype)
@@ -630,10 +630,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from .batch import prepare_structures
-    from .io import atomic_write
-    from .model import load_model, total_energy
-    from .training import predict_structures
+    from ..descriptors.batch import prepare_structures
+    from ..io import atomic_write
+    from ..model.bpnn import load_model, total_energy
+    from ..training import predict_structures
 
     check_output(args.out)
     check_output(args.forces)
@@ -694,10 +694,10 @@ def add_check_forces_parser(subparsers) -> argparse.ArgumentParser:
 def cmd_check_forces(args: argparse.Namespace) -> int:
     import json
 
-    from .errors import BPNNInputError
-    from .force_check import check_forces
-    from .io import atomic_write
-    from .model import load_model
+    from ..errors import BPNNInputError
+    from ..calculators.force_check import check_forces
+    from ..io import atomic_write
+    from ..model.bpnn import load_model
 
     check_output(args.json)
     if not args.delta > 0:
@@ -769,11 +769,11 @@ def member_list(text: str) -> list[int]:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from .batch import prepare_structures
-    from .ensemble import merge_committees, select_members
-    from .errors import BPNNInputError, ModelError
-    from .model import load_model
-    from .training import spread_threshold
+    from ..descriptors.batch import prepare_structures
+    from ..model.ensemble import merge_committees, select_members
+    from ..errors import BPNNInputError, ModelError
+    from ..model.bpnn import load_model
+    from ..training import spread_threshold
 
     check_output(args.out)
     if len(args.models) < 2 and args.members is None:
@@ -791,7 +791,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
         atoms = read_inputs(paths, merged, "(merged)", require_energy=False, skip_invalid=args.skip_invalid)
         hosts = prepare_structures(atoms, merged.elements, merged.spec.cutoff)
         merged.uncertainty_threshold = spread_threshold(merged, hosts)
-    from .training.run_state import atomic_save
+    from ..training.run_state import atomic_save
 
     atomic_save(merged, args.out)
     thr = ("no extrapolation threshold (give --split or --calibrate)" if merged.uncertainty_threshold is None

@@ -4,7 +4,7 @@
 function inside LAMMPS (KOKKOS) through ``jax.export`` and a PJRT plugin.
 :func:`export_lammps` writes such a bundle for a model; :func:`verify_bundle`
 runs the exported program in this process on structures laid out as LAMMPS
-lays them out and compares it with :class:`~bpnn_jax.calculator.
+lays them out and compares it with :class:`~bpnn_jax.calculators.ase.
 BPNNCalculator`.
 
 The program's inputs are LAMMPS's (metal units: Å, eV, eV/Å):
@@ -53,10 +53,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .descriptors import atoms_descriptors
-from .errors import BPNNInputError
-from .model import BPNN, load_model, with_dtype
-from .neighbors import neighbor_list
+from ..descriptors.symmetry import atoms_descriptors
+from ..errors import BPNNInputError
+from ..model.bpnn import BPNN, load_model, with_dtype
+from ..descriptors.neighbors import neighbor_list
 
 __all__ = [
     "LAMMPS_JAX_INSTALL",
@@ -386,7 +386,7 @@ def verify_bundle(path, structures, model=None, *, names: Sequence[str] | None =
         ``max_abs_force_error_ev_a`` and one row per structure in
         ``structures``.
     """
-    from .calculator import BPNNCalculator
+    from .ase import BPNNCalculator
 
     bundle = read_bundle(path) if bundle is None else bundle
     meta, contract = bundle[METADATA_KEY], bundle["contract"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from .cli_model import check_output, read_inputs
+from .model import check_output, read_inputs
 
 #: Default --verify tolerances per bundle precision: (relative energy, force eV/Å).
 VERIFY_TOLERANCES = {"float64": (1e-6, 1e-5), "float32": (1e-5, 2e-3)}
@@ -56,7 +56,7 @@ def add_export_lammps_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def cmd_export_lammps(args: argparse.Namespace) -> int:
-    from .errors import BPNNInputError
+    from ..errors import BPNNInputError
 
     if args.verify:
         return _verify(args)
@@ -65,7 +65,7 @@ def cmd_export_lammps(args: argparse.Namespace) -> int:
     if not args.out:
         raise BPNNInputError("export-lammps MODEL needs --out FILE.json")
     check_output(args.out)
-    from .lammps import export_lammps
+    from ..calculators.lammps import export_lammps
 
     bundle = export_lammps(args.args[0], args.out, platform=args.platform, precision=args.precision,
                            max_atoms=args.max_atoms, max_neighbors=args.max_neighbors, max_owned=args.max_owned)
@@ -81,10 +81,10 @@ def cmd_export_lammps(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     import json
 
-    from .errors import BPNNInputError
-    from .io import atomic_write
-    from .lammps import read_bundle, verify_bundle
-    from .model import load_model
+    from ..errors import BPNNInputError
+    from ..io import atomic_write
+    from ..calculators.lammps import read_bundle, verify_bundle
+    from ..model.bpnn import load_model
 
     if not args.args:
         raise BPNNInputError("export-lammps --verify BUNDLE needs at least one PATH")

@@ -18,7 +18,7 @@ whose descriptors are G2/G4 symmetry functions as
   committee is one wider network: the members side by side on the shared
   input (first layer concatenated, later layers block-diagonal) and an
   output layer that averages them, so n2p2 computes the members' mean;
-* with a repulsive pair baseline (:mod:`bpnn_jax.repulsion`, which n2p2
+* with a repulsive pair baseline (:mod:`bpnn_jax.model.repulsion`, which n2p2
   does not have): ``repulsion.table`` for LAMMPS ``pair_style table``
   (``hybrid/overlay`` with ``hdnnp``), and ``lammps.in.snippet``, the LAMMPS
   input lines.
@@ -50,7 +50,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import BPNNInputError
+from ..errors import BPNNInputError
 
 __all__ = [
     "N2P2_ACTIVATIONS",
@@ -119,8 +119,8 @@ def _select(model, members: Sequence[int] | None, name: str):
         BPNNInputError: bad member numbers, members on a descriptor n2p2 cannot
             compute (naming them and the members that can be exported).
     """
-    from .descriptors import SymmetryFunctionSet
-    from .ensemble import descriptor_parts, parts_read
+    from ..descriptors.symmetry import SymmetryFunctionSet
+    from ..model.ensemble import descriptor_parts, parts_read
 
     K = int(model.members)
     if members is None:
@@ -226,7 +226,7 @@ def n2p2_networks(model, members: Sequence[int], columns: dict) -> dict:
     Raises:
         BPNNInputError: an activation n2p2 does not have.
     """
-    from .ensemble import model_statistic
+    from ..model.ensemble import model_statistic
 
     act = _activation_letter(model, _model_name(model))
     scale = float(model_statistic(model, "energy_scale"))
@@ -256,7 +256,7 @@ def n2p2_networks(model, members: Sequence[int], columns: dict) -> dict:
 
 def _write_weights(path: Path, layers) -> int:
     """n2p2's weights file (NeuralNetwork::getConnections order); returns the number of values."""
-    from .io import atomic_write
+    from ..io import atomic_write
 
     lines = [
         "# Neural network connection values (weights and biases), written by bpnn_jax export-n2p2.",
@@ -287,7 +287,7 @@ def repulsion_table(repulsion, pair: str, n_points: int = 2000, r_min: float = 0
     re-interpolating them), from ``r_min`` to the pair's cut-off.
 
     Args:
-        repulsion: a :class:`~bpnn_jax.repulsion.PairRepulsion`.
+        repulsion: a :class:`~bpnn_jax.model.repulsion.PairRepulsion`.
         pair: its key, e.g. "O-Ti".
         n_points: number of rows.
         r_min: first distance, Å (LAMMPS stops if two atoms come closer).
@@ -317,7 +317,7 @@ def write_repulsion_tables(path, repulsion, n_points: int = 2000, r_min: float =
     Returns:
         ``{pair: cut-off Å}`` of the sections written (section keyword = pair key).
     """
-    from .io import atomic_write
+    from ..io import atomic_write
 
     lines = ["# Short-range repulsive pair baseline of a bpnn_jax model (units metal: Å, eV, eV/Å).",
              "# phi(r) = sum_k c_k (1 - r/rc)^p_k, zero beyond rc; columns: index, r, phi, -dphi/dr."]
@@ -389,8 +389,8 @@ def export_n2p2(model, out_dir, *, members: Sequence[int] | None = None, table_p
         BPNNInputError: a model n2p2 cannot express (descriptors,
             activation), bad member numbers, or an unwritable directory.
     """
-    from .ensemble import model_statistic
-    from .model import BPNN, load_model
+    from ..model.ensemble import model_statistic
+    from ..model.bpnn import BPNN, load_model
 
     if not isinstance(model, BPNN):
         source = str(model)
@@ -413,7 +413,7 @@ def export_n2p2(model, out_dir, *, members: Sequence[int] | None = None, table_p
     nets = n2p2_networks(model, chosen, columns)
     by_z = sorted(elements, key=_atomic_number)
     cutoff = max(float(spec.cutoff) for spec, _ in parts)
-    from .io import atomic_write
+    from ..io import atomic_write
 
     # input.nn
     layers0, acts0 = nets[elements[0]]
@@ -512,7 +512,7 @@ def write_n2p2_data(frames, path) -> None:
         BPNNInputError: a structure periodic in only some directions (n2p2
             has no such cells).
     """
-    from .io import atomic_write, structure_energy
+    from ..io import atomic_write, structure_energy
 
     if hasattr(frames, "get_positions"):
         frames = [frames]

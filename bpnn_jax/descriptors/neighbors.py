@@ -14,7 +14,7 @@ many times in a neighbour list.
 
 Structures are then padded to a small ladder of sizes (:func:`bucket_size`)
 so that XLA compiles a handful of shapes rather than one per structure; see
-:mod:`bpnn_jax.batch`.
+:mod:`bpnn_jax.descriptors.batch`.
 
 Geometry checks.  :func:`neighbor_list` (and :func:`check_geometry`, the
 same checks without the full list) reject, with a
@@ -42,7 +42,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .errors import StructureError
+from ..errors import StructureError
 
 __all__ = [
     "ATOM_BUCKETS",

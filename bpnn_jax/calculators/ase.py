@@ -21,7 +21,7 @@ angular ones fc(R_ik) fc(R_jk)), and fc(r >= Rc) = 0 with zero gradient.
 
 Structures are padded to neighbour slots on a ladder of multiples of
 :data:`SLOT_MULTIPLE` (finer than the data-set ladder of
-:mod:`bpnn_jax.neighbors`: an MD run keeps one shape, and G4 work grows as
+:mod:`bpnn_jax.descriptors.neighbors`: an MD run keeps one shape, and G4 work grows as
 the square of the slots; rutile at Rc + skin = 7 Å needs 102 O and 52 Ti
 slots, padded to 104 and 56 instead of 128 and 64: a 16–21 % faster step),
 kept from one neighbour-list build to the next while they hold the new
@@ -48,10 +48,10 @@ import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
-from .batch import HostStructure, collate
-from .errors import StructureError
-from .model import BPNN, load_model, member_backward, with_dtype
-from .neighbors import ATOM_BUCKETS, bucket_size, neighbor_list, peak_counts, round_up
+from ..descriptors.batch import HostStructure, collate
+from ..errors import StructureError
+from ..model.bpnn import BPNN, load_model, member_backward, with_dtype
+from ..descriptors.neighbors import ATOM_BUCKETS, bucket_size, neighbor_list, peak_counts, round_up
 
 __all__ = ["BPNNCalculator", "ExtrapolationWarning", "extrapolation_report"]
 
@@ -235,7 +235,7 @@ def calculator_slots(nl, species, n_species: int, previous=None) -> tuple[int, .
 def calculator_padding(n_atoms: int) -> int:
     """Padded atom count of a structure in :class:`BPNNCalculator`.
 
-    The bucket ladder (:data:`~bpnn_jax.neighbors.ATOM_BUCKETS`) up to its
+    The bucket ladder (:data:`~bpnn_jax.descriptors.neighbors.ATOM_BUCKETS`) up to its
     last size, then the next multiple of :data:`LARGE_CELL_PAD` (a 10 200-atom
     cell pads to 10 240 instead of 15 136).
     """

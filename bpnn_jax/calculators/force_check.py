@@ -51,7 +51,7 @@ def check_structure(calc, atoms, *, delta: float = 1e-4, max_atoms: int | None =
     """Compare the calculator's forces and stress with finite differences.
 
     Args:
-        calc: a :class:`~bpnn_jax.calculator.BPNNCalculator` (float64 for a
+        calc: a :class:`~bpnn_jax.calculators.ase.BPNNCalculator` (float64 for a
             meaningful check).
         atoms: the structure (not modified).
         delta: finite-difference step, Å for positions and dimensionless for
@@ -112,7 +112,7 @@ def check_forces(model, atoms_list, *, delta: float = 1e-4, max_atoms: int | Non
         structure has a 3-D cell), ``delta``, ``dtype`` and ``structures``
         (one row per structure, with its ``file``).
     """
-    from .calculator import BPNNCalculator
+    from .ase import BPNNCalculator
 
     calc = BPNNCalculator(model, dtype=dtype, warn_extrapolation=False)
     rows = []

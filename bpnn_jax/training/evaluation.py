@@ -10,8 +10,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .batch import prepare_structures
-from .io import atomic_write
+from ..descriptors.batch import prepare_structures
+from ..io import atomic_write
 
 __all__ = ["energy_metrics", "evaluate_structures", "spread_error_spearman", "stress_metrics", "write_plots",
            "write_report"]
@@ -120,9 +120,9 @@ def evaluate_structures(model, atoms_list: Sequence, *, forces=True, max_energy:
         (:func:`spread_error_spearman` of the per-atom energy spread and
         absolute error over the structures).
     """
-    from .model import total_energy
-    from .units import EV_PER_A3_IN_GPA
-    from .training import predict_stress, predict_structures
+    from ..model.bpnn import total_energy
+    from ..units import EV_PER_A3_IN_GPA
+    from .predict import predict_stress, predict_structures
 
     hs = prepare_structures(atoms_list, model.elements, model.spec.cutoff, progress=progress)
     dtype = np.dtype(dtype or model.compute_dtype or "float32")

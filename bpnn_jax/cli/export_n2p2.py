@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from .cli_model import member_list
+from .model import member_list
 
 
 def add_export_n2p2_parser(subparsers) -> argparse.ArgumentParser:
@@ -38,7 +38,7 @@ def add_export_n2p2_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def cmd_export_n2p2(args: argparse.Namespace) -> int:
-    from .n2p2 import export_n2p2, format_members
+    from ..calculators.n2p2 import export_n2p2, format_members
 
     summary = export_n2p2(args.model, args.out, members=args.members, table_points=args.table_points,
                           table_r_min=args.table_rmin, lammps_dir=args.lammps_dir)

@@ -21,9 +21,9 @@ from typing import Sequence
 
 import numpy as np
 
-from .descriptors import CombinedDescriptors
-from .errors import ModelError
-from .model import BPNN
+from ..descriptors.symmetry import CombinedDescriptors
+from ..errors import ModelError
+from .bpnn import BPNN
 
 __all__ = ["descriptor_parts", "merge_committees", "model_statistic", "parts_read", "select_members"]
 
@@ -67,7 +67,7 @@ def merge_committees(models: Sequence[BPNN], *, uncertainty_threshold: float | N
     Args:
         models: trained BPNN models (committees or single networks) with
             the same elements, hidden layers, activation, reference
-            energies and pair baseline (:meth:`~bpnn_jax.repulsion.
+            energies and pair baseline (:meth:`~bpnn_jax.model.repulsion.
             PairRepulsion.matches`: up to fitting round-off; the merged
             model keeps the first one's); their descriptor sets may differ (equal sets share
             their columns, the standardisation of the first model that has

@@ -32,10 +32,10 @@ import hashlib
 import json
 from pathlib import Path
 
-from .errors import ModelError
+from ..errors import ModelError
 
-PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
-REPO_ROOT = Path(__file__).resolve().parent.parent
+PRETRAINED_DIR = Path(__file__).resolve().parent.parent / "pretrained"
+REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 
 CARD_VERSION = 1
 #: Top-level fields of a card and their JSON types.

@@ -42,8 +42,8 @@ from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.data import atomic_numbers, chemical_symbols
 
-from .errors import BPNNInputError, XSFError
-from .units import VOIGT
+from ..errors import BPNNInputError, XSFError
+from ..units import VOIGT
 
 __all__ = [
     "ENERGY_CSV_COLUMNS",
@@ -1041,7 +1041,7 @@ def sample_data_dir() -> Path:
     Raises:
         BPNNInputError: if the package was installed without its data.
     """
-    d = Path(__file__).resolve().parent / "data" / "tio2_sample"
+    d = Path(__file__).resolve().parent.parent / "data" / "tio2_sample"
     if not d.is_dir():
         raise BPNNInputError(f"sample data directory {d} is missing (package installed without data?)")
     return d

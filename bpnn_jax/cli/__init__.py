@@ -21,8 +21,10 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from . import cli_lammps, cli_model, cli_n2p2
-from .errors import BPNNError, BPNNInputError
+from ..errors import BPNNError, BPNNInputError
+from . import export_lammps as cli_lammps
+from . import export_n2p2 as cli_n2p2
+from . import model as cli_model
 
 # --------------------------------------------------------------------------
 # energies
@@ -69,7 +71,7 @@ def _add_energies_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _cmd_energies(args: argparse.Namespace) -> int:
-    from .io import REFERENCE_ENERGIES_TIO2, energy_table, read_structures, write_energy_csv
+    from ..io import REFERENCE_ENERGIES_TIO2, energy_table, read_structures, write_energy_csv
 
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     references = dict(args.ref) if args.ref else dict(REFERENCE_ENERGIES_TIO2)
@@ -146,8 +148,8 @@ def _cmd_featurize(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from .descriptors import SymmetryFunctionSet
-    from .featurize import featurize_files, save_features
+    from ..descriptors.symmetry import SymmetryFunctionSet
+    from ..descriptors.featurize import featurize_files, save_features
 
     out = Path(args.out)
     if not out.parent.is_dir():  # fail before the (long) computation
@@ -198,7 +200,7 @@ COMMANDS: dict[str, tuple[Callable[..., argparse.ArgumentParser], Callable[[argp
 
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with one subparser per entry of :data:`COMMANDS`."""
-    from . import __version__
+    from .. import __version__
 
     parser = argparse.ArgumentParser(
         prog="bpnn-jax",

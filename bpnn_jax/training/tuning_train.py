@@ -38,8 +38,8 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from .io import atomic_write
-from .training import TrainConfig
+from ..io import atomic_write
+from .config import TrainConfig
 from .tuning import ResultsTable
 
 #: The search space: the first value of each is the derived set-up's (scales multiply derived values).
@@ -148,7 +148,7 @@ def tune_and_train(paths, run_dir, base: TrainConfig, *, budget_minutes: float, 
     import keras_tuner
     from keras_tuner.src.distribute import utils as dist_utils
 
-    from .training import train
+    from .run import train
 
     run_dir = Path(run_dir)
     tune_dir = run_dir / "tune"

@@ -1,9 +1,9 @@
 """KerasTuner grid over the energy+force committee trainer: depth, width, activation, weight decay.
 
-The study's grid (:mod:`bpnn_jax.tuning`) tunes Keras models on energies.
+The study's grid (:mod:`bpnn_jax.training.tuning`) tunes Keras models on energies.
 This one tunes the recipe of the shipped models: each grid point is a
 committee (one member by default) trained by
-:func:`bpnn_jax.jacobian_training.fit_committee` on energies and forces
+:func:`bpnn_jax.training.jacobian.fit_committee` on energies and forces
 from cached descriptor Jacobians, scored on the validation split by the
 joint objective
 
@@ -11,7 +11,7 @@ joint objective
 
 of the committee mean (the quantity the training minimises, at the force
 weight λ of the grid).  The search is KerasTuner's ``GridSearch`` with the
-resumable oracle and ``results.csv`` of :mod:`bpnn_jax.tuning`; a trial
+resumable oracle and ``results.csv`` of :mod:`bpnn_jax.training.tuning`; a trial
 killed midway resumes from its own ``ef_state.npz``.  The front end is
 ``python -m experiments.grid --ef``.
 """
@@ -26,7 +26,7 @@ from typing import Iterable, Mapping, Sequence
 import keras_tuner
 import numpy as np
 
-from . import jacobian_training as jt
+from . import jacobian as jt
 from .tuning import BPNNGridSearch, ResultsTable, grid_label, merge_choices
 
 __all__ = [
@@ -86,7 +86,7 @@ class EFTuningData:
     """What every trial shares: grouped training/validation data with Jacobians, statistics.
 
     Attributes:
-        train, val: :class:`~bpnn_jax.jacobian_training.Groups` with forces
+        train, val: :class:`~bpnn_jax.training.jacobian.Groups` with forces
             and descriptor Jacobians.
         stats: descriptor and energy statistics of the training structures.
         spec: the symmetry-function set.
@@ -111,12 +111,12 @@ def prepare_ef_data(paths, config, *, subset: int | None = None, cache_dir=None,
             seed (default all); the validation split stays whole, so
             objectives of different subsets are comparable.
         cache_dir: Jacobian cache directory (see
-            :func:`bpnn_jax.jacobian_cache.cached_jacobians`), None = none.
+            :func:`bpnn_jax.descriptors.jacobian_cache.cached_jacobians`), None = none.
         verbose: say what was done.
     """
-    from .jacobian_cache import cached_jacobians
-    from .training import compute_statistics, featurize_host, load_training_data
-    from .training.run_state import require_forces
+    from ..descriptors.jacobian_cache import cached_jacobians
+    from .data import compute_statistics, featurize_host, load_training_data
+    from .run_state import require_forces
 
     data = load_training_data(paths, config, progress=False)
     S, split, spec = data["structures"], data["split"], data["spec"]
@@ -140,9 +140,9 @@ def prepare_ef_data(paths, config, *, subset: int | None = None, cache_dir=None,
 
 
 def validation_metrics(params, data: EFTuningData, activation: str, force_weight: float) -> dict:
-    """Committee-mean validation errors and the joint objective of :mod:`this module <bpnn_jax.tuning_ef>`.
+    """Committee-mean validation errors and the joint objective of :mod:`this module <bpnn_jax.training.tuning_ef>`.
 
-    The errors are :func:`~bpnn_jax.jacobian_training.committee_validation`'s, the trainer's own.
+    The errors are :func:`~bpnn_jax.training.jacobian.committee_validation`'s, the trainer's own.
 
     Returns:
         {"val_objective" (eV²/atom² units), "val_energy_rmse_mev_atom",
@@ -160,7 +160,7 @@ def _slug(values: Mapping) -> str:
 
 
 class EFGridSearch(BPNNGridSearch):
-    """The resumable KerasTuner grid search of :class:`~bpnn_jax.tuning.BPNNGridSearch` over E+F committees.
+    """The resumable KerasTuner grid search of :class:`~bpnn_jax.training.tuning.BPNNGridSearch` over E+F committees.
 
     ``search(data, epochs=..., ...)`` trains each grid point once (see
     :meth:`train_trial`); each trial keeps its resume state in
@@ -170,7 +170,7 @@ class EFGridSearch(BPNNGridSearch):
         results: :func:`ef_results_table`.
         hyperparameters: :func:`ef_grid_hyperparameters`.
         trials_dir: where the trials' run directories go.
-        **kwargs: as for :class:`~bpnn_jax.tuning.BPNNGridSearch`.
+        **kwargs: as for :class:`~bpnn_jax.training.tuning.BPNNGridSearch`.
     """
 
     objective_name = EF_OBJECTIVE_NAME
@@ -198,8 +198,8 @@ class EFGridSearch(BPNNGridSearch):
             epochs, members, force_weight, learning_rate,
                 final_learning_rate, atoms_per_batch, seed: the fixed
                 settings of every trial (see
-                :class:`~bpnn_jax.jacobian_training.CommitteeConfig`).
-            fit_verbose: :func:`~bpnn_jax.jacobian_training.fit_committee`
+                :class:`~bpnn_jax.training.jacobian.CommitteeConfig`).
+            fit_verbose: :func:`~bpnn_jax.training.jacobian.fit_committee`
                 verbosity.
             **kwargs: ignored (KerasTuner's ``verbose``).
 
@@ -221,7 +221,7 @@ class EFGridSearch(BPNNGridSearch):
 def write_ef_results_markdown(rows: Sequence[dict], path, *, grid_size: int | None = None,
                               settings: Mapping | None = None) -> None:
     """``results.md`` of an E+F grid: the trials sorted by the validation objective."""
-    from .io import atomic_write
+    from ..io import atomic_write
 
     def num(v, fmt):
         return "–" if v is None else format(v, fmt)

@@ -8,13 +8,13 @@ differentiates through that gradient (double backprop).
 
 Energies.  The network predicts the energy *relative to the free-atom
 reference energies* (the cohesive energy, eV); references are subtracted
-from DFT totals in float64 on the host (:func:`bpnn_jax.batch.
+from DFT totals in float64 on the host (:func:`bpnn_jax.descriptors.batch.
 prepare_structures`) and added back in float64 by :func:`total_energy`, so
 float32 weights never see ~-20000 eV totals.  Each element network's output
 is scaled and shifted (``energy_scale``, ``energy_shift``), fitted on the
 training set, so the raw network output is O(1).
 
-Inputs are a dict (see :meth:`bpnn_jax.batch.Batch.inputs`):
+Inputs are a dict (see :meth:`bpnn_jax.descriptors.batch.Batch.inputs`):
 
 * geometry mode: ``positions`` (B, N, 3) Å, ``cell`` (B, 3, 3) Å,
   ``species`` (B, N) int, ``atom_mask`` (B, N) bool, ``neighbors`` (B, N, M)
@@ -39,11 +39,11 @@ import keras
 import numpy as np
 from keras import ops
 
-from .descriptors import atoms_descriptors, descriptor_from_config
-from .errors import ModelError
-from .geometry import displacements
+from ..descriptors.symmetry import atoms_descriptors, descriptor_from_config
+from ..errors import ModelError
+from ..descriptors.geometry import displacements
 from .layers import ElementMLP, MaskedRMSE
-from .model_card import PRETRAINED_DIR, shipped_models
+from .card import PRETRAINED_DIR, shipped_models
 from .repulsion import PairRepulsion
 
 __all__ = ["BPNN", "load_model", "with_dtype", "total_energy", "member_backward", "PRETRAINED_DIR"]
@@ -88,7 +88,7 @@ class BPNN(keras.Model):
             calculator warns that the model is extrapolating; calibrated
             on the validation set by training.  None: no such warning.
         repulsion: ``to_config()`` of a fitted
-            :class:`~bpnn_jax.repulsion.PairRepulsion` added under the
+            :class:`~bpnn_jax.model.repulsion.PairRepulsion` added under the
             networks (geometry mode; the same for every member), or None.
             Descriptor-mode outputs (``sf`` inputs) are the networks' part
             only: the baseline needs the geometry.

@@ -55,19 +55,14 @@ import numpy as np
 import keras
 import keras_tuner
 
-from .descriptors import SymmetryFunctionSet
-from .io import atomic_write, find_xsf_files, read_structures
-from .model import BPNN
-from .training import (
-    DescriptorDataset,
-    GeometryDataset,
-    TrainConfig,
-    compute_statistics,
-    featurize_host,
-    load_training_data,
-    predict_structures,
-)
-from .training.run_state import EpochState, atomic_save
+from ..descriptors.symmetry import SymmetryFunctionSet
+from ..io import atomic_write, find_xsf_files, read_structures
+from ..model.bpnn import BPNN
+from .config import TrainConfig
+from .data import compute_statistics, featurize_host, load_training_data
+from .datasets import DescriptorDataset, GeometryDataset
+from .predict import predict_structures
+from .run_state import EpochState, atomic_save
 
 __all__ = [
     "OBJECTIVE_NAME",
@@ -1064,7 +1059,7 @@ def evaluate_on_test(model: BPNN, data: TuningData, run_dir: str | os.PathLike, 
         forces: also predict and score forces.
 
     Returns:
-        What :func:`bpnn_jax.evaluation.write_report` wrote.
+        What :func:`bpnn_jax.training.evaluation.write_report` wrote.
     """
     from .evaluation import evaluate_structures, write_plots, write_report
 

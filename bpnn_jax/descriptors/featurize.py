@@ -3,14 +3,14 @@
 :func:`featurize` turns a list of structures into one (n_atoms,
 n_functions) array of raw (unnormalised) symmetry functions per structure,
 in the input order and with the atoms in file order.  It drives the pieces
-of :mod:`bpnn_jax.batch` and :mod:`bpnn_jax.descriptors`:
+of :mod:`bpnn_jax.descriptors.batch` and :mod:`bpnn_jax.descriptors`:
 
-1. neighbour lists on the host (:func:`~bpnn_jax.batch.prepare_structures`),
+1. neighbour lists on the host (:func:`~bpnn_jax.descriptors.batch.prepare_structures`),
    kept in a compact form (int32 indices, int8 cell shifts: about 7 bytes
    per neighbour pair instead of 40, ~100 MB for the 7033 TiO2 structures);
 2. structures grouped by padded shape into batches
-   (:func:`~bpnn_jax.batch.plan_batches`, :func:`~bpnn_jax.batch.collate`:
-   what :func:`~bpnn_jax.batch.iterate_batches` does, one batch at a time);
+   (:func:`~bpnn_jax.descriptors.batch.plan_batches`, :func:`~bpnn_jax.descriptors.batch.collate`:
+   what :func:`~bpnn_jax.descriptors.batch.iterate_batches` does, one batch at a time);
    ``plan_batches`` merges rare shapes, so the 7033 TiO2 structures need 8
    compilations per dtype;
 3. one jitted :func:`~bpnn_jax.descriptors.batch_descriptors` per
@@ -33,7 +33,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .errors import BPNNInputError, StructureError
+from ..errors import BPNNInputError, StructureError
 
 __all__ = [
     "DEFAULT_ATOMS_PER_BATCH",
@@ -104,7 +104,7 @@ def descriptor_function(spec, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Callable:
         ``f(batch) -> (B, N, spec.n_functions)`` jax array, in the dtype of
         ``batch.positions``.
     """
-    from .descriptors import batch_descriptors
+    from .symmetry import batch_descriptors
 
     return _cached_jit(batch_descriptors, spec, chunk_size)
 
@@ -119,9 +119,9 @@ class CompactStructure:
     """A prepared structure with its neighbour list stored compactly.
 
     About 7 bytes per neighbour pair (int32 index, small-int shifts) instead
-    of the 40 of :class:`~bpnn_jax.neighbors.NeighborList`; :meth:`host`
-    rebuilds the full :class:`~bpnn_jax.batch.HostStructure` for
-    :func:`~bpnn_jax.batch.collate`.
+    of the 40 of :class:`~bpnn_jax.descriptors.neighbors.NeighborList`; :meth:`host`
+    rebuilds the full :class:`~bpnn_jax.descriptors.batch.HostStructure` for
+    :func:`~bpnn_jax.descriptors.batch.collate`.
 
     Attributes:
         name: label for messages.
@@ -151,7 +151,7 @@ class CompactStructure:
 
     @classmethod
     def from_host(cls, h) -> "CompactStructure":
-        """Compact copy of a :class:`~bpnn_jax.batch.HostStructure`."""
+        """Compact copy of a :class:`~bpnn_jax.descriptors.batch.HostStructure`."""
         nl = h.nl
         centers, neighbors, shifts = nl.centers, nl.neighbors, nl.shifts
         if np.any(np.diff(centers) < 0):  # the format needs pairs grouped by centre
@@ -172,7 +172,7 @@ class CompactStructure:
         )
 
     def host(self):
-        """The full :class:`~bpnn_jax.batch.HostStructure` (for ``collate``)."""
+        """The full :class:`~bpnn_jax.descriptors.batch.HostStructure` (for ``collate``)."""
         from .batch import HostStructure
         from .neighbors import NeighborList
 
@@ -191,7 +191,7 @@ def prepare_compact(structures: Iterable, spec, *, progress: bool = False) -> li
     """Neighbour lists of structures, in the compact form :func:`featurize` uses.
 
     Args:
-        structures: ``ase.Atoms``, :class:`~bpnn_jax.batch.HostStructure`
+        structures: ``ase.Atoms``, :class:`~bpnn_jax.descriptors.batch.HostStructure`
             (prepared with ``spec.elements``) or :class:`CompactStructure`
             objects (passed through).
         spec: the function set (elements and cut-off).
@@ -201,7 +201,7 @@ def prepare_compact(structures: Iterable, spec, *, progress: bool = False) -> li
         One :class:`CompactStructure` per input, in order.
 
     Raises:
-        StructureError: see :func:`~bpnn_jax.batch.prepare_structures`.
+        StructureError: see :func:`~bpnn_jax.descriptors.batch.prepare_structures`.
     """
     from .batch import HostStructure, prepare_structures
 
@@ -250,7 +250,7 @@ def featurize(
 
     Args:
         structures: ``ase.Atoms`` objects (periodic or not), or
-            :class:`~bpnn_jax.batch.HostStructure` / :class:`CompactStructure`
+            :class:`~bpnn_jax.descriptors.batch.HostStructure` / :class:`CompactStructure`
             objects already prepared with ``elements = spec.elements`` and
             ``cutoff >= spec.cutoff`` (their neighbour lists are used as
             they are).
@@ -398,7 +398,7 @@ def jacobian_nbytes(structure, n_functions: int, itemsize: int = 4) -> int:
     """Upper bound of the bytes of one structure's Jacobian as :func:`descriptor_jacobians` stores it (auto layout).
 
     Args:
-        structure: a prepared structure (:class:`~bpnn_jax.batch.HostStructure`
+        structure: a prepared structure (:class:`~bpnn_jax.descriptors.batch.HostStructure`
             or :class:`CompactStructure`).
         n_functions: symmetry functions per atom F.
         itemsize: bytes per value.
@@ -426,7 +426,7 @@ def descriptor_jacobians(
     With these, forces of any network on the functions are a contraction,
     F_k = -sum_i (dE/dG_i) . J[i, k], so training on forces does not have to
     differentiate the symmetry functions again at every step (see
-    :mod:`bpnn_jax.jacobian_training`).  Periodic images are folded onto
+    :mod:`bpnn_jax.training.jacobian`).  Periodic images are folded onto
     their atoms.
 
     Memory: dense, n_atoms² · F · 3 values per structure (a 24-atom TiO2
@@ -452,7 +452,7 @@ def descriptor_jacobians(
         spec.n_functions, 3) in Å⁻¹, J[i, k, f, c] = dG_{i,f} / dR_{k,c}, or
         a :class:`SparseJacobian` of the same values.
     """
-    from .descriptors import batch_descriptor_jacobian, batch_descriptor_jacobian_sparse
+    from .symmetry import batch_descriptor_jacobian, batch_descriptor_jacobian_sparse
 
     dense_fn = _cached_jit(batch_descriptor_jacobian, spec, chunk_size)
     sparse_fn = _cached_jit(batch_descriptor_jacobian_sparse, spec, chunk_size)
@@ -493,7 +493,7 @@ def descriptor_strain_jacobians(
         (xx, yy, zz, yz, xz, xy); see
         :func:`bpnn_jax.descriptors.batch_descriptor_strain_jacobian`.
     """
-    from .descriptors import batch_descriptor_strain_jacobian
+    from .symmetry import batch_descriptor_strain_jacobian
 
     return _map_batches(structures, spec, _cached_jit(batch_descriptor_strain_jacobian, spec, chunk_size),
                         np.zeros((0, spec.n_functions, 6)), dtype=dtype, atoms_per_batch=atoms_per_batch,
@@ -523,7 +523,7 @@ def default_elements(symbols: Iterable[str], preset: str = "artrith-urban") -> t
     Returns:
         The element tuple.
     """
-    from .descriptors import ARTRITH_URBAN_ELEMENTS  # the set "auto" picks for them
+    from .symmetry import ARTRITH_URBAN_ELEMENTS  # the set "auto" picks for them
 
     found = set(symbols)
     usual = ARTRITH_URBAN_ELEMENTS if preset.lower().replace("_", "-") in ("artrith-urban", "auto") else None
@@ -596,10 +596,10 @@ def featurize_files(
         StructureError: unless ``skip_invalid``: an atom of an element not
             in ``elements``, or a structure that cannot be featurised
             (singular cell, atoms too close; see
-            :func:`~bpnn_jax.batch.prepare_structures`).
+            :func:`~bpnn_jax.descriptors.batch.prepare_structures`).
     """
-    from .descriptors import descriptor_preset
-    from .io import read_structures
+    from .symmetry import descriptor_preset
+    from ..io import read_structures
 
     structures, skipped = read_structures(paths, skip_invalid=skip_invalid, progress=progress)
     if not structures:
@@ -691,7 +691,7 @@ def save_features(path: str | os.PathLike, features: FeatureSet) -> None:
     Raises:
         BPNNInputError: the directory does not exist or is not writable.
     """
-    from .io import atomic_write
+    from ..io import atomic_write
 
     arrays = feature_arrays(features)
     with atomic_write(path, "wb") as fh:

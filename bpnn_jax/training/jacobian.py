@@ -1,7 +1,7 @@
 """Energy+force training of a committee on cached descriptor Jacobians.
 
 The symmetry functions G and their Jacobians dG_i/dR_k do not depend on the
-weights, so they are computed once (:mod:`bpnn_jax.jacobian_cache`) and a
+weights, so they are computed once (:mod:`bpnn_jax.descriptors.jacobian_cache`) and a
 training step only evaluates the networks:
 
     E_s = sum_i e(G_i)                      (eV, relative to the references)
@@ -59,8 +59,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .batch import atoms_by_species, species_atom_lists
-from .units import EV_PER_A3_IN_GPA
+from ..descriptors.batch import atoms_by_species, species_atom_lists
+from ..units import EV_PER_A3_IN_GPA
 
 __all__ = [
     "CommitteeConfig",
@@ -176,7 +176,7 @@ class Groups:
     (G, N) bool (real atoms); ``energy`` (G,) eV relative to the references;
     ``n`` (G,) atom counts; ``forces`` (G, N, 3) eV/Å; ``jac`` (G, 3N, N·F)
     Å⁻¹ with ``jac[g, 3k + c, F i + f] = dG_if / dR_kc`` (zero for padding),
-    or, for a group of sparse Jacobians (:class:`~bpnn_jax.featurize.SparseJacobian`,
+    or, for a group of sparse Jacobians (:class:`~bpnn_jax.descriptors.featurize.SparseJacobian`,
     wide cells), ``jac_values`` (G, N, 3W, F) with ``jac_values[g, i, 3q + c, f]
     = dG_if / dR_{p,c}`` for p = ``jac_partners[g, i, q]`` ((G, N, W) int32;
     unused entries point at the atom itself, with zero values);
@@ -220,22 +220,22 @@ def group_by_size(sf_list, species_list, energies, forces_list=None, jac_list=No
         energies: per structure energy relative to the references (eV).
         forces_list: per structure (n, 3) target forces (eV/Å), or None.
         jac_list: per structure (n, n, F, 3) Jacobians dG_i/dR_k or
-            :class:`~bpnn_jax.featurize.SparseJacobian` (as from
-            :func:`bpnn_jax.featurize.descriptor_jacobians`), or None.
+            :class:`~bpnn_jax.descriptors.featurize.SparseJacobian` (as from
+            :func:`bpnn_jax.descriptors.featurize.descriptor_jacobians`), or None.
             Dense and sparse structures go to separate groups.
             Entries are released (set to None) as they are copied, to cap
             peak memory, unless the list is a tuple.
         dtype: float dtype of the arrays.
         strain_list: per structure (n, F, 6) strain Jacobians (from
-            :func:`bpnn_jax.featurize.descriptor_strain_jacobians`), or None.
+            :func:`bpnn_jax.descriptors.featurize.descriptor_strain_jacobians`), or None.
         stress_list: per structure (6,) stress in GPa or None (no stress).
         volumes: per structure cell volume, Å³.
 
     Returns:
         :class:`Groups` (forces and Jacobians only when given).
     """
-    from .featurize import SparseJacobian
-    from .neighbors import ATOM_BUCKETS, bucket_size
+    from ..descriptors.featurize import SparseJacobian
+    from ..descriptors.neighbors import ATOM_BUCKETS, bucket_size
 
     def is_sparse(k):
         return jac_list is not None and isinstance(jac_list[k], SparseJacobian)
@@ -626,7 +626,7 @@ def _tree_from_npz(prefix: str, data, like):
 
 
 def _save_state(path: Path, state: dict) -> None:
-    from .io import atomic_write
+    from ..io import atomic_write
 
     arrays = {}
     for key in ("params", "opt_state", "ema", "best_params"):
@@ -834,7 +834,7 @@ def _write_history(path, history) -> None:
         return
     import csv
 
-    from .io import atomic_write
+    from ..io import atomic_write
 
     fields = list(dict.fromkeys(k for r in history for k in r))
     with atomic_write(path, newline="") as fh:
@@ -970,7 +970,7 @@ def to_model(params, stats: dict, spec, cfg: CommitteeConfig, reference_energies
     ``repulsion``: the ``to_config()`` of the pair baseline the networks were trained on top of
     (their targets were E - E_rep, F - F_rep), or None.
     """
-    from .model import BPNN
+    from ..model.bpnn import BPNN
 
     kw = {} if dtype is None else {"dtype": dtype}
     model = BPNN(spec.to_config(), hidden=cfg.hidden, activation=cfg.activation,

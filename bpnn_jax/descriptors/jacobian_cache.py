@@ -7,7 +7,7 @@ committee members and grid trials that point at the same cache reuse them.
 
 Layout in ``cache_dir``: ``jacobians-KEY.npy`` (all structures' values
 flattened and concatenated, float32 or float64: (n, n, F, 3) for a dense
-structure, (n, w, F, 3) for a :class:`~bpnn_jax.featurize.SparseJacobian`),
+structure, (n, w, F, 3) for a :class:`~bpnn_jax.descriptors.featurize.SparseJacobian`),
 ``partners-KEY.npy`` (the sparse structures' (n, w) int32 partner indices,
 concatenated; only when there are any) and ``jacobians-KEY.json`` (atom
 counts, widths (0 = dense), F, dtype; written last, so its presence means
@@ -50,7 +50,7 @@ def jacobian_key(structures: Sequence, spec, dtype=np.float32, sparse: bool | No
 
 def cached_jacobians(structures: Sequence, spec, cache_dir, *, dtype=np.float32, progress: bool = False,
                      verbose: bool = False, sparse: bool | None = None) -> tuple[list, bool]:
-    """Jacobians of ``structures`` (as :func:`bpnn_jax.featurize.descriptor_jacobians`), from or into a cache.
+    """Jacobians of ``structures`` (as :func:`bpnn_jax.descriptors.featurize.descriptor_jacobians`), from or into a cache.
 
     Args:
         structures: prepared structures (positions, cell, species, neighbour list).
@@ -60,11 +60,11 @@ def cached_jacobians(structures: Sequence, spec, cache_dir, *, dtype=np.float32,
         dtype: float dtype of the values.
         progress: progress bars while computing.
         verbose: print what was done and how long it took.
-        sparse: layout, as for :func:`~bpnn_jax.featurize.descriptor_jacobians`.
+        sparse: layout, as for :func:`~bpnn_jax.descriptors.featurize.descriptor_jacobians`.
 
     Returns:
         (list of (n, n, F, 3) arrays or
-        :class:`~bpnn_jax.featurize.SparseJacobian`, read-only views of the
+        :class:`~bpnn_jax.descriptors.featurize.SparseJacobian`, read-only views of the
         memory-mapped cache when it was hit; True when the cache was hit).
     """
     from .featurize import SparseJacobian, descriptor_jacobians
@@ -98,7 +98,7 @@ def cached_jacobians(structures: Sequence, spec, cache_dir, *, dtype=np.float32,
     if sparse_parts:
         _write_flat(partners_path, sparse_parts, np.int32)
     _write_flat(data_path, [j.values if isinstance(j, SparseJacobian) else j for j in jac], dtype)
-    from .io import atomic_write
+    from ..io import atomic_write
 
     with atomic_write(meta_path) as fh:
         json.dump({"n_atoms": counts, "widths": widths, "n_functions": F, "dtype": np.dtype(dtype).str,
@@ -152,7 +152,7 @@ def cached_strain_jacobians(structures: Sequence, spec, cache_dir, *, dtype=np.f
     in one ``.npz`` (``strain-<key>.npz``) under the same key.
     """
     from .featurize import descriptor_strain_jacobians
-    from .io import atomic_write
+    from ..io import atomic_write
 
     if cache_dir is None:
         return descriptor_strain_jacobians(structures, spec, dtype=dtype, progress=progress)

@@ -15,7 +15,7 @@ block of neighbour element A, then the G4 blocks of pairs (A, C) for every C
 at or after A.  For ("O", "Ti"): G2-O, G4 O-O, G4 O-Ti, G2-Ti, G4 Ti-Ti.
 
 How it is computed.  Neighbour slots are sorted by element (see
-:func:`bpnn_jax.neighbors.dense_neighbors`), so for one centre atom every
+:func:`bpnn_jax.descriptors.neighbors.dense_neighbors`), so for one centre atom every
 element pair (a, b) is a dense block of ordered neighbour pairs
 (j in block a, k in block b).  On that block
 
@@ -51,9 +51,9 @@ import numpy as np
 
 from .chebyshev import ChebyshevBasis, chebyshev_atom_descriptors, chebyshev_atom_jacobian
 from .cutoffs import cosine_cutoff
-from .errors import BPNNInputError
+from ..errors import BPNNInputError
 from .geometry import displacements, safe_inverse, safe_norm
-from .units import VOIGT
+from ..units import VOIGT
 
 __all__ = [
     "SymmetryFunctionSet",
@@ -363,7 +363,7 @@ class CombinedDescriptors:
     made MD 3.5× slower than either alone); parts with one cut-off cost
     what they cost alone.  Made for
     committees whose members read different sets
-    (:func:`bpnn_jax.ensemble.merge_committees`): different descriptors
+    (:func:`bpnn_jax.model.ensemble.merge_committees`): different descriptors
     make the members' errors less correlated.
 
     Attributes:
@@ -531,7 +531,7 @@ def atom_descriptors(disp, mask, spec: SymmetryFunctionSet, slots: Sequence[int]
     Returns:
         (spec.n_functions,) symmetry-function values (dimensionless), zero
         when the atom has no neighbours (e.g. a padded atom).  A
-        :class:`~bpnn_jax.chebyshev.ChebyshevBasis` ``spec`` gives its own
+        :class:`~bpnn_jax.descriptors.chebyshev.ChebyshevBasis` ``spec`` gives its own
         descriptor (same layout of arguments), a :class:`CombinedDescriptors`
         its parts' values side by side.
     """
@@ -630,7 +630,7 @@ def atoms_descriptors(disp, mask, spec, slots, chunk_size):
         spec, slots: the function set and the per-element slot layout.
         chunk_size: atoms per vmapped chunk (see :func:`effective_chunk_size`).
 
-    A :class:`~bpnn_jax.chebyshev.ChebyshevBasis` (O(M) work per atom, small
+    A :class:`~bpnn_jax.descriptors.chebyshev.ChebyshevBasis` (O(M) work per atom, small
     temporaries) runs in chunks :data:`CHEBYSHEV_CHUNK_FACTOR` times larger
     (2x faster on CPU than the G4 kernel's chunk), and each part of a
     :class:`CombinedDescriptors` in chunks of its own size.
@@ -676,7 +676,7 @@ def structure_descriptors(positions, cell, neighbors, shifts, neighbor_mask, spe
 
 
 def batch_descriptors(batch, spec: SymmetryFunctionSet, *, chunk_size: int = 8):
-    """Symmetry functions for a :class:`~bpnn_jax.batch.Batch`.
+    """Symmetry functions for a :class:`~bpnn_jax.descriptors.batch.Batch`.
 
     Displacements are formed per structure (vmapped), then all B·N atoms are
     processed in chunks, so XLA's temporaries stay small whatever B is.
@@ -738,7 +738,7 @@ def atom_descriptor_jacobian(disp, mask, spec: SymmetryFunctionSet, slots: Seque
 
     Returns:
         (M, spec.n_functions, 3) array J with J[m, f] = dG_f / dr_m in Å⁻¹;
-        zero for padded slots.  A :class:`~bpnn_jax.chebyshev.ChebyshevBasis`
+        zero for padded slots.  A :class:`~bpnn_jax.descriptors.chebyshev.ChebyshevBasis`
         ``spec`` gives its own descriptor's derivatives.
     """
     if isinstance(spec, ChebyshevBasis):
@@ -874,7 +874,7 @@ def _fold_images(js, neighbors):
 
 
 def batch_descriptor_jacobian(batch, spec: SymmetryFunctionSet, *, chunk_size: int = 2):
-    """Descriptor Jacobians for a :class:`~bpnn_jax.batch.Batch`.
+    """Descriptor Jacobians for a :class:`~bpnn_jax.descriptors.batch.Batch`.
 
     Args:
         batch: Batch of shape (B, N, M); positions/cell dtype sets the

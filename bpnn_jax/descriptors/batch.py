@@ -14,8 +14,8 @@ from typing import Iterable, Sequence
 import numpy as np
 from flax import struct
 
-from .errors import StructureError
-from .io import stress_voigt
+from ..errors import StructureError
+from ..io import stress_voigt
 from .neighbors import (
     ATOM_BUCKETS,
     MIN_DISTANCE,
@@ -175,11 +175,11 @@ def prepare_structures(
 ) -> list[HostStructure]:
     """Neighbour lists and species indices for ASE structures.
 
-    Every structure is checked on the way (see :func:`bpnn_jax.neighbors.
+    Every structure is checked on the way (see :func:`bpnn_jax.descriptors.neighbors.
     neighbor_list`): known elements, finite positions, a usable cell, no two
     atoms closer than ``min_distance``, finite targets.  Structures larger
     than the largest atom bucket are fine (the buckets grow, see
-    :func:`bpnn_jax.neighbors.bucket_size`).
+    :func:`bpnn_jax.descriptors.neighbors.bucket_size`).
 
     Args:
         structures: ``ase.Atoms`` objects.  Energies and forces are taken from
@@ -192,7 +192,7 @@ def prepare_structures(
             the total energy in float64, e.g. free-atom reference energies.
         min_distance: smallest accepted interatomic distance, Å, periodic
             images included (default
-            :data:`~bpnn_jax.neighbors.MIN_DISTANCE`, 0.5 Å; None: no check).
+            :data:`~bpnn_jax.descriptors.neighbors.MIN_DISTANCE`, 0.5 Å; None: no check).
 
     Returns:
         One :class:`HostStructure` per input, in order.
