@@ -256,7 +256,7 @@ def n2p2_networks(model, members: Sequence[int], columns: dict) -> dict:
 
 def _write_weights(path: Path, layers) -> int:
     """n2p2's weights file (NeuralNetwork::getConnections order); returns the number of values."""
-    from ..io import atomic_write
+    from ..io.atomic import atomic_write
 
     lines = [
         "# Neural network connection values (weights and biases), written by bpnn_jax export-n2p2.",
@@ -317,7 +317,7 @@ def write_repulsion_tables(path, repulsion, n_points: int = 2000, r_min: float =
     Returns:
         ``{pair: cut-off Å}`` of the sections written (section keyword = pair key).
     """
-    from ..io import atomic_write
+    from ..io.atomic import atomic_write
 
     lines = ["# Short-range repulsive pair baseline of a bpnn_jax model (units metal: Å, eV, eV/Å).",
              "# phi(r) = sum_k c_k (1 - r/rc)^p_k, zero beyond rc; columns: index, r, phi, -dphi/dr."]
@@ -413,7 +413,7 @@ def export_n2p2(model, out_dir, *, members: Sequence[int] | None = None, table_p
     nets = n2p2_networks(model, chosen, columns)
     by_z = sorted(elements, key=_atomic_number)
     cutoff = max(float(spec.cutoff) for spec, _ in parts)
-    from ..io import atomic_write
+    from ..io.atomic import atomic_write
 
     # input.nn
     layers0, acts0 = nets[elements[0]]
@@ -512,7 +512,8 @@ def write_n2p2_data(frames, path) -> None:
         BPNNInputError: a structure periodic in only some directions (n2p2
             has no such cells).
     """
-    from ..io import atomic_write, structure_energy
+    from ..io.atomic import atomic_write
+    from ..io.xsf import structure_energy
 
     if hasattr(frames, "get_positions"):
         frames = [frames]

@@ -71,7 +71,8 @@ def _add_energies_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _cmd_energies(args: argparse.Namespace) -> int:
-    from ..io import REFERENCE_ENERGIES_TIO2, energy_table, read_structures, write_energy_csv
+    from ..io.energies import REFERENCE_ENERGIES_TIO2, energy_table, write_energy_csv
+    from ..io.frames import read_structures
 
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     references = dict(args.ref) if args.ref else dict(REFERENCE_ENERGIES_TIO2)

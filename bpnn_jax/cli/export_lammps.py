@@ -82,7 +82,7 @@ def _verify(args: argparse.Namespace) -> int:
     import json
 
     from ..errors import BPNNInputError
-    from ..io import atomic_write
+    from ..io.atomic import atomic_write
     from ..calculators.lammps import read_bundle, verify_bundle
     from ..model.bpnn import load_model
 

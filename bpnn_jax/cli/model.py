@@ -350,7 +350,7 @@ def add_key_args(p) -> None:
 
 def frame_keys(args):
     """The :class:`~bpnn_jax.io.FrameKeys` of ``--energy-key`` etc."""
-    from ..io import FrameKeys
+    from ..io.frames import FrameKeys
 
     return FrameKeys(getattr(args, "energy_key", None), getattr(args, "forces_key", None),
                      getattr(args, "stress_key", None))
@@ -498,7 +498,7 @@ def read_inputs(paths, model, model_name: str, *, require_energy: bool, skip_inv
     import sys
 
     from ..errors import BPNNInputError, XSFError
-    from ..io import find_xsf_files, read_frames
+    from ..io.frames import find_xsf_files, read_frames
 
     files = find_xsf_files(paths)
     good, bad = [], []  # bad: (file or FILE@INDEX, reason without the file, full message)
@@ -631,7 +631,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ..descriptors.batch import prepare_structures
-    from ..io import atomic_write
+    from ..io.atomic import atomic_write
     from ..model.bpnn import load_model, total_energy
     from ..training import predict_structures
 
@@ -696,7 +696,7 @@ def cmd_check_forces(args: argparse.Namespace) -> int:
 
     from ..errors import BPNNInputError
     from ..calculators.force_check import check_forces
-    from ..io import atomic_write
+    from ..io.atomic import atomic_write
     from ..model.bpnn import load_model
 
     check_output(args.json)

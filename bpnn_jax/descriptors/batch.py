@@ -15,7 +15,7 @@ import numpy as np
 from flax import struct
 
 from ..errors import StructureError
-from ..io import stress_voigt
+from ..units import stress_voigt
 from .neighbors import (
     ATOM_BUCKETS,
     MIN_DISTANCE,

@@ -599,7 +599,7 @@ def featurize_files(
             :func:`~bpnn_jax.descriptors.batch.prepare_structures`).
     """
     from .symmetry import descriptor_preset
-    from ..io import read_structures
+    from ..io.frames import read_structures
 
     structures, skipped = read_structures(paths, skip_invalid=skip_invalid, progress=progress)
     if not structures:
@@ -691,7 +691,7 @@ def save_features(path: str | os.PathLike, features: FeatureSet) -> None:
     Raises:
         BPNNInputError: the directory does not exist or is not writable.
     """
-    from ..io import atomic_write
+    from ..io.atomic import atomic_write
 
     arrays = feature_arrays(features)
     with atomic_write(path, "wb") as fh:

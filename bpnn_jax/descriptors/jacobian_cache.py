@@ -98,7 +98,7 @@ def cached_jacobians(structures: Sequence, spec, cache_dir, *, dtype=np.float32,
     if sparse_parts:
         _write_flat(partners_path, sparse_parts, np.int32)
     _write_flat(data_path, [j.values if isinstance(j, SparseJacobian) else j for j in jac], dtype)
-    from ..io import atomic_write
+    from ..io.atomic import atomic_write
 
     with atomic_write(meta_path) as fh:
         json.dump({"n_atoms": counts, "widths": widths, "n_functions": F, "dtype": np.dtype(dtype).str,
@@ -152,7 +152,7 @@ def cached_strain_jacobians(structures: Sequence, spec, cache_dir, *, dtype=np.f
     in one ``.npz`` (``strain-<key>.npz``) under the same key.
     """
     from .featurize import descriptor_strain_jacobians
-    from ..io import atomic_write
+    from ..io.atomic import atomic_write
 
     if cache_dir is None:
         return descriptor_strain_jacobians(structures, spec, dtype=dtype, progress=progress)

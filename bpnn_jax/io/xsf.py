@@ -1,7 +1,4 @@
-"""Reading and writing XSF structure files, energy tables and atomic writes.
-
-This module depends on numpy and ASE only (no JAX, no Keras), so that it can
-be imported cheaply by the command-line interface and by data tools.
+"""Reading and writing XSF structure files.
 
 Units throughout: energies in eV, lengths (cell vectors, positions) in Å,
 forces in eV/Å.
@@ -25,17 +22,10 @@ A non-periodic structure uses an ``ATOMS`` block instead of
 
 from __future__ import annotations
 
-import contextlib
-import csv
-import dataclasses
 import math
 import os
 import re
-import secrets
-import sys
-from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
 
 import numpy as np
 from ase import Atoms
@@ -43,37 +33,9 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ase.data import atomic_numbers, chemical_symbols
 
 from ..errors import BPNNInputError, XSFError
-from ..units import VOIGT
+from .atomic import atomic_write
 
-__all__ = [
-    "ENERGY_CSV_COLUMNS",
-    "REFERENCE_ENERGIES_TIO2",
-    "atomic_write",
-    "energy_table",
-    "find_xsf_files",
-    "read_structures",
-    "read_xsf",
-    "sample_data_dir",
-    "read_frames",
-    "stress_voigt",
-    "voigt_6",
-    "structure_energy",
-    "write_energy_csv",
-    "write_xsf",
-]
-
-#: Free-atom reference energies (eV) used by aenet for the TiO2 data set.
-REFERENCE_ENERGIES_TIO2: dict[str, float] = {"O": -432.503149303, "Ti": -1604.604515075}
-
-#: Column order of the CSV written by :func:`write_energy_csv`.
-ENERGY_CSV_COLUMNS: tuple[str, ...] = (
-    "file",
-    "n_atoms",
-    "composition",
-    "energy_ev",
-    "energy_per_atom_ev",
-    "cohesive_energy_per_atom_ev",
-)
+__all__ = ["MIN_CELL_SINE", "MIN_CELL_VOLUME", "float_text", "read_xsf", "structure_energy", "write_xsf"]
 
 #: Cells with ``|det| <`` this (Å^3) are rejected as singular.
 MIN_CELL_VOLUME = 1e-6
@@ -94,81 +56,6 @@ _KEYWORDS = frozenset({"CRYSTAL", "PRIMVEC", "PRIMCOORD", "CONVVEC", "ATOMS"})
 _UNSUPPORTED_KEYWORDS = frozenset(
     {"SLAB", "POLYMER", "MOLECULE", "ANIMSTEPS", "DIM-GROUP"}
 )
-
-
-# --------------------------------------------------------------------------
-# atomic writes
-# --------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def atomic_write(
-    path: str | os.PathLike,
-    mode: str = "w",
-    *,
-    encoding: str | None = "utf-8",
-    newline: str | None = None,
-) -> Iterator[IO[Any]]:
-    """Open a file for writing so that it appears complete or not at all.
-
-    The data go to a temporary file in the same directory as ``path``; when
-    the ``with`` block ends without an exception the temporary file is
-    flushed, fsync'ed and renamed onto ``path`` with :func:`os.replace`
-    (atomic on POSIX and Windows).  If the block raises, the temporary file
-    is removed and ``path`` is left untouched.
-
-    Args:
-        path: destination file.
-        mode: ``"w"`` (text, the default) or ``"wb"`` (binary).
-        encoding: text encoding (text mode only).
-        newline: passed to :func:`open` (text mode only); use ``""`` for
-            the :mod:`csv` module.
-
-    Yields:
-        The open file object of the temporary file.
-
-    Raises:
-        BPNNInputError: if ``mode`` is not a write mode, the destination
-            directory does not exist or the temporary file cannot be created.
-
-    Example:
-        >>> with atomic_write("energies.csv", newline="") as fh:  # doctest: +SKIP
-        ...     fh.write("file,energy_ev\\n")
-    """
-    if mode not in ("w", "wt", "wb"):
-        raise BPNNInputError(f"atomic_write: mode must be 'w', 'wt' or 'wb', not {mode!r}")
-    path = Path(path)
-    parent = path.parent
-    if not parent.is_dir():
-        raise BPNNInputError(f"cannot write {path}: directory {parent} does not exist")
-    if path.is_dir():
-        raise BPNNInputError(f"cannot write {path}: it is a directory")
-    tmp = parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    try:
-        # 0o666 filtered by the umask: the same permissions as open() gives.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    except OSError as exc:
-        raise BPNNInputError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    binary = "b" in mode
-    try:
-        if binary:
-            fh = os.fdopen(fd, "wb")
-        else:
-            fh = os.fdopen(fd, "w", encoding=encoding, newline=newline)
-    except BaseException:
-        os.close(fd)
-        tmp.unlink(missing_ok=True)
-        raise
-    try:
-        with fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
 
 
 # --------------------------------------------------------------------------
@@ -535,7 +422,7 @@ def read_xsf(path: str | os.PathLike, *, require_energy: bool = False) -> Atoms:
 # --------------------------------------------------------------------------
 
 
-def _fmt(x: float) -> str:
+def float_text(x: float) -> str:
     """Shortest text that reads back as exactly the same float64."""
     return repr(float(x))
 
@@ -615,21 +502,21 @@ def write_xsf(
 
     out: list[str] = []
     if energy is not None:
-        out.append(f"# total energy = {_fmt(energy)} eV")
+        out.append(f"# total energy = {float_text(energy)} eV")
         out.append("")
     symbols = atoms.get_chemical_symbols()
 
     def atom_line(i: int) -> str:
-        cols = [f"{symbols[i]:<3s}"] + [f"{_fmt(v):>22s}" for v in positions[i]]
+        cols = [f"{symbols[i]:<3s}"] + [f"{float_text(v):>22s}" for v in positions[i]]
         if forces is not None:
-            cols += [f"{_fmt(v):>22s}" for v in forces[i]]
+            cols += [f"{float_text(v):>22s}" for v in forces[i]]
         return " ".join(cols)
 
     if pbc.all():
         out.append("CRYSTAL")
         out.append("PRIMVEC")
         for row in cell:
-            out.append("    " + " ".join(f"{_fmt(v):>22s}" for v in row))
+            out.append("    " + " ".join(f"{float_text(v):>22s}" for v in row))
         out.append("PRIMCOORD")
         out.append(f"{n} 1")
     else:
@@ -637,411 +524,3 @@ def write_xsf(
     out.extend(atom_line(i) for i in range(n))
     with atomic_write(path) as fh:
         fh.write("\n".join(out) + "\n")
-
-
-# --------------------------------------------------------------------------
-# Many files
-# --------------------------------------------------------------------------
-
-
-#: File suffixes a directory contributes (XSF, and extended XYZ read by ASE).
-DIRECTORY_SUFFIXES = (".xsf", ".extxyz")
-
-
-def find_xsf_files(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
-    """Expand files and directories into a list of structure files.
-
-    Args:
-        paths: files and/or directories (a single path is accepted too).  A
-            file is taken as given, whatever its extension; a directory
-            contributes its ``*.xsf`` and ``*.extxyz`` files (not recursive),
-            sorted by name.
-
-    Returns:
-        The files, in the order of ``paths``, each directory's files sorted;
-        a file met twice is listed once (at its first place).
-
-    Raises:
-        XSFError: a path that does not exist.
-        BPNNInputError: no paths, or a directory without ``.xsf`` files.
-    """
-    if isinstance(paths, (str, os.PathLike)):
-        paths = [paths]
-    paths = list(paths)
-    if not paths:
-        raise BPNNInputError("no input paths given")
-    found: list[Path] = []
-    seen: set[Path] = set()
-
-    def add(p: Path) -> None:
-        try:
-            key = p.resolve()
-        except (OSError, RuntimeError):
-            key = p
-        if key not in seen:
-            seen.add(key)
-            found.append(p)
-
-    for raw in paths:
-        p = Path(raw)
-        if p.is_dir():
-            try:
-                files = sorted(
-                    (q for q in p.iterdir() if q.suffix.lower() in DIRECTORY_SUFFIXES and q.is_file()),
-                    key=lambda q: q.name,
-                )
-            except OSError as exc:
-                raise BPNNInputError(f"{p}: cannot list directory: {exc.strerror or exc}") from exc
-            if not files:
-                raise BPNNInputError(f"{p}: directory contains no .xsf files (and no .extxyz files)")
-            for q in files:
-                add(q)
-        elif p.exists() or _frame_reference(p) is not None:
-            add(p)
-        else:
-            raise XSFError(str(p), "no such file or directory")
-    return found
-
-
-
-#: info / arrays keys tried, in order, for energies and forces of frames read by ASE.
-ENERGY_KEYS = ("energy", "REF_energy", "total_energy", "dft_energy")
-FORCES_KEYS = ("forces", "REF_forces", "dft_forces")
-#: ``info`` keys looked for (in order) for the stress (eV/Å³, ASE's sign:
-#: tensile positive; 6 Voigt or 9 components) when ASE's results have none.
-STRESS_KEYS = ("stress", "REF_stress", "dft_stress")
-#: ``info`` keys of the virial W = −σ V (eV), used when there is no stress.
-VIRIAL_KEYS = ("virial", "REF_virial", "dft_virial")
-
-
-@dataclasses.dataclass(frozen=True)
-class FrameKeys:
-    """Where the labels of a frame read through ASE are.
-
-    None looks at ASE's single-point results first, then the default keys
-    (:data:`ENERGY_KEYS`, :data:`FORCES_KEYS`, :data:`STRESS_KEYS` /
-    :data:`VIRIAL_KEYS`).  A name looks only there: ``info[energy]`` (or
-    a calculator result of that name), ``arrays[forces]``,
-    ``info[stress]`` (a key containing "virial" is read as a virial, eV).
-    """
-
-    energy: str | None = None
-    forces: str | None = None
-    stress: str | None = None
-
-
-def stress_voigt(value, name: str, volume: float | None = None, virial: bool = False) -> np.ndarray:
-    """(6,) stress in eV/Å³, :data:`VOIGT` order, from 6 (Voigt) or 9 (3 x 3) numbers.
-
-    With ``virial`` the value is a virial W (eV) and σ = −W/V is returned.
-
-    Raises:
-        XSFError: not 6 or 9 finite numbers, or a virial without a volume;
-            the message starts with ``name``.
-    """
-    try:
-        arr = np.asarray(value, np.float64).reshape(-1)
-    except (TypeError, ValueError):
-        raise XSFError(name, f"stress/virial {value!r} is not numbers") from None
-    if arr.size == 9:
-        arr = voigt_6(arr.reshape(3, 3))
-    elif arr.size != 6:
-        raise XSFError(name, f"stress/virial must have 6 or 9 components, got {arr.size}")
-    if not np.all(np.isfinite(arr)):
-        raise XSFError(name, "non-finite stress/virial")
-    if virial:
-        if not volume:
-            raise XSFError(name, "a virial needs a periodic cell with a volume")
-        arr = -arr / volume
-    return arr
-
-
-def voigt_6(tensor: np.ndarray) -> np.ndarray:
-    """(..., 6) components of (..., 3, 3) tensors in :data:`VOIGT` order."""
-    tensor = np.asarray(tensor)
-    return np.stack([tensor[..., a, b] for a, b in VOIGT], axis=-1)
-
-
-def _frame_reference(path: Path) -> tuple[Path, int] | None:
-    """(file, index) for a name ``FILE@INDEX`` whose FILE exists (and the name itself does not)."""
-    m = re.fullmatch(r"(.+)@(\d+)", str(path))
-    if m is None or path.exists() or not Path(m.group(1)).is_file():
-        return None
-    return Path(m.group(1)), int(m.group(2))
-
-
-def read_frames(path: str | os.PathLike, *, require_energy: bool = False, keys: FrameKeys | None = None) -> list[Atoms]:
-    """Every structure of one file: XSF (one frame) or any format ASE reads (extended XYZ, ...).
-
-    ``path`` may also be ``FILE@INDEX``, one frame of a multi-frame file, as
-    the frames are named in errors, CSV and JSON (and in a run's
-    ``split.json``).
-
-    Frames read by ASE are named ``FILE@INDEX`` (``atoms.info["file"]``).
-    The energy (eV) comes from ASE's single-point results or the first of
-    :data:`ENERGY_KEYS` in ``info``, the forces (eV/Å) from the results or
-    the first of :data:`FORCES_KEYS` in ``arrays``; both are attached as a
-    :class:`~ase.calculators.singlepoint.SinglePointCalculator` and the
-    energy also as ``info["energy"]``, as :func:`read_xsf` does.  The
-    stress (eV/Å³, ASE's convention) comes from the results, the first of
-    :data:`STRESS_KEYS`, or a virial (:data:`VIRIAL_KEYS`, eV, σ = −W/V)
-    and is attached too.  ``keys`` names other places (:class:`FrameKeys`).
-
-    Raises:
-        XSFError: the file cannot be parsed (naming the file, and the line
-            where ASE gives one), a frame has non-finite positions, cell,
-            energy or forces, or (``require_energy``) no energy; the message
-            names the frame as ``FILE@INDEX``.
-    """
-    path = Path(path)
-    ref = _frame_reference(path)
-    if ref is not None:  # FILE@INDEX: one frame of a multi-frame file
-        base, index = ref
-        frames = read_frames(base, require_energy=require_energy, keys=keys)
-        if index >= len(frames):
-            raise XSFError(str(path), f"no frame {index} ({base} has {len(frames)})")
-        return [frames[index]]
-    if path.suffix.lower() == ".xsf":
-        return [read_xsf(path, require_energy=require_energy)]
-    import ase.io
-
-    try:
-        frames = ase.io.read(path, index=":")
-    except Exception as exc:  # ASE raises many types for bad files; all mean "cannot parse"
-        text = str(exc) or type(exc).__name__
-        line = None
-        m = re.search(r"line (\d+)", text)
-        if m:
-            line = int(m.group(1))
-        raise XSFError(str(path), f"cannot read as {path.suffix.lstrip('.') or 'a structure file'} "
-                                  f"({type(exc).__name__}: {text})", line) from None
-    if isinstance(frames, Atoms):
-        frames = [frames]
-    if not frames:
-        raise XSFError(str(path), "no structures in the file")
-    keys = keys or FrameKeys()
-    out = []
-    for k, atoms in enumerate(frames):
-        name = f"{path}@{k}"
-        results = dict(getattr(atoms.calc, "results", None) or {})
-        energy = _label(results, atoms.info, keys.energy, ENERGY_KEYS, "energy")
-        forces = _label(results, atoms.arrays, keys.forces, FORCES_KEYS, "forces")
-        if not np.all(np.isfinite(atoms.positions)):
-            bad = int(np.flatnonzero(~np.all(np.isfinite(atoms.positions), axis=1))[0])
-            raise XSFError(name, f"atom {bad} has a non-finite position")
-        if np.any(atoms.pbc) and not np.all(np.isfinite(atoms.cell.array)):
-            raise XSFError(name, "non-finite cell")
-        if energy is not None:
-            try:
-                energy = float(energy)
-            except (TypeError, ValueError):
-                raise XSFError(name, f"energy {energy!r} is not a number") from None
-            if not math.isfinite(energy):
-                raise XSFError(name, f"non-finite energy {energy}")
-        elif require_energy:
-            where = (f"info key {keys.energy!r}" if keys.energy else
-                     f"calculator results and info keys {', '.join(ENERGY_KEYS)}")
-            raise XSFError(name, f"no energy (looked for {where})")
-        if forces is not None:
-            forces = np.asarray(forces, np.float64)
-            if forces.shape != (len(atoms), 3) or not np.all(np.isfinite(forces)):
-                raise XSFError(name, f"forces must be {len(atoms)} x 3 finite numbers")
-        volume = float(abs(np.linalg.det(atoms.cell.array))) if np.all(atoms.pbc) else None
-        stress = None
-        if keys.stress is not None:
-            raw = _label(results, atoms.info, keys.stress, (), "stress")
-            if raw is not None:
-                stress = stress_voigt(raw, name, volume, virial="virial" in keys.stress.lower())
-        else:
-            raw = results.get("stress")
-            if raw is None:
-                raw = next((atoms.info[key] for key in STRESS_KEYS if key in atoms.info), None)
-            if raw is not None:
-                stress = stress_voigt(raw, name, volume, virial=False)
-            else:
-                raw = next((atoms.info[key] for key in VIRIAL_KEYS if key in atoms.info), None)
-                if raw is not None:
-                    stress = stress_voigt(raw, name, volume, virial=True)
-        clean = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
-        clean.info["file"] = name
-        if energy is not None:
-            clean.info["energy"] = energy
-        clean.calc = SinglePointCalculator(clean, energy=energy, forces=forces, stress=stress)
-        out.append(clean)
-    return out
-
-
-def _label(results: dict, store: Mapping, key: str | None, defaults: Sequence[str], what: str):
-    """A frame's label: ``key`` only (results or ``store``), or the results then ``defaults``."""
-    if key is not None:
-        if key in store:
-            return store[key]
-        if key in results:
-            return results[key]
-        return None
-    if results.get(what) is not None:
-        return results[what]
-    return next((store[k] for k in defaults if k in store), None)
-
-
-def read_structures(
-    paths: str | os.PathLike | Iterable[str | os.PathLike],
-    *,
-    require_energy: bool = False,
-    skip_invalid: bool = False,
-    progress: bool = False,
-    keys: FrameKeys | None = None,
-) -> tuple[list[Atoms], list[tuple[str, str]]]:
-    """Read every XSF file under ``paths`` (see :func:`find_xsf_files`).
-
-    Args:
-        paths: files and/or directories.
-        require_energy: passed to :func:`read_xsf`.
-        keys: where ASE-format frames keep their labels (:class:`FrameKeys`).
-        skip_invalid: if True, files that fail to parse are skipped and
-            reported in the second return value; if False the first bad
-            file raises.
-        progress: show a tqdm progress bar on stderr.
-
-    Returns:
-        ``(structures, skipped)``: the structures read (in file order) and a
-        list of ``(file, reason)`` for skipped files; the reason includes
-        the line number where there is one.
-
-    Raises:
-        XSFError: a bad file (unless ``skip_invalid``), a missing path.
-        BPNNInputError: no paths, or a directory without ``.xsf`` files.
-    """
-    files = find_xsf_files(paths)
-    iterator: Iterable[Path] = files
-    if progress:
-        from tqdm import tqdm
-
-        iterator = tqdm(files, desc="reading XSF", unit="file", file=sys.stderr)
-    structures: list[Atoms] = []
-    skipped: list[tuple[str, str]] = []
-    for f in iterator:
-        try:
-            structures.extend(read_frames(f, require_energy=require_energy, keys=keys))
-        except XSFError as exc:
-            if not skip_invalid:
-                raise
-            reason = exc.reason if exc.line is None else f"line {exc.line}: {exc.reason}"
-            skipped.append((str(f), reason))
-    return structures, skipped
-
-
-# --------------------------------------------------------------------------
-# Energy tables
-# --------------------------------------------------------------------------
-
-
-def _composition(symbols: Sequence[str]) -> str:
-    counts: dict[str, int] = {}
-    for s in symbols:
-        counts[s] = counts.get(s, 0) + 1
-    return "".join(f"{s}{counts[s]}" for s in sorted(counts))
-
-
-def energy_table(
-    structures: Iterable[Atoms],
-    reference_energies: Mapping[str, float] = REFERENCE_ENERGIES_TIO2,
-) -> list[dict[str, Any]]:
-    """Per-structure energies, one dict per structure.
-
-    The cohesive energy per atom is ``(E - sum_i E_ref[element_i]) / N``,
-    computed in float64 with an exactly rounded sum of the references.
-
-    Args:
-        structures: structures with a total energy (``info["energy"]`` or
-            calculator results), e.g. from :func:`read_structures`.
-        reference_energies: free-atom energy (eV) per element symbol.
-
-    Returns:
-        Dicts with keys ``file`` (``info["file"]`` or ``"<structure i>"``),
-        ``n_atoms``, ``composition`` (symbols sorted alphabetically, each
-        with its count, e.g. ``"O16Ti8"``), ``energy_ev``,
-        ``energy_per_atom_ev`` and ``cohesive_energy_per_atom_ev`` (floats,
-        eV).
-
-    Raises:
-        BPNNInputError: a structure without energy, without atoms, or with
-            an element that has no reference energy.
-    """
-    rows = []
-    for i, atoms in enumerate(structures):
-        name = str(atoms.info.get("file", f"<structure {i}>"))
-        n = len(atoms)
-        if n == 0:
-            raise BPNNInputError(f"{name}: structure has no atoms")
-        energy = structure_energy(atoms)
-        if energy is None:
-            raise BPNNInputError(f"{name}: structure has no total energy")
-        symbols = atoms.get_chemical_symbols()
-        missing = sorted({s for s in symbols if s not in reference_energies})
-        if missing:
-            raise BPNNInputError(
-                f"{name}: no reference energy for element(s) {', '.join(missing)} "
-                f"(references given for {', '.join(sorted(reference_energies)) or 'none'})"
-            )
-        e = np.float64(energy)
-        e_ref = np.float64(math.fsum(float(reference_energies[s]) for s in symbols))
-        rows.append(
-            {
-                "file": name,
-                "n_atoms": n,
-                "composition": _composition(symbols),
-                "energy_ev": float(e),
-                "energy_per_atom_ev": float(e / n),
-                "cohesive_energy_per_atom_ev": float((e - e_ref) / n),
-            }
-        )
-    return rows
-
-
-def write_energy_csv(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]]) -> None:
-    """Write rows of :func:`energy_table` as CSV, atomically.
-
-    Columns are :data:`ENERGY_CSV_COLUMNS`; floats are written with full
-    (round-trip) precision, in eV.
-
-    Args:
-        path: destination CSV file.
-        rows: dicts with (at least) the keys of :data:`ENERGY_CSV_COLUMNS`.
-
-    Raises:
-        BPNNInputError: a row lacks a column, or the file cannot be created.
-    """
-    rows = list(rows)
-    for i, row in enumerate(rows):
-        missing = [c for c in ENERGY_CSV_COLUMNS if c not in row]
-        if missing:
-            raise BPNNInputError(f"energy table row {i} lacks column(s) {', '.join(missing)}")
-    with atomic_write(path, newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(ENERGY_CSV_COLUMNS)
-        for row in rows:
-            writer.writerow(
-                [_fmt(row[c]) if isinstance(row[c], (float, np.floating)) else row[c] for c in ENERGY_CSV_COLUMNS]
-            )
-
-
-# --------------------------------------------------------------------------
-# Packaged sample data
-# --------------------------------------------------------------------------
-
-
-def sample_data_dir() -> Path:
-    """Directory of the packaged quick-start TiO2 sample (XSF files).
-
-    Returns:
-        ``bpnn_jax/data/tio2_sample``: 200 near-equilibrium structures of
-        the aenet TiO2 data set (see ``bpnn_jax/data/README.md``).
-
-    Raises:
-        BPNNInputError: if the package was installed without its data.
-    """
-    d = Path(__file__).resolve().parent.parent / "data" / "tio2_sample"
-    if not d.is_dir():
-        raise BPNNInputError(f"sample data directory {d} is missing (package installed without data?)")
-    return d

@@ -6,7 +6,7 @@ import dataclasses
 
 
 
-from ..io import REFERENCE_ENERGIES_TIO2
+from ..io.energies import REFERENCE_ENERGIES_TIO2
 
 
 @dataclasses.dataclass

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..descriptors.batch import HostStructure, prepare_structures
 from ..descriptors.symmetry import SymmetryFunctionSet, descriptor_preset
-from ..io import read_structures
+from ..io.frames import read_structures
 from .config import TrainConfig
 
 
@@ -93,7 +93,7 @@ def featurize_host(structures: Sequence[HostStructure], spec: SymmetryFunctionSe
 
 def read_training_frames(paths, config: TrainConfig, *, progress=True) -> list:
     """The structures of ``paths`` with their labels (energies required), as ``ase.Atoms``."""
-    from ..io import FrameKeys
+    from ..io.frames import FrameKeys
 
     keys = FrameKeys(config.energy_key, config.forces_key, config.stress_key)
     atoms, _ = read_structures(paths, require_energy=True, progress=progress, keys=keys)

@@ -11,7 +11,7 @@ from typing import Sequence
 import numpy as np
 
 from ..descriptors.batch import prepare_structures
-from ..io import atomic_write
+from ..io.atomic import atomic_write
 
 __all__ = ["energy_metrics", "evaluate_structures", "spread_error_spearman", "stress_metrics", "write_plots",
            "write_report"]

@@ -626,7 +626,7 @@ def _tree_from_npz(prefix: str, data, like):
 
 
 def _save_state(path: Path, state: dict) -> None:
-    from ..io import atomic_write
+    from ..io.atomic import atomic_write
 
     arrays = {}
     for key in ("params", "opt_state", "ema", "best_params"):
@@ -834,7 +834,7 @@ def _write_history(path, history) -> None:
         return
     import csv
 
-    from ..io import atomic_write
+    from ..io.atomic import atomic_write
 
     fields = list(dict.fromkeys(k for r in history for k in r))
     with atomic_write(path, newline="") as fh:

@@ -9,9 +9,8 @@ import keras
 import numpy as np
 
 from ..descriptors.batch import HostStructure, collate, plan_batches
-from ..io import voigt_6
 from ..model.bpnn import BPNN
-from ..units import EV_PER_A3_IN_GPA
+from ..units import EV_PER_A3_IN_GPA, voigt_6
 
 #: model -> {forces: (jitted predict, variables)}; see :func:`_predict_function`.
 _PREDICT_FUNCTIONS: "weakref.WeakKeyDictionary[BPNN, dict]" = weakref.WeakKeyDictionary()

@@ -16,7 +16,7 @@ import numpy as np
 import keras
 
 from ..errors import BPNNInputError
-from ..io import atomic_write
+from ..io.atomic import atomic_write
 from .config import TrainConfig
 
 

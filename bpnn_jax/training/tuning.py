@@ -56,7 +56,8 @@ import keras
 import keras_tuner
 
 from ..descriptors.symmetry import SymmetryFunctionSet
-from ..io import atomic_write, find_xsf_files, read_structures
+from ..io.atomic import atomic_write
+from ..io.frames import find_xsf_files, read_structures
 from ..model.bpnn import BPNN
 from .config import TrainConfig
 from .data import compute_statistics, featurize_host, load_training_data

@@ -221,7 +221,7 @@ class EFGridSearch(BPNNGridSearch):
 def write_ef_results_markdown(rows: Sequence[dict], path, *, grid_size: int | None = None,
                               settings: Mapping | None = None) -> None:
     """``results.md`` of an E+F grid: the trials sorted by the validation objective."""
-    from ..io import atomic_write
+    from ..io.atomic import atomic_write
 
     def num(v, fmt):
         return "–" if v is None else format(v, fmt)

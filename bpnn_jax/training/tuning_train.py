@@ -38,7 +38,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from ..io import atomic_write
+from ..io.atomic import atomic_write
 from .config import TrainConfig
 from .tuning import ResultsTable
 
