@@ -66,7 +66,7 @@ def test_shipped_recipe_configs_give_the_shipped_model():
     """
     from pathlib import Path
 
-    from bpnn_jax.cli.model import read_config
+    from bpnn_jax.cli.train import read_config
     from bpnn_jax.descriptors import descriptor_preset
     from bpnn_jax.model import load_model
     from bpnn_jax.model.card import read_card

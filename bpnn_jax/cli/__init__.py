@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from ..errors import BPNNError, BPNNInputError
 from . import export_lammps as cli_lammps
 from . import export_n2p2 as cli_n2p2
-from . import model as cli_model
+from . import train as cli_model
 
 # --------------------------------------------------------------------------
 # energies
