@@ -117,7 +117,7 @@ def test_keyboard_interrupt_exit_130(monkeypatch, capsys):
     def interrupted(args):
         raise KeyboardInterrupt
 
-    monkeypatch.setitem(cli.COMMANDS, "energies", (cli._add_energies_parser, interrupted))
+    monkeypatch.setitem(cli.COMMANDS, "energies", (cli.energies.add_energies_parser, interrupted))
     assert main(["energies", "x.xsf", "--out", "e.csv"]) == 130
     err = capsys.readouterr().err
     assert "interrupted" in err and "Traceback" not in err

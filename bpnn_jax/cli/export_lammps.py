@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from .train import check_output, read_inputs
+from .common import check_output, read_inputs
 
 #: Default --verify tolerances per bundle precision: (relative energy, force eV/Å).
 VERIFY_TOLERANCES = {"float64": (1e-6, 1e-5), "float32": (1e-5, 2e-3)}

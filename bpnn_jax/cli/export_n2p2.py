@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from .train import member_list
+from .common import member_list
 
 
 def add_export_n2p2_parser(subparsers) -> argparse.ArgumentParser:
