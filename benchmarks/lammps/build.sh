@@ -6,7 +6,7 @@
 # Stage 1 (always): n2p2's libnnp and nnp-predict, without MPI, from the
 #   source archive in ../shared/tools (N2P2_TARBALL overrides it), into
 #   CACHE_DIR/n2p2 (default ${BPNN_TOOLS_CACHE:-~/.cache/bpnn_jax_tools}).
-#   tests/test_n2p2_export.py (pytest -m lammps) finds CACHE_DIR/n2p2/bin/nnp-predict
+#   tests/calculators/test_n2p2.py (pytest -m lammps) finds CACHE_DIR/n2p2/bin/nnp-predict
 #   there, or wherever BPNN_N2P2_BIN points.
 # Stage 2 (--lammps): n2p2's libnnpif (with MPI) and LAMMPS 2022-01-06 from
 #   Debian's source package with ML-HDNNP, MANYBODY and MPI, into CACHE_DIR/lammps

@@ -1,6 +1,6 @@
 """Running the LAMMPS build of ``build.sh --lammps`` from Python: data files, ``run 0``, thermo logs.
 
-Used by ``tests/test_n2p2_export.py`` (``pytest -m lammps``), ``md_rutile.py`` and ``timing.py``.
+Used by ``tests/calculators/test_n2p2.py`` (``pytest -m lammps``), ``md_rutile.py`` and ``timing.py``.
 
 * :func:`lammps_binary` finds ``lmp`` (``$BPNN_LMP_BIN``, else
   ``$BPNN_TOOLS_CACHE`` or ``~/.cache/bpnn_jax_tools`` + ``lammps/build/lmp``).

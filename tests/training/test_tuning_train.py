@@ -17,7 +17,7 @@ import yaml
 from bpnn_jax.cli import main
 from bpnn_jax.model import load_model
 
-from test_training_defaults import cu_frames
+from test_defaults import cu_frames
 
 
 def _rows(run):

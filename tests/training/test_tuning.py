@@ -38,7 +38,7 @@ from bpnn_jax.training.tuning import (
 
 from experiments import grid as grid_cli
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 QUICK_POINTS = {(1, 8, 1e-3, 0.0), (2, 8, 1e-3, 0.0)}
 
 

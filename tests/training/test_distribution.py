@@ -20,7 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 #: float32 training: the two runs differ only in the order of sums (the
 #: all-reduce of the two half-batch gradients), ~1e-7 relative per step.

@@ -60,7 +60,7 @@ def test_config_file_errors_name_the_file(tmp_path, capsys):
 
 def test_shipped_recipe_configs_give_the_shipped_model():
     """The recipe files of the shipped model (its card lists them with their hashes, which
-    tests/test_model_card.py checks): tio2.yaml (one committee) and tio2_chebyshev65.yaml (two, other
+    tests/model/test_card.py checks): tio2.yaml (one committee) and tio2_chebyshev65.yaml (two, other
     member seeds) read into full TrainConfigs whose descriptor sets, networks, force weights and
     committee sizes are the shipped model's.
     """
@@ -71,7 +71,7 @@ def test_shipped_recipe_configs_give_the_shipped_model():
     from bpnn_jax.model import load_model
     from bpnn_jax.model.card import read_card
 
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     shipped, card = load_model("tio2"), read_card("tio2")
     committees = {"experiments/recipes/tio2.yaml": (1, 0), "experiments/recipes/tio2_chebyshev65.yaml": (2, 1)}
     assert set(committees) <= set(card["recipe"]["files"])

@@ -23,7 +23,7 @@ from bpnn_jax.descriptors.featurize import (
 )
 from bpnn_jax.io import read_xsf
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 #: Oracle structures of 24, 6 (thinnest cell of the oracle set, 2.44 Å) and 47 atoms.
 ORACLE_FILES = ("structure0001.xsf", "structure1821.xsf", "structure7473.xsf")

@@ -14,7 +14,7 @@ from bpnn_jax import cli
 from bpnn_jax.cli import main
 from bpnn_jax.io import ENERGY_CSV_COLUMNS, energy_table, read_structures, sample_data_dir
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:

@@ -1,12 +1,8 @@
-"""Tests of bpnn_jax.io: strict XSF reading/writing, file discovery, energies."""
+"""Tests of bpnn_jax.io.xsf (strict XSF reading and writing) and of finding and reading many XSF files."""
 
 from __future__ import annotations
 
-import ast
-import csv
 import math
-import os
-import stat
 from pathlib import Path
 
 import numpy as np
@@ -18,14 +14,9 @@ from hypothesis import strategies as st
 import bpnn_jax.io as bio
 from bpnn_jax.errors import BPNNInputError, XSFError
 from bpnn_jax.io import (
-    REFERENCE_ENERGIES_TIO2,
-    atomic_write,
-    energy_table,
     find_xsf_files,
     read_structures,
     read_xsf,
-    sample_data_dir,
-    write_energy_csv,
     write_xsf,
 )
 
@@ -501,116 +492,3 @@ def test_read_structures_skip_invalid(tmp_path, s0001_text, capsys):
     assert skipped[0][0] == str(d / "b.xsf")
     assert "missing PRIMVEC" in skipped[0][1] and "line 1" in skipped[0][1]
     assert "reading XSF" in capsys.readouterr().err
-
-
-# --------------------------------------------------------------------------
-# energies
-# --------------------------------------------------------------------------
-
-
-def test_energy_table_structure0001(data_dir):
-    atoms = read_xsf(data_dir / "structure0001.xsf")
-    (row,) = energy_table([atoms])
-    # by hand: 8 Ti, 16 O
-    e_ref = 8 * -1604.604515075 + 16 * -432.503149303  # = -19756.886509448 eV
-    expected = (-19960.66173260 - e_ref) / 24  # = -203.775223152 / 24 eV
-    assert row["file"] == str(data_dir / "structure0001.xsf")
-    assert row["n_atoms"] == 24
-    assert row["composition"] == "O16Ti8"
-    assert row["energy_ev"] == S0001_ENERGY
-    assert row["energy_per_atom_ev"] == pytest.approx(S0001_ENERGY / 24, rel=1e-15)
-    assert row["cohesive_energy_per_atom_ev"] == pytest.approx(expected, abs=1e-11)
-    assert row["cohesive_energy_per_atom_ev"] == pytest.approx(-8.490634298, abs=1e-11)
-    assert set(row) == set(bio.ENERGY_CSV_COLUMNS)
-
-
-def test_energy_table_errors():
-    atoms = Atoms("TiN", positions=[[0, 0, 0], [1, 0, 0]])
-    atoms.info["energy"] = -10.0
-    atoms.info["file"] = "tin.xsf"
-    with pytest.raises(BPNNInputError, match=r"tin.xsf.*element\(s\) N"):
-        energy_table([atoms])
-    assert energy_table([atoms], {"Ti": -1.0, "N": -2.0})[0]["cohesive_energy_per_atom_ev"] == -3.5
-    no_energy = Atoms("O", positions=[[0, 0, 0]])
-    with pytest.raises(BPNNInputError, match="structure 0.*no total energy"):
-        energy_table([no_energy])
-
-
-def test_write_energy_csv(tmp_path, small_files):
-    structures, _ = read_structures(small_files[:4], require_energy=True)
-    rows = energy_table(structures, REFERENCE_ENERGIES_TIO2)
-    out = tmp_path / "e.csv"
-    write_energy_csv(out, rows)
-    with out.open(newline="") as fh:
-        back = list(csv.DictReader(fh))
-    assert list(back[0]) == list(bio.ENERGY_CSV_COLUMNS)
-    assert len(back) == 4
-    for r, b in zip(rows, back):
-        assert b["file"] == r["file"]
-        assert int(b["n_atoms"]) == r["n_atoms"]
-        assert b["composition"] == r["composition"]
-        for key in ("energy_ev", "energy_per_atom_ev", "cohesive_energy_per_atom_ev"):
-            assert float(b[key]) == r[key]  # full precision
-    assert [p.name for p in tmp_path.iterdir()] == ["e.csv"]  # no temp files left
-
-
-# --------------------------------------------------------------------------
-# atomic_write
-# --------------------------------------------------------------------------
-
-
-def test_atomic_write(tmp_path):
-    target = tmp_path / "f.txt"
-    target.write_text("old")
-    with pytest.raises(RuntimeError):
-        with atomic_write(target) as fh:
-            fh.write("new")
-            raise RuntimeError("boom")
-    assert target.read_text() == "old"
-    assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]
-    with atomic_write(target) as fh:
-        fh.write("new")
-    assert target.read_text() == "new"
-    with atomic_write(tmp_path / "b.bin", "wb") as fh:
-        fh.write(b"\x00\x01")
-    assert (tmp_path / "b.bin").read_bytes() == b"\x00\x01"
-    umask = os.umask(0)
-    os.umask(umask)
-    assert stat.S_IMODE((tmp_path / "b.bin").stat().st_mode) == 0o666 & ~umask
-    with pytest.raises(BPNNInputError, match="mode"):
-        with atomic_write(target, "a"):
-            pass
-    with pytest.raises(BPNNInputError, match="does not exist"):
-        with atomic_write(tmp_path / "nodir" / "x.txt"):
-            pass
-
-
-# --------------------------------------------------------------------------
-# packaged sample and module hygiene
-# --------------------------------------------------------------------------
-
-
-def test_sample_data(data_dir):
-    d = sample_data_dir()
-    files = sorted(d.glob("*.xsf"))
-    assert 100 <= len(files) <= 200
-    structures, skipped = read_structures(d, require_energy=True)
-    assert not skipped
-    assert {len(a) for a in structures} == {6, 22, 23, 24, 46, 47, 94, 95}
-    for row in energy_table(structures):
-        if row["n_atoms"] == 6:
-            assert row["cohesive_energy_per_atom_ev"] < 1.0
-    for f in files:  # unchanged copies of the data set
-        assert f.read_bytes() == (data_dir / f.name).read_bytes(), f.name
-    assert (d.parent / "README.md").is_file()
-
-
-def test_io_imports_no_jax_or_keras():
-    tree = ast.parse(Path(bio.__file__).read_text())
-    imported = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            imported.update(a.name.split(".")[0] for a in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            imported.add(node.module.split(".")[0])
-    assert not imported & {"jax", "keras", "flax", "optax", "tensorflow", "torch"}

@@ -27,7 +27,7 @@ from bpnn_jax.model import BPNN
 from bpnn_jax.calculators.n2p2 import export_n2p2, format_members, repulsion_table, write_n2p2_data
 from bpnn_jax.model.repulsion import PairRepulsion
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # ------------------------------------------------------------- file readers
 
