@@ -108,8 +108,8 @@ def run_size(model, target: int, args, rng) -> dict:
     import jax
 
     from bpnn_jax import BPNNCalculator
-    from bpnn_jax.descriptors.batch import HostStructure, collate
     from bpnn_jax.calculators.ase import calculator_padding, calculator_slots
+    from bpnn_jax.descriptors.batch import HostStructure, collate
     from bpnn_jax.descriptors.neighbors import neighbor_list
 
     reps = rutile_repeats(target)

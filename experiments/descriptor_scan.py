@@ -31,7 +31,6 @@ import time
 from pathlib import Path
 
 
-
 def candidates(elements):
     """name -> SymmetryFunctionSet of the scan."""
     from bpnn_jax.descriptors import SymmetryFunctionSet as SFS
@@ -86,13 +85,13 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     import bpnn_jax  # noqa: F401  (backend first)
-    from bpnn_jax.training import jacobian as jt
     from bpnn_jax.training import (
         TrainConfig,
         compute_statistics,
         featurize_host,
         load_training_data,
     )
+    from bpnn_jax.training import jacobian as jt
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -460,10 +460,10 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     from bpnn_jax.descriptors.batch import prepare_structures
-    from bpnn_jax.training.evaluation import energy_metrics
     from bpnn_jax.io import atomic_write
     from bpnn_jax.model import load_model, total_energy
     from bpnn_jax.training import featurize_host, predict_structures
+    from bpnn_jax.training.evaluation import energy_metrics
 
     t0 = time.time()
     model = load_model(args.model)

@@ -323,8 +323,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     import bpnn_jax
-    from bpnn_jax.training.evaluation import evaluate_structures
     from bpnn_jax.io import atomic_write
+    from bpnn_jax.training.evaluation import evaluate_structures
     from experiments.md import build_phase
 
     t_start = time.time()

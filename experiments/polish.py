@@ -41,10 +41,10 @@ def main(argv=None) -> int:
     import numpy as np
 
     import bpnn_jax  # noqa: F401
-    from bpnn_jax.training import jacobian as jt
     from bpnn_jax.descriptors.jacobian_cache import cached_jacobians
     from bpnn_jax.model import load_model
     from bpnn_jax.training import TrainConfig, featurize_host, load_training_data
+    from bpnn_jax.training import jacobian as jt
 
     model = load_model(args.model)
     K = model.members

@@ -121,8 +121,8 @@ def make_random_model():
     import keras
     import numpy as np
 
-    from bpnn_jax.descriptors.batch import prepare_structures
     from bpnn_jax.descriptors import SymmetryFunctionSet
+    from bpnn_jax.descriptors.batch import prepare_structures
     from bpnn_jax.io import REFERENCE_ENERGIES_TIO2
     from bpnn_jax.model import BPNN
     from bpnn_jax.training import compute_statistics, featurize_host
@@ -159,9 +159,9 @@ def make_random_committee():
     import jax
     import numpy as np
 
-    from bpnn_jax.training import jacobian as jt
     from bpnn_jax.io import REFERENCE_ENERGIES_TIO2
     from bpnn_jax.training import compute_statistics, featurize_host
+    from bpnn_jax.training import jacobian as jt
 
     def factory(hosts, spec, *, members=2, seed=0, hidden=(8, 8), energy_scale=0.5, shift_offset=0.0,
                 pooled_std_floor=False, references=REFERENCE_ENERGIES_TIO2):

@@ -104,8 +104,8 @@ def calculator_timing(n_target: int, dtype: str, steps: int, max_seconds: float,
     from md_inference import rutile
 
     from bpnn_jax.calculators.ase import BPNNCalculator
-    from bpnn_jax.model.ensemble import select_members
     from bpnn_jax.model import load_model
+    from bpnn_jax.model.ensemble import select_members
 
     model = select_members(load_model("tio2", dtype=dtype), parse_members(members))
     assert model.repulsion is not None

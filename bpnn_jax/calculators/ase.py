@@ -49,9 +49,15 @@ from ase.calculators.calculator import Calculator, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
 from ..descriptors.batch import HostStructure, collate
+from ..descriptors.neighbors import (
+    ATOM_BUCKETS,
+    bucket_size,
+    neighbor_list,
+    peak_counts,
+    round_up,
+)
 from ..errors import StructureError
 from ..model.bpnn import BPNN, load_model, member_backward, with_dtype
-from ..descriptors.neighbors import ATOM_BUCKETS, bucket_size, neighbor_list, peak_counts, round_up
 
 __all__ = ["BPNNCalculator", "ExtrapolationWarning", "extrapolation_report"]
 

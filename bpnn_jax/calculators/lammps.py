@@ -53,10 +53,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..descriptors.neighbors import neighbor_list
 from ..descriptors.symmetry import atoms_descriptors
 from ..errors import BPNNInputError
 from ..model.bpnn import BPNN, load_model, with_dtype
-from ..descriptors.neighbors import neighbor_list
 
 __all__ = [
     "LAMMPS_JAX_INSTALL",

@@ -389,8 +389,8 @@ def export_n2p2(model, out_dir, *, members: Sequence[int] | None = None, table_p
         BPNNInputError: a model n2p2 cannot express (descriptors,
             activation), bad member numbers, or an unwritable directory.
     """
-    from ..model.ensemble import model_statistic
     from ..model.bpnn import BPNN, load_model
+    from ..model.ensemble import model_statistic
 
     if not isinstance(model, BPNN):
         source = str(model)

@@ -24,7 +24,17 @@ import sys
 from collections.abc import Callable, Sequence
 
 from ..errors import BPNNError
-from . import check_forces, energies, evaluate, export_lammps, export_n2p2, featurize, merge, predict, train
+from . import (
+    check_forces,
+    energies,
+    evaluate,
+    export_lammps,
+    export_n2p2,
+    featurize,
+    merge,
+    predict,
+    train,
+)
 
 #: name -> (add_parser(subparsers) -> parser, run(args) -> exit status)
 COMMANDS: dict[str, tuple[Callable[..., argparse.ArgumentParser], Callable[[argparse.Namespace], int]]] = {

@@ -10,6 +10,7 @@ import argparse
 
 from .common import check_output, read_inputs
 
+
 def add_check_forces_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "check-forces",
@@ -38,8 +39,8 @@ def add_check_forces_parser(subparsers) -> argparse.ArgumentParser:
 def cmd_check_forces(args: argparse.Namespace) -> int:
     import json
 
-    from ..errors import BPNNInputError
     from ..calculators.force_check import check_forces
+    from ..errors import BPNNInputError
     from ..io.atomic import atomic_write
     from ..model.bpnn import load_model
 

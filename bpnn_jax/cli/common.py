@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+
 def add_key_args(p) -> None:
     """``--energy-key``, ``--forces-key``, ``--stress-key`` (labels of ASE-format frames)."""
     g = p.add_argument_group("labels of extended XYZ / ASE frames (default: ASE's results, then the usual keys)")
@@ -102,8 +103,8 @@ def check_output(path) -> None:
 
 def _structure_problem(model, model_name: str, atoms) -> str | None:
     """Why ``atoms`` cannot be used with ``model`` (without the file name), or None."""
-    from ..errors import StructureError
     from ..descriptors.neighbors import check_geometry
+    from ..errors import StructureError
 
     name = str(atoms.info.get("file", "structure"))
     symbols = atoms.get_chemical_symbols()

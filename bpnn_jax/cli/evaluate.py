@@ -8,7 +8,15 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_key_args, check_output, frame_keys, interactive, read_inputs, split_files
+from .common import (
+    add_key_args,
+    check_output,
+    frame_keys,
+    interactive,
+    read_inputs,
+    split_files,
+)
+
 
 def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
@@ -43,8 +51,8 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..training.evaluation import evaluate_structures, write_plots, write_report
     from ..model.bpnn import load_model
+    from ..training.evaluation import evaluate_structures, write_plots, write_report
 
     check_output(args.json)
     paths = list(args.paths) + (split_files(args.split) if args.split else [])

@@ -81,9 +81,9 @@ def cmd_export_lammps(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     import json
 
+    from ..calculators.lammps import read_bundle, verify_bundle
     from ..errors import BPNNInputError
     from ..io.atomic import atomic_write
-    from ..calculators.lammps import read_bundle, verify_bundle
     from ..model.bpnn import load_model
 
     if not args.args:

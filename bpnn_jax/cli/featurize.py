@@ -63,8 +63,8 @@ def cmd_featurize(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from ..descriptors.symmetry import SymmetryFunctionSet
     from ..descriptors.featurize import featurize_files, save_features
+    from ..descriptors.symmetry import SymmetryFunctionSet
 
     out = Path(args.out)
     if not out.parent.is_dir():  # fail before the (long) computation

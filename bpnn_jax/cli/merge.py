@@ -10,6 +10,7 @@ import argparse
 
 from .common import check_output, member_list, read_inputs, split_files
 
+
 def add_merge_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "merge",
@@ -38,9 +39,9 @@ def add_merge_parser(subparsers) -> argparse.ArgumentParser:
 
 def cmd_merge(args: argparse.Namespace) -> int:
     from ..descriptors.batch import prepare_structures
-    from ..model.ensemble import merge_committees, select_members
     from ..errors import BPNNInputError, ModelError
     from ..model.bpnn import load_model
+    from ..model.ensemble import merge_committees, select_members
     from ..training import spread_threshold
 
     check_output(args.out)

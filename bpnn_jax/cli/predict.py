@@ -10,6 +10,7 @@ import argparse
 
 from .common import check_output, interactive, read_inputs
 
+
 def add_predict_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "predict",

@@ -11,6 +11,7 @@ import dataclasses
 
 from .common import parse_reference
 
+
 def _hidden(text: str) -> tuple[int, ...]:
     try:
         nodes = tuple(int(x) for x in text.replace("x", ",").split(",") if x.strip())
@@ -209,10 +210,9 @@ def hide_advanced_options(parser: argparse.ArgumentParser, common) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from ..errors import BPNNInputError
     from ..training import PRESETS, RESUME_OPTIONS, TrainConfig, train
     from ..training.defaults import DERIVED
-
-    from ..errors import BPNNInputError
 
     config = TrainConfig(**PRESETS[args.preset])
     paths, out = list(args.paths), args.out

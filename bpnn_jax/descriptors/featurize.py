@@ -598,8 +598,8 @@ def featurize_files(
             (singular cell, atoms too close; see
             :func:`~bpnn_jax.descriptors.batch.prepare_structures`).
     """
-    from .symmetry import descriptor_preset
     from ..io.frames import read_structures
+    from .symmetry import descriptor_preset
 
     structures, skipped = read_structures(paths, skip_invalid=skip_invalid, progress=progress)
     if not structures:

@@ -151,8 +151,8 @@ def cached_strain_jacobians(structures: Sequence, spec, cache_dir, *, dtype=np.f
     Small next to the position Jacobians (n·F·6 values per structure), kept
     in one ``.npz`` (``strain-<key>.npz``) under the same key.
     """
-    from .featurize import descriptor_strain_jacobians
     from ..io.atomic import atomic_write
+    from .featurize import descriptor_strain_jacobians
 
     if cache_dir is None:
         return descriptor_strain_jacobians(structures, spec, dtype=dtype, progress=progress)

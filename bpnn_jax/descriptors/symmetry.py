@@ -49,11 +49,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..errors import BPNNInputError
+from ..units import VOIGT
 from .chebyshev import ChebyshevBasis, chebyshev_atom_descriptors, chebyshev_atom_jacobian
 from .cutoffs import cosine_cutoff
-from ..errors import BPNNInputError
 from .geometry import displacements, safe_inverse, safe_norm
-from ..units import VOIGT
 
 __all__ = [
     "SymmetryFunctionSet",

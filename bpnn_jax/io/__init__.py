@@ -16,7 +16,12 @@ from __future__ import annotations
 
 from ..units import stress_voigt, voigt_6
 from .atomic import atomic_write
-from .energies import ENERGY_CSV_COLUMNS, REFERENCE_ENERGIES_TIO2, energy_table, write_energy_csv
+from .energies import (
+    ENERGY_CSV_COLUMNS,
+    REFERENCE_ENERGIES_TIO2,
+    energy_table,
+    write_energy_csv,
+)
 from .frames import (
     DIRECTORY_SUFFIXES,
     ENERGY_KEYS,

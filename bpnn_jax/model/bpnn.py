@@ -39,11 +39,11 @@ import keras
 import numpy as np
 from keras import ops
 
+from ..descriptors.geometry import displacements
 from ..descriptors.symmetry import atoms_descriptors, descriptor_from_config
 from ..errors import ModelError
-from ..descriptors.geometry import displacements
-from .layers import ElementMLP, MaskedRMSE
 from .card import PRETRAINED_DIR, shipped_models
+from .layers import ElementMLP, MaskedRMSE
 from .repulsion import PairRepulsion
 
 __all__ = ["BPNN", "load_model", "with_dtype", "total_energy", "member_backward", "PRETRAINED_DIR"]

@@ -30,8 +30,8 @@ from typing import Sequence
 import jax.numpy as jnp
 import numpy as np
 
-from ..errors import ModelError
 from ..descriptors.geometry import safe_norm
+from ..errors import ModelError
 
 __all__ = ["PairRepulsion", "pair_key", "parse_pair_cutoffs"]
 

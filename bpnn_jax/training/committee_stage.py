@@ -8,15 +8,13 @@ from pathlib import Path
 
 import numpy as np
 
-
 from ..errors import BPNNInputError
-from ..units import EV_PER_A3_IN_GPA
 from ..model.bpnn import BPNN
-from .data import compute_statistics, featurize_host
+from ..units import EV_PER_A3_IN_GPA
 from .config import TrainConfig
+from .data import compute_statistics, featurize_host
 from .repulsion_fit import run_repulsion_stage
 from .run_state import atomic_save, physical_memory_gb, require_forces, write_json
-
 
 #: Peak memory of the full-batch L-BFGS polish / the grouped Jacobians it runs over (at least
 #: this: the full TiO2 set, 4.5 GB grouped, passed 23 GB before the kernel killed it).
@@ -26,8 +24,8 @@ LBFGS_MEMORY_FACTOR = 5.5
 def train_committee(data, train_s, val_s, run_dir: Path, config: TrainConfig, *, resume: bool, verbose: int,
                      deadline) -> BPNN:
     """The E+F committee stage (``config.members >= 1``); see :mod:`bpnn_jax.training.jacobian`."""
-    from . import jacobian as jt
     from ..descriptors.jacobian_cache import cached_jacobians
+    from . import jacobian as jt
 
     spec = data["spec"]
     cfg = config.committee_config()

@@ -14,8 +14,8 @@ import numpy as np
 
 import bpnn_jax  # noqa: F401
 from bpnn_jax.calculators.ase import BPNNCalculator
-from bpnn_jax.cli import main
 from bpnn_jax.calculators.force_check import check_forces
+from bpnn_jax.cli import main
 from bpnn_jax.io import read_xsf
 from bpnn_jax.model import load_model
 

@@ -43,7 +43,12 @@ def test_exported_program_equals_calculator_float64(bundle64, data_dir):
 
 def test_bundle_types_follow_model_elements_and_unknown_types_give_nan(bundle64, data_dir):
     """Type t is element t-1: swapping O and Ti changes the energy; a type past the elements is NaN."""
-    from bpnn_jax.calculators.lammps import compile_bundle, lammps_layout, read_bundle, run_bundle
+    from bpnn_jax.calculators.lammps import (
+        compile_bundle,
+        lammps_layout,
+        read_bundle,
+        run_bundle,
+    )
 
     bundle = read_bundle(bundle64)
     assert bundle["bpnn_jax"]["lammps_types"] == {"1": "O", "2": "Ti"}

@@ -19,12 +19,17 @@ import numpy as np
 import pytest
 
 import bpnn_jax  # noqa: F401  (sets the Keras backend before keras is imported)
+from bpnn_jax.calculators.n2p2 import (
+    export_n2p2,
+    format_members,
+    repulsion_table,
+    write_n2p2_data,
+)
 from bpnn_jax.cli import main
 from bpnn_jax.descriptors import ChebyshevBasis, SymmetryFunctionSet
 from bpnn_jax.errors import BPNNInputError
 from bpnn_jax.io import REFERENCE_ENERGIES_TIO2, read_xsf
 from bpnn_jax.model import BPNN
-from bpnn_jax.calculators.n2p2 import export_n2p2, format_members, repulsion_table, write_n2p2_data
 from bpnn_jax.model.repulsion import PairRepulsion
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -377,8 +382,8 @@ def test_nnp_predict_tio2_imbalzano_committee(nnp_predict_bin, data_dir, tmp_pat
     """(b) The shipped tio2 committee's Imbalzano members (--members 1-5, exported by the command line) as one
     n2p2 network: nnp-predict plus bpnn_jax's pair baseline equals the whole model (baseline included) in
     float64."""
-    from bpnn_jax.model.ensemble import select_members
     from bpnn_jax.model import load_model
+    from bpnn_jax.model.ensemble import select_members
 
     assert main(["export-n2p2", "tio2", "--out", str(tmp_path / "tio2"), "--members", "1-5"]) == 0
     model = select_members(load_model("tio2"), list(range(5)))
@@ -444,9 +449,9 @@ def lammps_tio2_agreement(lammps_io, data_dir, tmp_path, *, table_points=LAMMPS_
     from ase.neighborlist import neighbor_list
 
     from bpnn_jax.calculators.ase import BPNNCalculator
-    from bpnn_jax.model.ensemble import select_members
-    from bpnn_jax.model import load_model
     from bpnn_jax.calculators.n2p2 import lammps_lines
+    from bpnn_jax.model import load_model
+    from bpnn_jax.model.ensemble import select_members
 
     out = tmp_path / "tio2"
     assert main(["export-n2p2", "tio2", "--out", str(out), "--members", "1-5",

@@ -10,10 +10,9 @@ import numpy as np
 import pytest
 
 import bpnn_jax  # noqa: F401
-from bpnn_jax.descriptors.batch import prepare_structures
 from bpnn_jax.cli import main
 from bpnn_jax.descriptors import SymmetryFunctionSet
-from bpnn_jax.errors import BPNNInputError, StructureError
+from bpnn_jax.descriptors.batch import prepare_structures
 from bpnn_jax.descriptors.featurize import (
     default_elements,
     descriptor_function,
@@ -21,6 +20,7 @@ from bpnn_jax.descriptors.featurize import (
     featurize,
     featurize_files,
 )
+from bpnn_jax.errors import BPNNInputError, StructureError
 from bpnn_jax.io import read_xsf
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

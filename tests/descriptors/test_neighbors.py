@@ -17,8 +17,6 @@ import pytest
 from ase import Atoms
 
 from bpnn_jax.descriptors.batch import plan_batches, prepare_structures
-from bpnn_jax.errors import StructureError
-from bpnn_jax.io import read_structures, read_xsf, sample_data_dir
 from bpnn_jax.descriptors.neighbors import (
     ATOM_BUCKETS,
     NEIGHBOR_BUCKETS,
@@ -28,6 +26,8 @@ from bpnn_jax.descriptors.neighbors import (
     slot_layout,
     species_counts,
 )
+from bpnn_jax.errors import StructureError
+from bpnn_jax.io import read_structures, read_xsf, sample_data_dir
 
 RC = 6.5
 

@@ -26,9 +26,9 @@ import pytest
 from ase import Atoms
 
 import bpnn_jax  # noqa: F401  (enables float64 in JAX)
+from bpnn_jax.descriptors import SymmetryFunctionSet, batch_descriptors
 from bpnn_jax.descriptors.batch import collate, prepare_structures
 from bpnn_jax.descriptors.cutoffs import cos_0_pi, cosine_cutoff
-from bpnn_jax.descriptors import SymmetryFunctionSet, batch_descriptors
 from bpnn_jax.descriptors.featurize import descriptor_function, featurize
 from bpnn_jax.io import read_xsf
 

@@ -8,7 +8,14 @@ import pytest
 from ase import Atoms
 
 from bpnn_jax.errors import BPNNInputError
-from bpnn_jax.io import ENERGY_CSV_COLUMNS, REFERENCE_ENERGIES_TIO2, energy_table, read_structures, read_xsf, write_energy_csv
+from bpnn_jax.io import (
+    ENERGY_CSV_COLUMNS,
+    REFERENCE_ENERGIES_TIO2,
+    energy_table,
+    read_structures,
+    read_xsf,
+    write_energy_csv,
+)
 
 S0001_ENERGY = -19960.66173260  # eV, from the file's comment line
 

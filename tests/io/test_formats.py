@@ -275,11 +275,11 @@ def test_auto_preset_and_files(tmp_path):
 
 # --------------------------------------------------- stress in evaluation
 def test_predicted_stress_equals_calculator(make_random_model, data_dir):
-    from bpnn_jax.descriptors.batch import prepare_structures
     from bpnn_jax.calculators.ase import BPNNCalculator
+    from bpnn_jax.descriptors.batch import prepare_structures
     from bpnn_jax.io import read_xsf
-    from bpnn_jax.units import EV_PER_A3_IN_GPA
     from bpnn_jax.training import predict_stress
+    from bpnn_jax.units import EV_PER_A3_IN_GPA
 
     atoms = [read_xsf(data_dir / f) for f in ("structure1632.xsf", "structure0001.xsf")]
     model = make_random_model(atoms)

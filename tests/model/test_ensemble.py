@@ -210,8 +210,8 @@ def test_incompatible_models_are_refused(models):
 
 def test_merge_cli_calibrates_the_threshold_by_the_training_rule(models, data_dir, tmp_path, capsys):
     from bpnn_jax.cli import main
-    from bpnn_jax.training.jacobian import THRESHOLD_FACTOR
     from bpnn_jax.model import load_model
+    from bpnn_jax.training.jacobian import THRESHOLD_FACTOR
 
     atoms, (a, b) = models
     pa, pb, out = tmp_path / "a.keras", tmp_path / "b.keras", tmp_path / "m.keras"
