@@ -1,6 +1,6 @@
 """Options derived from the data (:mod:`bpnn_jax.training.defaults`): what ``train DATA`` does by default.
 
-* the cut-off follows the data's neighbour shells: the same crystal at two densities gets two cut-offs,
+* the cut-off follows the data's density: the same crystal at two densities gets two cut-offs,
   in the ratio of the lattice constants (and a brute-force neighbour count agrees with the summary);
 * what is derived is printed and recorded in ``RUN_DIR/config.yaml``, and ``train --config`` of that file
   repeats the run exactly; options that are given are never derived;
@@ -22,7 +22,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from bpnn_jax.cli import main
 from bpnn_jax.training import TrainConfig
 from bpnn_jax.training.data import read_training_frames
-from bpnn_jax.training.defaults import DERIVED, derive_defaults, summarize_data
+from bpnn_jax.training.defaults import DERIVED, NEIGHBOUR_COUNT, derive_defaults, summarize_data
 
 
 def cu_frames(n: int, a0: float, seed: int = 0, forces: bool = True) -> list:
@@ -46,12 +46,13 @@ def read(path):
 def test_cutoff_follows_the_density(tmp_path):
     dense, loose = cu_frames(24, 3.61), cu_frames(24, 3.61 * 1.15, seed=1)
     s_dense, s_loose = summarize_data(dense), summarize_data(loose)
-    # Brute force with ASE's neighbour list: atom 0's 24th-36th nearest neighbours' mean distance.
+    # Brute force with ASE's neighbour list: the median over atoms of the Cu count within 9 Å sets the
+    # radius of a sphere that holds NEIGHBOUR_COUNT of them at that density.
     from ase.neighborlist import neighbor_list
 
-    i, dist = neighbor_list("id", dense[0], 9.0)
-    ranked = np.sort(dist[i == 0])
-    assert ranked[23:36].mean() == pytest.approx(s_dense.radius["Cu"], rel=0.03)
+    counts = np.concatenate([np.bincount(neighbor_list("i", a, 9.0), minlength=len(a)) for a in dense])
+    density = np.median(counts) / (4 / 3 * np.pi * 9.0**3)
+    assert (3 * NEIGHBOUR_COUNT / (4 * np.pi * density)) ** (1 / 3) == pytest.approx(s_dense.radius["Cu"], rel=1e-9)
     v_dense, why_dense = derive_defaults(s_dense)
     v_loose, why_loose = derive_defaults(s_loose)
     assert v_loose["cutoff"] > v_dense["cutoff"]
