@@ -177,7 +177,7 @@ def derived_cutoff(summary: DataSummary) -> tuple[float, str]:
     rc = min(max(math.ceil(r * 10 - 1e-9) / 10, lo), hi)
     shown = ", ".join(f"{e} {v:.2f}" for e, v in radii.items())
     return rc, (f"cut-off {rc:g} Å: a sphere of this radius holds {NEIGHBOUR_COUNT} atoms of each element at the "
-                f"data's median density ({shown} Å), clipped to {lo:g}-{hi:g} Å")
+                f"data's median density ({shown} Å; {el} sets it), clipped to {lo:g}-{hi:g} Å")
 
 
 def derive_defaults(summary: DataSummary, given: Sequence[str] = (),
