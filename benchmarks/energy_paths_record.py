@@ -5,7 +5,8 @@ Routes: the ASE calculator (committee mean forces, and per-member forces),
 ``predict_stress`` and the LAMMPS neighbour-matrix energy (per-atom energies
 and their forces), for both shipped models on four structures of the bundled
 sample (a 24-atom rutile-like cell, a thin 6-atom cell, a fully triclinic
-6-atom cell and a 22-atom cell with 110° angles).  Written to check a
+6-atom cell, a 22-atom cell with 110° angles, and the triclinic cell
+compressed to 85 %, whose short contacts switch on the pair baseline).  Written to check a
 refactoring of these routes: record before, compare after::
 
     python benchmarks/energy_paths_record.py record /tmp/energy_paths_before.npz
@@ -37,6 +38,8 @@ from bpnn_jax.training.predict import predict_stress, predict_structures
 MODELS = ("tio2", "tio2_v8")
 #: rutile-like 24 atoms; thin (2.97 Å side); triclinic (106.6°, 112.7°, 90°); 22 atoms at 110°/110°.
 STRUCTURES = ("structure0001.xsf", "structure1061.xsf", "structure6821.xsf", "structure5446.xsf")
+#: And the triclinic cell compressed by this factor: Ti-O contacts ~1.6 Å, inside the pair baseline's reach.
+COMPRESSED = ("structure6821.xsf", 0.85)
 RTOL = 1e-12
 FORCE_ATOL = 1e-10
 
@@ -44,6 +47,9 @@ FORCE_ATOL = 1e-10
 def record() -> dict[str, np.ndarray]:
     jax.config.update("jax_enable_x64", True)
     atoms_list = [read_xsf(sample_data_dir() / name) for name in STRUCTURES]
+    squeezed = read_xsf(sample_data_dir() / COMPRESSED[0])
+    squeezed.set_cell(squeezed.cell.array * COMPRESSED[1], scale_atoms=True)
+    atoms_list.append(squeezed)
     out: dict[str, np.ndarray] = {}
     for name in MODELS:
         model = load_model(name, dtype="float64")
@@ -69,7 +75,7 @@ def record() -> dict[str, np.ndarray]:
             out[p + "call/forces"] = np.asarray(res["forces"][0, :h.n_atoms], np.float64)
             out[p + "call/energy_members"] = np.asarray(res["energy_members"][:, 0], np.float64)
             out[p + "call/forces_members"] = np.asarray(res["forces_members"][:, 0, :h.n_atoms], np.float64)
-            layout = lammps_layout(atoms, model.elements, model.spec.cutoff, max_atoms=1024, max_neighbors=160,
+            layout = lammps_layout(atoms, model.elements, model.spec.cutoff, max_atoms=2048, max_neighbors=256,
                                    rows=32)
             graph = SimpleNamespace(neighbors=jax.numpy.asarray(layout.neighbors),
                                     num_neighbors=jax.numpy.asarray(layout.num_neighbors))

@@ -1,8 +1,10 @@
 """An ASE calculator for BPNN models: energy, per-atom energies, forces, stress.
 
-One JAX function gives everything: the energy E(R(I+ε), C(I+ε)) of the
-structure under a homogeneous (symmetric) strain ε, differentiated once with
-respect to the positions R and the strain ε at ε = 0:
+One JAX function gives everything (:func:`bpnn_jax.model.potential.
+evaluate_potential`, shared with ``BPNN.call`` and the predictions): the
+energy E(R(I+ε), C(I+ε)) of the structure under a homogeneous (symmetric)
+strain ε, differentiated once with respect to the positions R and the strain
+ε at ε = 0:
 
     forces  F = -dE/dR                                  (eV/Å)
     stress  σ = (1/V) dE/dε                             (eV/Å³)
@@ -38,11 +40,8 @@ from __future__ import annotations
 
 import math
 import warnings
-import weakref
 from typing import Sequence
 
-import jax
-import jax.numpy as jnp
 import keras
 import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
@@ -57,7 +56,8 @@ from ..descriptors.neighbors import (
     round_up,
 )
 from ..errors import StructureError
-from ..model.bpnn import BPNN, load_model, member_backward, with_dtype
+from ..model.bpnn import BPNN, load_model, with_dtype
+from ..model.potential import potential_function
 
 __all__ = ["BPNNCalculator", "ExtrapolationWarning", "extrapolation_report"]
 
@@ -118,90 +118,16 @@ def _format_report(report: Sequence[tuple[int, int]], n_atoms: int, tolerance: f
 
 
 # ------------------------------------------------------------ the function
-#: model -> jitted evaluation function (shared by all calculators of a model).
-_EVALUATORS: "weakref.WeakKeyDictionary[BPNN, dict]" = weakref.WeakKeyDictionary()
-
-
 def _evaluator(model: BPNN, member_forces: bool = True):
-    """Jitted ``f(values, positions, cell, inputs)`` for ``model``, and its variables.
+    """Jitted ``f(values, inputs)`` for ``model``, and its variables.
 
-    Returns ``(f, variables)``; ``values`` are the current values of
-    ``variables`` (a snapshot of ``model.variables``), in that order.  ``f``
-    returns a dict: ``energies`` (B, N) relative atomic energies (eV),
-    ``forces`` (B, N, 3) eV/Å, ``de_dstrain`` (B, 3, 3) dE/dε at ε = 0
-    (eV) and ``sf`` (B, N, F) symmetry functions; for a committee also
-    ``energy_members`` (K,) eV and, with ``member_forces``,
-    ``forces_members`` (K, B, N, 3) eV/Å (one backward pass per member;
-    without, the forces of the mean energy take one backward pass).
+    :func:`~bpnn_jax.model.potential.potential_function` with forces and
+    the strain derivative (one backward pass, or one per member with
+    ``member_forces`` for a committee); ``values`` are the current values of
+    ``variables`` (``model.variables``), in that order.  Shared by all
+    calculators of a model.
     """
-    committee = getattr(model, "members", 1) > 1
-    key = bool(member_forces) and committee
-    try:
-        return _EVALUATORS[model][key]
-    except (KeyError, TypeError):
-        pass
-    variables = list(model.variables)
-    model_ref = weakref.ref(model)  # no strong reference from the cache to the model
-
-    def strained_atomic_energies(values, positions, cell, strain, inputs, members: bool):
-        """Atomic energies ((B, N), or (K, B, N) for ``members``) and SFs under strain ε."""
-        m = model_ref()
-        sym = 0.5 * (strain + jnp.swapaxes(strain, -1, -2))
-        deform = jnp.eye(3, dtype=strain.dtype) + sym  # (B, 3, 3); row vectors: r -> r (I + ε)
-        pos = jnp.einsum("bni,bij->bnj", positions, deform)
-        cel = jnp.einsum("bki,bij->bkj", cell, deform)
-        with keras.StatelessScope(state_mapping=list(zip(variables, values))):
-            sf = m.descriptors(pos, cel, inputs)
-            atomic = m.member_atomic_energies if members else m.atomic_energies
-            e = atomic(sf, inputs["species"], inputs["atom_mask"])
-            if m.repulsion is not None:  # the pair baseline, the same for every member
-                e = e + m.repulsion_energies(pos, cel, inputs)
-            return e, sf
-
-    def energy(values, positions, cell, strain, inputs):
-        e, sf = strained_atomic_energies(values, positions, cell, strain, inputs, members=False)
-        return jnp.sum(e), (e, sf)
-
-    def evaluate(values, positions, cell, inputs):
-        strain = jnp.zeros_like(cell)
-        (g_pos, g_strain), (e, sf) = jax.grad(energy, argnums=(1, 3), has_aux=True)(
-            values, positions, cell, strain, inputs
-        )
-        return {"energies": e, "forces": -g_pos, "de_dstrain": g_strain, "sf": sf}
-
-    def member_energies(values, positions, cell, strain, inputs):
-        e, sf = strained_atomic_energies(values, positions, cell, strain, inputs, members=True)  # (K, B, N)
-        return jnp.sum(e, axis=(1, 2)), (e, sf)
-
-    def evaluate_committee(values, positions, cell, inputs):
-        # Per-member forces and strain derivatives: one backward pass per
-        # member (one-hot cotangents; see member_backward), the forward pass shared.
-        strain = jnp.zeros_like(cell)
-        e_k, vjp, (e, sf) = jax.vjp(lambda p, s: member_energies(values, p, cell, s, inputs),
-                                    positions, strain, has_aux=True)
-        g_pos, g_strain = member_backward(vjp, jnp.eye(e_k.shape[0], dtype=e_k.dtype))
-        return {"energies": jnp.mean(e, axis=0), "forces": -jnp.mean(g_pos, axis=0),
-                "de_dstrain": jnp.mean(g_strain, axis=0), "sf": sf, "energy_members": e_k,
-                "forces_members": -g_pos}
-
-    def evaluate_committee_mean(values, positions, cell, inputs):
-        # Forces and stress of the mean energy: one backward pass in all.
-        def mean_energy(p, s):
-            e_k, aux = member_energies(values, p, cell, s, inputs)
-            return jnp.mean(e_k), (e_k, aux)
-
-        strain = jnp.zeros_like(cell)
-        (g_pos, g_strain), (e_k, (e, sf)) = jax.grad(mean_energy, argnums=(0, 1), has_aux=True)(positions, strain)
-        return {"energies": jnp.mean(e, axis=0), "forces": -g_pos, "de_dstrain": g_strain, "sf": sf,
-                "energy_members": e_k}
-
-    body = (evaluate_committee if key else evaluate_committee_mean) if committee else evaluate
-    fn = (jax.jit(body), variables)
-    try:
-        _EVALUATORS.setdefault(model, {})[key] = fn
-    except TypeError:  # not weak-referenceable: no sharing, still correct
-        pass
-    return fn
+    return potential_function(model, forces=True, stress=True, member_forces=member_forces)
 
 
 # ----------------------------------------------------------------- the calc
@@ -432,7 +358,7 @@ class BPNNCalculator(Calculator):
         if self.member_forces is None and "forces_std" in properties:
             fn, _ = _evaluator(self.model, True)
             members = True
-        out = fn(values, positions, cell, inputs)
+        out = fn(values, inputs)
         self.compiled_shapes.add(st["shape"])
         committee = getattr(self.model, "members", 1) > 1
         self.compiled_programs.add(
@@ -440,7 +366,7 @@ class BPNNCalculator(Calculator):
 
         refs = self.model.reference_energies
         ref_atoms = np.array([refs.get(s, 0.0) for s in atoms.get_chemical_symbols()], np.float64)
-        e_rel = np.asarray(out["energies"][0, :n], np.float64)
+        e_rel = np.asarray(out["atomic_energies"][0, :n], np.float64)
         energy = math.fsum(e_rel) + math.fsum(ref_atoms)
         self.results = {
             "energy": energy,
@@ -458,7 +384,7 @@ class BPNNCalculator(Calculator):
             f_k = np.asarray(out["forces_members"][:, 0, :n], np.float64)
             self.results["forces_std"] = np.sqrt(np.mean(np.sum((f_k - self.results["forces"]) ** 2, -1), 0))
 
-        sf = np.asarray(out["sf"][0, :n])
+        sf = np.asarray(out["descriptors"][0, :n])
         self.last_extrapolation = extrapolation_report(self.model, sf, st["species"], tolerance=self.tolerance)
         self._maybe_warn(atoms)
 

@@ -54,9 +54,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..descriptors.neighbors import neighbor_list
-from ..descriptors.symmetry import atoms_descriptors
 from ..errors import BPNNInputError
 from ..model.bpnn import BPNN, load_model, with_dtype
+from ..model.potential import site_energies
 
 __all__ = [
     "LAMMPS_JAX_INSTALL",
@@ -105,7 +105,6 @@ def neighbor_matrix_energy(model: BPNN):
         NaN, which LAMMPS reports, rather than a silent zero.  The model's
         weights are constants of the function (a bundle is the model).
     """
-    spec = model.spec
     S = len(model.elements)
     dtype = model.compute_dtype or "float32"
     refs = np.asarray([model.reference_energies.get(el, 0.0) for el in model.elements], dtype)
@@ -121,14 +120,13 @@ def neighbor_matrix_energy(model: BPNN):
         s_j = species[j]
         disp_blocks = jnp.concatenate([disp] * S, axis=1)  # one masked copy per element
         mask_blocks = jnp.concatenate([valid & (s_j == s) for s in range(S)], axis=1)
-        sf = atoms_descriptors(disp_blocks, mask_blocks, spec, (M,) * S, model.chunk_size)  # (R, F)
         s_i = species[:R]
         known = (s_i >= 0) & (s_i < S)
         s_safe = jnp.where(known, s_i, 0)
-        e = model.atomic_energies(sf[None], s_safe[None], jnp.ones((1, R), bool))[0]
-        if model.repulsion is not None:  # the short-range pair baseline under the networks
-            e = e + model.repulsion.atomic_energies(disp, valid, s_safe, s_j)
-        e = e + jnp.asarray(refs)[s_safe]
+        # The model's own site energies (networks and pair baseline), as in every other route.
+        e, _ = site_energies(model, disp_blocks[None], mask_blocks[None], (M,) * S, s_safe[None],
+                             jnp.concatenate([s_j] * S, axis=1)[None], jnp.ones((1, R), bool))
+        e = e[0] + jnp.asarray(refs)[s_safe]
         e = jnp.where(known | (count == 0), e, jnp.nan)
         return jnp.zeros((A,), e.dtype).at[:R].set(e)
 

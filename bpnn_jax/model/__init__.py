@@ -1,6 +1,8 @@
 """The model: Keras layers, the Behler-Parrinello network, committees, the pair baseline, model cards.
 
 * :mod:`.bpnn` — the :class:`~.bpnn.BPNN` Keras model, :func:`~.bpnn.load_model`;
+* :mod:`.potential` — the one energy function (energy, forces, strain
+  derivative, committee members) that every route evaluates;
 * :mod:`.layers` — per-element networks and the masked loss;
 * :mod:`.ensemble` — committees of committees (merge, select members);
 * :mod:`.repulsion` — the short-range repulsive pair baseline;

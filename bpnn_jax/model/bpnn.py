@@ -2,9 +2,10 @@
 
 positions, cell, neighbour tensors → symmetry functions (pure JAX) →
 per-element standardisation → one MLP per element → atomic energies → sum.
-The whole map is one differentiable JAX function, so forces are
-F = -dE/dR by autodiff inside ``call``, and training on forces
-differentiates through that gradient (double backprop).
+The whole map is one differentiable JAX function,
+:func:`bpnn_jax.model.potential.evaluate_potential`, so forces are F = -dE/dR by
+autodiff inside ``call``, and training on forces differentiates through
+that gradient (double backprop).
 
 Energies.  The network predicts the energy *relative to the free-atom
 reference energies* (the cohesive energy, eV); references are subtracted
@@ -24,7 +25,9 @@ Inputs are a dict (see :meth:`bpnn_jax.descriptors.batch.Batch.inputs`):
   ``species``, ``atom_mask``.  No forces in this mode.
 
 Outputs: ``{"energy": (B,) eV, "forces": (B, N, 3) eV/Å}`` (forces only in
-geometry mode with ``compute_forces=True``).
+geometry mode with ``compute_forces=True``); a committee adds
+``energy_members`` (K, B) eV and, with forces, ``forces_members``
+(K, B, N, 3) eV/Å.
 """
 
 from __future__ import annotations
@@ -39,11 +42,17 @@ import keras
 import numpy as np
 from keras import ops
 
-from ..descriptors.geometry import displacements
-from ..descriptors.symmetry import atoms_descriptors, descriptor_from_config
+from ..descriptors.symmetry import descriptor_from_config
 from ..errors import ModelError
 from .card import PRETRAINED_DIR, shipped_models
 from .layers import ElementMLP, MaskedRMSE
+from .potential import (
+    descriptors_from_displacements,
+    evaluate_potential,
+    member_backward,
+    neighbor_geometry,
+    site_energies,
+)
 from .repulsion import PairRepulsion
 
 __all__ = ["BPNN", "load_model", "with_dtype", "total_energy", "member_backward", "PRETRAINED_DIR"]
@@ -218,45 +227,28 @@ class BPNN(keras.Model):
             e = ops.where(species == s, e_s, e)
         return ops.where(atom_mask, e, ops.zeros_like(e))
 
-    def _slots(self, inputs) -> tuple[int, ...]:
-        try:
-            return tuple(int(inputs[f"neighbor_mask_{el}"].shape[-1]) for el in self.elements)
-        except KeyError as exc:
-            raise ModelError(
-                f"model inputs lack {exc.args[0]!r}; build inputs with Batch.inputs() for elements {self.elements}"
-            ) from None
-
-    def _neighbor_geometry(self, positions, cell, inputs):
-        """Displacements (B, N, M, 3) Å of the neighbour slots, their mask (B, N, M) and the slot layout."""
-        slots = self._slots(inputs)
-        nmask = jnp.concatenate([inputs[f"neighbor_mask_{el}"] for el in self.elements], axis=-1)
-        disp = jax.vmap(displacements)(positions, cell, inputs["neighbors"], inputs["shifts"])
-        return disp, nmask, slots
-
     def descriptors(self, positions, cell, inputs):
-        """Symmetry functions (B, N, F) from geometry inputs."""
-        disp, nmask, slots = self._neighbor_geometry(positions, cell, inputs)
-        B, N, M = inputs["neighbors"].shape
-        g = atoms_descriptors(disp.reshape(B * N, M, 3), nmask.reshape(B * N, M), self.spec, slots, self.chunk_size)
-        return g.reshape(B, N, -1)
+        """Symmetry functions (B, N, F) from geometry inputs (positions (B, N, 3) Å, cell (B, 3, 3) Å)."""
+        disp, nmask, slots, _ = neighbor_geometry(self, positions, cell, inputs)
+        return descriptors_from_displacements(self, disp, nmask, slots)
 
     def repulsion_energies(self, positions, cell, inputs):
         """Atomic energies (B, N) of the pair baseline, eV (zeros without one)."""
         species = inputs["species"]
         if self.repulsion is None:
             return jnp.zeros(species.shape, positions.dtype)
-        disp, nmask, _ = self._neighbor_geometry(positions, cell, inputs)
-        species_j = jnp.take_along_axis(species[:, :, None], inputs["neighbors"].reshape(species.shape[0], -1, 1),
-                                        axis=1).reshape(inputs["neighbors"].shape)
+        disp, nmask, _, species_j = neighbor_geometry(self, positions, cell, inputs)
         e = self.repulsion.atomic_energies(disp, nmask, species, species_j)
         return jnp.where(inputs["atom_mask"], e, 0.0)
 
     def structure_energies(self, positions, cell, inputs, masks=None):
-        """Energies (B,) in eV (relative to the references) from geometry, the baseline included."""
-        sf = self.descriptors(positions, cell, inputs)
-        e = self.atomic_energies(sf, inputs["species"], inputs["atom_mask"], masks)
-        if self.repulsion is not None:
-            e = e + self.repulsion_energies(positions, cell, inputs)
+        """Energies (B,) in eV (relative to the references) from geometry, the baseline included.
+
+        A committee's members' mean; :func:`~bpnn_jax.model.potential.site_energies` summed.
+        """
+        disp, nmask, slots, species_j = neighbor_geometry(self, positions, cell, inputs)
+        e, _ = site_energies(self, disp, nmask, slots, inputs["species"], species_j, inputs["atom_mask"],
+                             masks=masks)
         return ops.sum(e, axis=-1)
 
     def _dropout_masks(self, shape_prefix, training):
@@ -265,6 +257,12 @@ class BPNN(keras.Model):
         return [net.dropout_masks(shape_prefix, self.seed_generator, self._dtype()) for net in self.nets]
 
     def call(self, inputs, training=False):
+        """Energies (and forces) of a batch; see the module docstring for the inputs and outputs.
+
+        Geometry inputs go through :func:`~bpnn_jax.model.potential.evaluate_potential`
+        (forces when ``compute_forces``; a committee's members' forces with
+        them); ``sf`` inputs give the networks' energies only.
+        """
         species = inputs["species"]
         masks = self._dropout_masks(tuple(species.shape), training)
         if "sf" in inputs:
@@ -273,39 +271,8 @@ class BPNN(keras.Model):
                 return {"energy": ops.sum(e, axis=-1)}
             e = ops.sum(e, axis=-1)
             return {"energy": jnp.mean(e, axis=0), "energy_members": e}
-        dtype = self._dtype()
-        positions = ops.cast(inputs["positions"], dtype)
-        cell = ops.cast(inputs["cell"], dtype)
-        if self.members > 1:
-            return self._committee_call(positions, cell, inputs)
-        if not self.compute_forces:
-            return {"energy": self.structure_energies(positions, cell, inputs, masks)}
-
-        def total(pos):
-            e = self.structure_energies(pos, cell, inputs, masks)
-            return jnp.sum(e), e
-
-        grad, energy = jax.grad(total, has_aux=True)(positions)
-        return {"energy": energy, "forces": -grad}
-
-    def _committee_call(self, positions, cell, inputs):
-        """Energies (and forces) of every member and their means."""
-        def members_energy(pos):
-            sf = self.descriptors(pos, cell, inputs)
-            e = self.member_atomic_energies(sf, inputs["species"], inputs["atom_mask"])
-            if self.repulsion is not None:
-                e = e + self.repulsion_energies(pos, cell, inputs)[None]
-            return jnp.sum(e, axis=-1)  # (K, B)
-
-        if not self.compute_forces:
-            e = members_energy(positions)
-            return {"energy": jnp.mean(e, axis=0), "energy_members": e}
-        e, vjp = jax.vjp(members_energy, positions)
-        # One backward pass per member (a one-hot cotangent each), the descriptors' forward pass shared.
-        onehot = jnp.eye(self.members, dtype=e.dtype)[:, :, None] * jnp.ones_like(e)[None]
-        (grads,) = member_backward(vjp, onehot)
-        return {"energy": jnp.mean(e, axis=0), "energy_members": e,
-                "forces": -jnp.mean(grads, axis=0), "forces_members": -grads}
+        out = evaluate_potential(self, inputs, forces=self.compute_forces, member_forces=True, masks=masks)
+        return {k: out[k] for k in ("energy", "forces", "energy_members", "forces_members") if k in out}
 
     # ------------------------------------------------------------ training
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
@@ -414,21 +381,6 @@ def with_dtype(model: BPNN, dtype) -> BPNN:
     for dst, src in zip(copy.variables, model.variables):
         dst.assign(np.asarray(keras.ops.convert_to_numpy(src.value)).astype(dst.dtype))
     return copy
-
-
-def member_backward(vjp, cotangents):
-    """``vjp`` applied to each of a committee's cotangents (a leading member axis), one after another.
-
-    ``jax.lax.map``, not ``jax.vmap``: on XLA's CPU backend (jaxlib 0.10.2)
-    the descriptors' backward pass vmapped over the members' cotangents gave
-    wrong float32 values in the last lanes (up to 0.7 eV/Å in the shipped
-    committee's member forces; float64 and the unbatched pass were right).
-    The cause is XLA's YNNPACK reduce fusion of the batched pass (a 4-lane
-    VJP of x/|x| shows it: ``experiments/xla_vmap_vjp_bug.py``); turning
-    that fusion off would slow the float32 kernels 16x, so the passes are
-    mapped instead, see ``tests/test_model.py``.  A map costs the same passes.
-    """
-    return jax.lax.map(vjp, cotangents)
 
 
 def load_model(name_or_path, dtype=None) -> BPNN:

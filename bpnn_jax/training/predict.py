@@ -2,76 +2,25 @@
 
 from __future__ import annotations
 
-import weakref
 from typing import Sequence
 
-import keras
 import numpy as np
 
 from ..descriptors.batch import HostStructure, collate, plan_batches
 from ..model.bpnn import BPNN
+from ..model.potential import potential_function
 from ..units import EV_PER_A3_IN_GPA, voigt_6
-
-#: model -> {forces: (jitted predict, variables)}; see :func:`_predict_function`.
-_PREDICT_FUNCTIONS: "weakref.WeakKeyDictionary[BPNN, dict]" = weakref.WeakKeyDictionary()
 
 
 def _predict_function(model: BPNN, forces: bool):
-    """Cached ``(jit f(values, inputs) -> model outputs, variables)`` of a model.
+    """``(jit f(values, inputs) -> outputs, variables)`` of a model, as ``model(inputs)`` computes them.
 
-    The variable values are arguments, not constants baked into the trace,
-    so one compiled program per batch shape serves every call (also after
-    the weights change, e.g. between epochs).  Cached per model in a weak
-    dictionary, as the calculator caches its evaluators.
+    :func:`~bpnn_jax.model.potential.potential_function` (the one energy
+    function, cached per model): energies, with ``forces`` the forces and,
+    for a committee, every member's forces (``forces_members``), as
+    ``BPNN.call`` returns them.
     """
-    import jax
-
-    cache = _PREDICT_FUNCTIONS.setdefault(model, {})
-    if forces not in cache:
-        variables = list(model.variables)
-        ref = weakref.ref(model)
-
-        def predict(values, inputs):
-            m = ref()
-            saved = m.compute_forces
-            m.compute_forces = forces  # read while tracing
-            try:
-                with keras.StatelessScope(state_mapping=list(zip(variables, values))):
-                    return m(inputs, training=False)
-            finally:
-                m.compute_forces = saved
-
-        cache[forces] = (jax.jit(predict), variables)
-    return cache[forces]
-
-
-#: model -> (jitted strain derivative, variables); see :func:`predict_stress`.
-_STRESS_FUNCTIONS: "weakref.WeakKeyDictionary[BPNN, tuple]" = weakref.WeakKeyDictionary()
-
-
-def _stress_function(model: BPNN):
-    import jax
-    import jax.numpy as jnp
-
-    if model not in _STRESS_FUNCTIONS:
-        variables = list(model.variables)
-        ref = weakref.ref(model)
-
-        def de_dstrain(values, inputs):
-            m = ref()
-
-            def energy(strain):
-                sym = 0.5 * (strain + jnp.swapaxes(strain, -1, -2))
-                deform = jnp.eye(3, dtype=strain.dtype) + sym  # rows: r -> r (I + eps)
-                pos = jnp.einsum("bni,bij->bnj", inputs["positions"], deform)
-                cell = jnp.einsum("bki,bij->bkj", inputs["cell"], deform)
-                with keras.StatelessScope(state_mapping=list(zip(variables, values))):
-                    return jnp.sum(m.structure_energies(pos, cell, inputs))
-
-            return jax.grad(energy)(jnp.zeros_like(inputs["cell"]))
-
-        _STRESS_FUNCTIONS[model] = (jax.jit(de_dstrain), variables)
-    return _STRESS_FUNCTIONS[model]
+    return potential_function(model, forces=forces, member_forces=forces)
 
 
 def predict_stress(model: BPNN, structures: Sequence[HostStructure], *, atoms_per_batch=None, dtype=np.float32,
@@ -79,10 +28,11 @@ def predict_stress(model: BPNN, structures: Sequence[HostStructure], *, atoms_pe
     """Model stress (n_struct, 6) in GPa, Voigt order (xx, yy, zz, yz, xz, xy), ASE's sign.
 
     σ = (1/V) dE/dε at ε = 0 under a homogeneous symmetric strain of
-    positions and cell (the calculator's definition).  Rows of structures
+    positions and cell: ``de_dstrain`` of :func:`~bpnn_jax.model.potential.
+    evaluate_potential` (the calculator's function).  Rows of structures
     without a periodic cell of full rank are NaN.
     """
-    fn, variables = _stress_function(model)
+    fn, variables = potential_function(model, forces=False, stress=True)
     out = np.full((len(structures), 6), np.nan)
     if atoms_per_batch is None:
         from ..descriptors.featurize import default_atoms_per_batch
@@ -96,7 +46,7 @@ def predict_stress(model: BPNN, structures: Sequence[HostStructure], *, atoms_pe
     values = [v.value for v in variables]
     for idx, b, n, slots in plan:
         batch = collate([structures[k] for k in idx], b, n, slots, dtype=dtype)
-        g = np.asarray(fn(values, batch.inputs(model.elements)), np.float64)
+        g = np.asarray(fn(values, batch.inputs(model.elements))["de_dstrain"], np.float64)
         for j, k in enumerate(idx):
             volume = abs(float(np.linalg.det(np.asarray(structures[k].cell, np.float64))))
             if volume > 1e-9:
