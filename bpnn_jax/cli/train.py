@@ -157,7 +157,8 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--preset", choices=["default", "seed"], default="default",
                    help="'seed': the original study (MAE, 5x64, lr 1e-4, batch 20, 80 epochs, energies only)")
     g.add_argument("--init", default=None, dest="init_model", metavar="MODEL",
-                   help="fine-tune MODEL (.keras or shipped name) instead of a fresh network")
+                   help="fine-tune MODEL (.keras or shipped name): its committee, descriptors, references and "
+                        "baseline, trained further on DATA (with --members 0: the single-network stages)")
     g.add_argument("--dropout", type=float, default=None)
     g.add_argument("--lr", type=float, default=None, dest="learning_rate",
                    help=f"initial learning rate (default {d.learning_rate})")
@@ -262,9 +263,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         config.reference_energies = given
     config.data_parallel = args.data_parallel
     # What the user did not set is derived from the data (training.defaults), except for the study's
-    # preset and fine-tuning, which define their own set-up.
+    # preset, which defines its own set-up; fine-tuning (--init) takes the network from its model.
     given = set(overrides) | set(file_values) | set(PRESETS[args.preset])
-    if args.preset == "default" and not config.init_model and not args.resume:
+    if args.preset == "default" and not args.resume:
         config.derive = tuple(name for name in DERIVED if name not in given)
     verbose = 2 if args.quiet else 1
     try:

@@ -22,14 +22,26 @@ LBFGS_MEMORY_FACTOR = 5.5
 
 
 def train_committee(data, train_s, val_s, run_dir: Path, config: TrainConfig, *, resume: bool, verbose: int,
-                     deadline) -> BPNN:
-    """The E+F committee stage (``config.members >= 1``); see :mod:`bpnn_jax.training.jacobian`."""
+                     deadline, init: BPNN | None = None) -> BPNN:
+    """The E+F committee stage (``config.members >= 1``); see :mod:`bpnn_jax.training.jacobian`.
+
+    ``init``: a trained committee to fine-tune (``--init``): training starts from its weights and keeps its
+    descriptor and energy statistics (``data`` was prepared with its descriptor set).
+    """
     from ..descriptors.jacobian_cache import cached_jacobians
     from . import jacobian as jt
 
     spec = data["spec"]
     cfg = config.committee_config()
-    require_forces(train_s + val_s)
+    with_forces = bool(np.any(cfg.weights(0) > 0))
+    if with_forces:
+        try:
+            require_forces(train_s + val_s)
+        except BPNNInputError as exc:
+            raise BPNNInputError(f"{exc}; to train on energies only give --ef-force-weight 0 (what train "
+                                 f"chooses by itself for such data when the option is not given)") from None
+    elif cfg.stress_weight > 0:
+        raise BPNNInputError("--stress-weight > 0 needs force training (a force weight above 0)")
     repulsion = None
     if config.repulsion or config.repulsion_from:
         # The networks learn what the baseline leaves (the Jacobian cache keys on geometry, not targets).
@@ -38,10 +50,20 @@ def train_committee(data, train_s, val_s, run_dir: Path, config: TrainConfig, *,
     t0 = time.time()
     sf_train = featurize_host(train_s, spec, atoms_per_batch=config.atoms_per_batch, progress=verbose == 1)
     sf_val = featurize_host(val_s, spec, atoms_per_batch=config.atoms_per_batch, progress=verbose == 1)
-    stats = compute_statistics(sf_train, [s.species for s in train_s], [s.energy for s in train_s],
-                               len(data["elements"]))
+    if init is None:
+        stats = compute_statistics(sf_train, [s.species for s in train_s], [s.energy for s in train_s],
+                                   len(data["elements"]))
+    else:  # the networks were trained on the model's standardisation: keep it
+        stats = {k: np.asarray(getattr(init, k).value, np.float64)
+                 for k in ("sf_mean", "sf_std", "sf_min", "sf_max", "energy_shift", "energy_scale")}
+    init_params = None if init is None else jt.params_from_model(init)
     if verbose:
         print(f"descriptors of {len(train_s)} + {len(val_s)} structures: {time.time() - t0:.1f} s", flush=True)
+    if not with_forces:  # energies only: no descriptor Jacobians
+        train_g = jt.group_by_size(sf_train, [s.species for s in train_s], [s.energy for s in train_s])
+        val_g = jt.group_by_size(sf_val, [s.species for s in val_s], [s.energy for s in val_s])
+        return _fit_and_save(train_g, val_g, stats, cfg, data, spec, repulsion, run_dir, resume=resume,
+                             verbose=verbose, deadline=deadline, init_params=init_params)
     from ..descriptors.featurize import jacobian_nbytes
 
     # Dense n² blocks for small cells, n · (atoms within the cut-off) for wide ones (sparse storage).
@@ -80,12 +102,24 @@ def train_committee(data, train_s, val_s, run_dir: Path, config: TrainConfig, *,
     val_g = jt.group_by_size(sf_val, [s.species for s in val_s], [s.energy for s in val_s],
                              [s.forces for s in val_s], jac_val, **stress_kw["val"])
     del jac_train, jac_val
+    return _fit_and_save(train_g, val_g, stats, cfg, data, spec, repulsion, run_dir, resume=resume, verbose=verbose,
+                         deadline=deadline, init_params=init_params)
+
+
+def _fit_and_save(train_g, val_g, stats, cfg, data, spec, repulsion, run_dir: Path, *, resume, verbose,
+                  deadline, init_params=None) -> BPNN:
+    """Fit the committee on grouped data, polish, convert, calibrate and save."""
+    from . import jacobian as jt
+
     if verbose:
-        print(f"E+F committee of {cfg.members}: {train_g.n_structures} training structures "
+        what = "E+F" if "forces" in train_g.arrays[0] else "energy-only"
+        print(f"{what} committee of {cfg.members}: {train_g.n_structures} training structures "
               f"({train_g.n_atoms} atoms), {val_g.n_structures} validation; {train_g.nbytes / 1e9:.2f} + "
               f"{val_g.nbytes / 1e9:.2f} GB", flush=True)
+    # Without the polish, nothing after the Adam epochs needs the Jacobians on the host.
     result = jt.fit_committee(train_g, val_g, stats, cfg, run_dir=run_dir, resume=resume, verbose=verbose,
-                              deadline=deadline)
+                              deadline=deadline, release_host_jacobians=cfg.lbfgs_steps == 0,
+                              start_params=init_params)
     params = result["params"]
     summary = {k: v for k, v in result.items() if k not in ("params", "history")}
     if result["complete"] and cfg.lbfgs_steps > 0:

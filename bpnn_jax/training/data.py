@@ -10,6 +10,7 @@ import numpy as np
 
 from ..descriptors.batch import HostStructure, prepare_structures
 from ..descriptors.symmetry import SymmetryFunctionSet, descriptor_preset
+from ..errors import BPNNInputError
 from ..io.frames import read_structures
 from .config import TrainConfig
 
@@ -100,10 +101,13 @@ def read_training_frames(paths, config: TrainConfig, *, progress=True) -> list:
     return atoms
 
 
-def load_training_data(paths, config: TrainConfig, *, progress=True, atoms=None):
+def load_training_data(paths, config: TrainConfig, *, progress=True, atoms=None, spec=None):
     """Read structures, choose references, filter by energy, prepare, split.
 
     ``atoms``: the frames of ``paths`` already read (:func:`read_training_frames`).
+    ``spec``: the descriptor set to use (a fine-tuned model's) instead of
+    ``config.preset``; its elements are the data's, and every structure's
+    elements must be among them.
 
     Returns:
         dict with elements, references, structures (HostStructure, energies
@@ -113,6 +117,13 @@ def load_training_data(paths, config: TrainConfig, *, progress=True, atoms=None)
     if atoms is None:
         atoms = read_training_frames(paths, config, progress=progress)
     elements = sorted({s for a in atoms for s in a.get_chemical_symbols()})
+    if spec is not None:
+        for a in atoms:
+            unknown = sorted(set(a.get_chemical_symbols()) - set(spec.elements))
+            if unknown:
+                raise BPNNInputError(f"{a.info['file']}: element {unknown[0]} is not one of the model's "
+                                     f"{list(spec.elements)}")
+        elements = list(spec.elements)
     refs = config.reference_energies
     # The data's elements only: given values where there are, the others fitted with those held fixed.
     given = {el: float(refs[el]) for el in elements if refs is not None and el in refs}
@@ -125,7 +136,8 @@ def load_training_data(paths, config: TrainConfig, *, progress=True, atoms=None)
     keep = np.ones(len(atoms), bool) if config.max_energy is None else cohesive <= config.max_energy
     excluded = [a.info["file"] for a, k in zip(atoms, keep) if not k]
     atoms = [a for a, k in zip(atoms, keep) if k]
-    spec = descriptor_preset(config.preset, elements, config.cutoff)
+    if spec is None:
+        spec = descriptor_preset(config.preset, elements, config.cutoff)
     structures = prepare_structures(atoms, elements, spec.cutoff, progress=progress, energy_offsets=refs)
     split = split_indices(len(structures), config.val_fraction, config.test_fraction, config.seed)
     if config.train_on_test:  # the same split; its test part trained on, validation unchanged

@@ -211,8 +211,8 @@ def derive_defaults(summary: DataSummary, given: Sequence[str] = (),
 
     has_forces = summary.n_forces == n
     if not has_forces:
-        put("members", 0, f"energies only: {n - summary.n_forces} of {n} structures have no forces "
-                          f"(a single network on the energy stages)")
+        put("members", MEMBERS, f"committee of {MEMBERS} on energies only: {n - summary.n_forces} of {n} "
+                                f"structures have no forces")
     else:
         put("members", MEMBERS, f"committee of {MEMBERS} on energies and forces: its spread flags extrapolation")
     rc, why = derived_cutoff(summary)
@@ -248,6 +248,8 @@ def derive_defaults(summary: DataSummary, given: Sequence[str] = (),
         weights = force_weight_spread(int(values.get("members", current.get("members", MEMBERS))))
         shown = ", ".join(map(str, np.atleast_1d(weights)))
         put("ef_force_weight", weights, f"force weights {shown} eV²/Å² per eV²/atom² across the members")
+    else:
+        put("ef_force_weight", 0.0, "force weight 0: energies only")
     put("ef_atoms_per_batch", 512, "512 padded atoms per mini-batch")
     test = 0.0 if n < 1000 else 0.1
     put("test_fraction", test, "no internal test split (under 1 000 structures): score on data of your own"

@@ -13,13 +13,14 @@ from typing import Sequence
 
 
 import keras
+import numpy as np
 
 from ..descriptors.symmetry import descriptor_preset
 from ..errors import BPNNInputError
 from ..model.bpnn import BPNN
 from .config import TrainConfig
 from .data import load_training_data, read_training_frames
-from .defaults import DERIVED, derive_defaults, summarize_data
+from .defaults import DERIVED, derive_defaults, force_weight_spread, summarize_data
 from .run_state import atomic_save, batch_multiple, data_parallel_distribution, write_json, write_yaml_config
 from .committee_stage import train_committee
 from .repulsion_fit import run_repulsion_stage
@@ -39,11 +40,38 @@ def build_model(config: TrainConfig, elements: Sequence[str], reference_energies
     )
 
 
+#: Options a fine-tuned committee (``--init``) takes from its model, never from the data.
+FROM_INIT_MODEL = ("members", "preset", "cutoff", "hidden", "activation", "repulsion")
+#: Peak learning rate of fine-tuning when none is given: a tenth of training from scratch.
+FINE_TUNE_LEARNING_RATE = 2e-4
+
+
 def resolve_defaults(config: TrainConfig, atoms) -> tuple[TrainConfig, list[str]]:
     """``config`` with its ``derive`` options set from the data (:mod:`.defaults`), and the reasons."""
-    given = [name for name in DERIVED if name not in config.derive]
+    derive = [name for name in config.derive if not (config.init_model and name in FROM_INIT_MODEL)]
+    given = [name for name in DERIVED if name not in derive]
     values, reasons = derive_defaults(summarize_data(atoms), given, current=config.to_json())
+    if config.init_model and "ef_learning_rate" in derive:
+        values["ef_learning_rate"] = FINE_TUNE_LEARNING_RATE
+        reasons = [r for r in reasons if not r.startswith("peak learning rate")]
+        reasons.append(f"peak learning rate {FINE_TUNE_LEARNING_RATE:g} (fine-tuning: a tenth of training from "
+                       f"scratch), warm-up then cosine decay")
     return dataclasses.replace(config, **values, derive=()), reasons
+
+
+def fine_tune_config(config: TrainConfig, init: BPNN) -> tuple[TrainConfig, list[str]]:
+    """``config`` for fine-tuning ``init`` as a committee: what the model fixes, and the reasons."""
+    pinned = [f"fine-tuning {config.init_model}: its committee of {init.members}, networks "
+              f"{'x'.join(map(str, init.hidden))} ({init.activation}), descriptors ({init.spec.describe()}), "
+              f"reference energies" + (" and repulsive baseline" if init.repulsion is not None else "")]
+    config = dataclasses.replace(
+        config, members=init.members, cutoff=float(init.spec.cutoff), repulsion=None,
+        repulsion_from=config.init_model if init.repulsion is not None else None)
+    w = np.atleast_1d(np.asarray(config.ef_force_weight, float))
+    if w.size not in (1, init.members):  # a derived spread has the default committee's length
+        config = dataclasses.replace(config, ef_force_weight=force_weight_spread(init.members)
+                                     if np.any(w > 0) else 0.0)
+    return config, pinned
 
 
 def init_model(config: TrainConfig) -> tuple[BPNN, TrainConfig]:
@@ -110,9 +138,6 @@ def _train(paths, run_dir, config: TrainConfig, *, resume: bool, verbose: int, d
         config = dataclasses.replace(saved, data_parallel=config.data_parallel, **(resume_overrides or {}))
         if resume_overrides:
             write_json(run_dir / "config.json", config.to_json())
-    if config.members > 0 and config.init_model:
-        raise BPNNInputError("--init cannot be combined with --members: a committee is trained from scratch "
-                             "(fine-tuning one is not supported yet)")
     multiple = batch_multiple()
     if config.batch_size is not None and config.batch_size % multiple:
         raise BPNNInputError(
@@ -120,8 +145,16 @@ def _train(paths, run_dir, config: TrainConfig, *, resume: bool, verbose: int, d
             f"training splits each batch over; choose a multiple of {multiple}, or no batch size (it is then "
             f"rounded up to one)")
     init = None
+    # A committee (members given > 0, or left to derive) fine-tunes on the committee path; --members 0
+    # on the single-network stages.
+    committee_init = bool(config.init_model) and (config.members > 0 or "members" in config.derive)
     if config.init_model and not (resume and (run_dir / "checkpoints" / "last.keras").exists()):
         init, config = init_model(config)  # its references define the targets
+    if committee_init and init is not None:
+        if "members" not in config.derive and config.members != init.members:
+            raise BPNNInputError(f"--init {config.init_model}: the model has {init.members} members, --members asks "
+                                 f"for {config.members}; leave --members out to fine-tune all of them (or give "
+                                 f"--members 0 for the single-network stages)")
     reasons = []
     if data is None:
         # Before anything in run_dir changes: bad input leaves an earlier run intact.
@@ -129,11 +162,17 @@ def _train(paths, run_dir, config: TrainConfig, *, resume: bool, verbose: int, d
         if config.derive and not resume:
             atoms = read_training_frames(paths, config, progress=verbose == 1)
             config, reasons = resolve_defaults(config, atoms)
-            if verbose:
-                print("options from the data (give any of them to override it):\n  "
-                      + "\n  ".join(reasons), flush=True)
-        data = load_training_data(paths, config, progress=verbose == 1, atoms=atoms)
+        if committee_init and init is not None:
+            config, pinned = fine_tune_config(config, init)
+            reasons = pinned + reasons
+        if reasons and verbose:
+            print("options from the data (give any of them to override it):\n  "
+                  + "\n  ".join(reasons), flush=True)
+        data = load_training_data(paths, config, progress=verbose == 1, atoms=atoms,
+                                  spec=init.spec if committee_init and init is not None else None)
     if not resume:
+        # The references used (given or fitted), not the TiO2 defaults: config.yaml then reproduces the run.
+        config = dataclasses.replace(config, reference_energies=dict(data["references"]))
         write_json(run_dir / "config.json", config.to_json())
         write_yaml_config(run_dir / "config.yaml", config, paths, run_dir, reasons=reasons)
         for stale in ("state.json", "history.csv"):
@@ -161,8 +200,10 @@ def _train(paths, run_dir, config: TrainConfig, *, resume: bool, verbose: int, d
             f"{math.ceil(1.5 / max(config.val_fraction, 1e-9))} structures, better a few hundred")
 
     if config.members > 0:
+        if config.init_model and init is None:  # resumed: the model again, for its statistics
+            init = init_model(config)[0]
         return train_committee(data, train_s, val_s, run_dir, config, resume=resume, verbose=verbose,
-                                deadline=deadline)
+                                deadline=deadline, init=init if config.init_model else None)
     if resume and (run_dir / "checkpoints" / "last.keras").exists():
         try:
             model = keras.saving.load_model(run_dir / "checkpoints" / "last.keras", compile=True)

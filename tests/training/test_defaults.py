@@ -82,12 +82,40 @@ def test_close_contacts_get_a_repulsive_baseline():
 
 def test_too_few_structures_and_no_forces_are_told(tmp_path, capsys):
     values, reasons = derive_defaults(summarize_data(cu_frames(24, 3.61, forces=False)))
-    assert values["members"] == 0 and "ef_force_weight" not in values
+    assert values["members"] >= 5 and values["ef_force_weight"] == 0.0
     assert any("24 of 24 structures have no forces" in line for line in reasons)
     path = tmp_path / "few.extxyz"
     ase.io.write(path, cu_frames(5, 3.61), format="extxyz")
     assert main(["train", str(path), "--out", str(tmp_path / "run")]) == 2
     assert "5 structures: too few for a training and a validation split" in capsys.readouterr().err
+
+
+def test_data_without_forces_train_an_energy_committee(tmp_path, capsys):
+    """No forces: the committee trains on energies, computes no descriptor Jacobians, and fits."""
+    data = tmp_path / "cu.extxyz"
+    frames = cu_frames(40, 3.61, forces=False)
+    ase.io.write(data, frames, format="extxyz")
+    run = tmp_path / "run"
+    assert main(["train", str(data), "--out", str(run), "--members", "2", "--hidden", "16", "--ef-epochs", "400",
+                 "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "energy-only committee of 2" in out and "force weight 0: energies only" in out
+    assert not list((run / "cache").glob("jacobians-*"))  # no Jacobians computed or cached
+    from bpnn_jax.calculators.ase import BPNNCalculator
+    from bpnn_jax.model import load_model
+
+    model = load_model(str(run / "model.keras"))
+    assert model.members == 2 and model.uncertainty_threshold is not None
+    calc = BPNNCalculator(model, warn_extrapolation=False)
+    e = np.array([calc.get_potential_energy(a) / len(a) for a in read(data)])
+    ref = np.array([a.get_potential_energy() / len(a) for a in frames])
+    # Fitted far better than the spread of the data (the rattle and the lattice constants' ±2 %).
+    assert np.sqrt(np.mean((e - ref) ** 2)) < 0.25 * np.std(ref)
+    # Asking for forces where there are none names a file and the way out.
+    assert main(["train", str(data), "--out", str(tmp_path / "f"), "--members", "2", "--ef-force-weight", "0.01",
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "no forces" in err and "--ef-force-weight 0" in err and "cu.extxyz" in err
 
 
 def test_derived_options_are_recorded_and_the_config_repeats_the_run(tmp_path, capsys):

@@ -372,6 +372,20 @@ def test_killed_ef_stage_resumes_bit_exactly(setup, tmp_path):
     assert full["history"][-1]["train_loss"] < full["history"][0]["train_loss"]
 
 
+def test_releasing_host_jacobians_trains_identically_and_frees_them(setup):
+    """``release_host_jacobians``: the same run, and the groups' Jacobians are gone from the host after it."""
+    cfg = jt.CommitteeConfig(members=2, hidden=(6,), epochs=3, warmup_epochs=1, atoms_per_batch=24,
+                             learning_rate=1e-2)
+    kept, released = _small_groups(setup), _small_groups(setup)
+    a = jt.fit_committee(kept, kept, setup["stats"], cfg, verbose=0)
+    b = jt.fit_committee(released, _small_groups(setup), setup["stats"], cfg, verbose=0, release_host_jacobians=True)
+    for x, y in zip(jax.tree_util.tree_leaves(a["params"]), jax.tree_util.tree_leaves(b["params"])):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert any("jac" in g or "jac_values" in g for g in kept.arrays)
+    assert not any(k in g for g in released.arrays for k in ("jac", "jac_values", "sjac"))
+    assert all("sf" in g and "forces" in g for g in released.arrays)  # the rest stays (threshold calibration)
+
+
 def test_jacobian_cache_reused_and_rebuilt_when_inputs_change(setup, tmp_path, monkeypatch):
     hosts, spec = setup["hosts"][:2], setup["spec"]
     calls = []
