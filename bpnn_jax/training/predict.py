@@ -73,7 +73,8 @@ def predict_structures(model: BPNN, structures: Sequence[HostStructure], *, forc
         force spreads eV/Å (per atom, sqrt(mean_k |F_k - F_mean|²)), or
         None without forces.
     """
-    fn, variables = _predict_function(model, bool(forces))
+    # Per-member forces (K backward passes) only where their spread is asked for.
+    fn, variables = potential_function(model, forces=bool(forces), member_forces=bool(forces and uncertainty))
     energies = np.zeros(len(structures))
     e_std = np.zeros(len(structures))
     out_f: list = [None] * len(structures)

@@ -37,7 +37,7 @@ from bpnn_jax.errors import ModelError
 from bpnn_jax.io import read_xsf
 from bpnn_jax.model import BPNN
 from bpnn_jax.descriptors.neighbors import ATOM_BUCKETS, bucket_size
-from bpnn_jax.training import TrainConfig
+from bpnn_jax.training import TrainConfig, run_state
 
 THIN = "structure1632.xsf"  # 6 atoms, cell 4.52 x 2.36 x 6.29 Å
 THIN2 = "structure1061.xsf"  # 6 atoms, shortest side 2.97 Å
@@ -266,7 +266,7 @@ def interrupted_run(data_dir, tmp_path_factory, six_atom_files):
     """
     files = list(six_atom_files)
     run_dir = tmp_path_factory.mktemp("run")
-    original = training.run_state.EpochState.on_epoch_end
+    original = run_state.EpochState.on_epoch_end
 
     def interrupt_after_4(self, epoch, logs=None):
         original(self, epoch, logs)
@@ -274,7 +274,7 @@ def interrupted_run(data_dir, tmp_path_factory, six_atom_files):
             raise KeyboardInterrupt
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(training.run_state.EpochState, "on_epoch_end", interrupt_after_4)
+        mp.setattr(run_state.EpochState, "on_epoch_end", interrupt_after_4)
         with pytest.raises(KeyboardInterrupt):
             training.train(files, run_dir, _config(energy_epochs=15), verbose=0)
     state = json.loads((run_dir / "state.json").read_text())
@@ -440,7 +440,7 @@ def test_force_lbfgs_refuses_jacobians_beyond_memory(monkeypatch, structures, mo
     from bpnn_jax.errors import BPNNInputError
 
     h = host(model, structures[BULK])
-    monkeypatch.setattr(training.run_state.os, "sysconf", lambda name: 4096 if name == "SC_PAGE_SIZE" else 2 ** 10)  # 4 MB
+    monkeypatch.setattr(run_state.os, "sysconf", lambda name: 4096 if name == "SC_PAGE_SIZE" else 2 ** 10)  # 4 MB
     with pytest.raises(BPNNInputError, match=r"descriptor Jacobians of 3 structures.*--force-epochs"):
         training.force_training_data([h, h, h], model.spec, verbose=0)
 
