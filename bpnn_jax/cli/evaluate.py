@@ -77,6 +77,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             line += f"  stress RMSE {m['stress_rmse_gpa']:.4f} GPa  MAE {m['stress_mae_gpa']:.4f} GPa"
         if m.get("spread_error_spearman") is not None:
             line += f"  spread-error Spearman {m['spread_error_spearman']:.2f}"
+        if m.get("uncertainty_error_spearman") is not None:
+            line += f" (calibrated {m['uncertainty_error_spearman']:.2f})"
         print(line)
     if args.json:
         write_report(report, args.json)

@@ -96,6 +96,9 @@ class BPNN(keras.Model):
             of the members' energies per atom, eV/atom) above which the
             calculator warns that the model is extrapolating; calibrated
             on the validation set by training.  None: no such warning.
+        uncertainty_calibration: the (a, w) of the committee's ranking
+            score (:mod:`bpnn_jax.model.uncertainty`), fitted on the
+            validation set by training; None: the energy spread alone.
         repulsion: ``to_config()`` of a fitted
             :class:`~bpnn_jax.model.repulsion.PairRepulsion` added under the
             networks (geometry mode; the same for every member), or None.
@@ -121,6 +124,7 @@ class BPNN(keras.Model):
         members: int = 1,
         uncertainty_threshold: float | None = None,
         repulsion: dict | None = None,
+        uncertainty_calibration: dict | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -146,6 +150,7 @@ class BPNN(keras.Model):
         self.seed = int(seed)
         self.members = int(members)
         self.uncertainty_threshold = None if uncertainty_threshold is None else float(uncertainty_threshold)
+        self.uncertainty_calibration = None if not uncertainty_calibration else dict(uncertainty_calibration)
         self.repulsion = None if repulsion is None else PairRepulsion.from_config(repulsion)
         if self.repulsion is not None:
             if self.repulsion.elements != tuple(self.elements):
@@ -337,6 +342,8 @@ class BPNN(keras.Model):
             uncertainty_threshold=self.uncertainty_threshold,
             repulsion=None if self.repulsion is None else self.repulsion.to_config(),
         )
+        if self.uncertainty_calibration:  # models without one keep their config as it was
+            config["uncertainty_calibration"] = dict(self.uncertainty_calibration)
         return config
 
     @classmethod

@@ -43,6 +43,7 @@ def train_committee(data, train_s, val_s, run_dir: Path, config: TrainConfig, *,
     elif cfg.stress_weight > 0:
         raise BPNNInputError("--stress-weight > 0 needs force training (a force weight above 0)")
     repulsion = None
+    val_labelled = val_s  # the targets as given (the baseline's share is removed below)
     if config.repulsion or config.repulsion_from:
         # The networks learn what the baseline leaves (the Jacobian cache keys on geometry, not targets).
         repulsion, train_s, val_s = run_repulsion_stage(train_s, val_s, data["elements"], config, run_dir,
@@ -63,7 +64,7 @@ def train_committee(data, train_s, val_s, run_dir: Path, config: TrainConfig, *,
         train_g = jt.group_by_size(sf_train, [s.species for s in train_s], [s.energy for s in train_s])
         val_g = jt.group_by_size(sf_val, [s.species for s in val_s], [s.energy for s in val_s])
         return _fit_and_save(train_g, val_g, stats, cfg, data, spec, repulsion, run_dir, resume=resume,
-                             verbose=verbose, deadline=deadline, init_params=init_params)
+                             verbose=verbose, deadline=deadline, init_params=init_params, val_labelled=val_labelled)
     from ..descriptors.featurize import jacobian_nbytes
 
     # Dense n² blocks for small cells, n · (atoms within the cut-off) for wide ones (sparse storage).
@@ -103,12 +104,16 @@ def train_committee(data, train_s, val_s, run_dir: Path, config: TrainConfig, *,
                              [s.forces for s in val_s], jac_val, **stress_kw["val"])
     del jac_train, jac_val
     return _fit_and_save(train_g, val_g, stats, cfg, data, spec, repulsion, run_dir, resume=resume, verbose=verbose,
-                         deadline=deadline, init_params=init_params)
+                         deadline=deadline, init_params=init_params, val_labelled=val_labelled)
 
 
 def _fit_and_save(train_g, val_g, stats, cfg, data, spec, repulsion, run_dir: Path, *, resume, verbose,
-                  deadline, init_params=None) -> BPNN:
-    """Fit the committee on grouped data, polish, convert, calibrate and save."""
+                  deadline, init_params=None, val_labelled=None) -> BPNN:
+    """Fit the committee on grouped data, polish, convert, calibrate and save.
+
+    ``val_labelled``: the validation structures with their targets as given, on which the uncertainty
+    score is calibrated (:func:`calibrate_uncertainty`).
+    """
     from . import jacobian as jt
 
     if verbose:
@@ -131,9 +136,38 @@ def _fit_and_save(train_g, val_g, stats, cfg, data, spec, repulsion, run_dir: Pa
                         repulsion=None if repulsion is None else repulsion.to_config())
     model.uncertainty_threshold = jt.calibrate_threshold(model, val_g)
     summary["uncertainty_threshold_ev_atom"] = model.uncertainty_threshold
+    if val_labelled is not None and result["complete"]:
+        model.uncertainty_calibration = calibrate_uncertainty(model, val_labelled, verbose=verbose)
+        summary["uncertainty_calibration"] = model.uncertainty_calibration
     write_json(run_dir / "ef.json", summary)
     atomic_save(model, run_dir / "model.keras" if result["complete"] else run_dir / "checkpoints" / "last.keras")
     if not result["complete"]:
         print(f"E+F stage stopped before its last epoch; the best point so far is in "
               f"{run_dir / 'checkpoints' / 'last.keras'}; continue with --resume", flush=True)
     return model
+
+
+def calibrate_uncertainty(model: BPNN, val_structures, *, verbose: int = 1) -> dict | None:
+    """The committee's uncertainty calibration (:mod:`bpnn_jax.model.uncertainty`) on validation structures.
+
+    ``val_structures``: prepared structures with energies relative to the model's references (and forces),
+    as the model sees them (its pair baseline included).  None for a single network or too few structures.
+    """
+    from ..model.uncertainty import fit_uncertainty_calibration
+    from .predict import predict_structures
+
+    if model.members < 2:
+        return None
+    forces = all(s.forces is not None for s in val_structures)
+    e, _, e_std, f_std = predict_structures(model, val_structures, forces=forces, uncertainty=True)
+    n = np.array([s.n_atoms for s in val_structures], np.float64)
+    err = np.abs(e - np.array([s.energy for s in val_structures])) / n
+    f_mean = np.array([float(np.mean(f)) for f in f_std]) if forces else None
+    cal = fit_uncertainty_calibration(e_std / n, n, f_mean, err)
+    if verbose and cal is not None:
+        print(f"uncertainty score: energy spread x N^{cal['size_exponent']:g} + "
+              f"{cal['force_weight_ev_atom_per_ev_a']:.3g} x force spread ranks the validation errors with "
+              f"Spearman {cal['validation_spearman']:.2f} (energy spread alone: "
+              f"{cal['validation_spearman_energy_spread']:.2f})", flush=True)
+    return cal
+

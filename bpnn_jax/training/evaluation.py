@@ -176,6 +176,15 @@ def evaluate_structures(model, atoms_list: Sequence, *, forces=True, max_energy:
         abs_err = np.abs(e_pred - e_true) / n
         spread = np.asarray(e_std, np.float64) / n
         report["all"]["spread_error_spearman"] = spread_error_spearman(spread, abs_err)
+        calibration = getattr(model, "uncertainty_calibration", None)
+        if calibration:
+            from ..model.uncertainty import uncertainty_score
+
+            f_mean = None if not forces else np.array([float(np.mean(f)) for f in f_std])
+            score = uncertainty_score(spread, n, f_mean, calibration)
+            for row, u in zip(rows, score):
+                row["uncertainty_ev_atom"] = float(u)
+            report["all"]["uncertainty_error_spearman"] = spread_error_spearman(score, abs_err)
         if max_energy is not None:
             report["within_max_energy"]["spread_error_spearman"] = spread_error_spearman(spread[keep], abs_err[keep])
     report["per_structure"] = rows
