@@ -51,24 +51,29 @@ def _load() -> str:
 #: n2p2 forms dE/dG forward, one pass over the network per input function, so its cost grows as functions x
 #: width^2: the 5-member committee as one 96 x 640 x 640 network costs ~20x one member (96 x 128 x 128).
 EST_US = {"1-5": 45000.0, "1": 2500.0}
+#: The same for a committee exported member by member (``export-n2p2 --separate-members``).
+EST_US_SEPARATE = 2500.0
 
 
 def lammps_timing(work: Path, n_target: int, nprocs: int, seconds: float, max_seconds: float, export: Path,
-                  members: str) -> dict:
+                  members: str, separate: bool = False) -> dict:
     from md_inference import rutile
 
     reps = REPEATS[n_target]
     atoms = rutile(reps)
     n = len(atoms)
-    est = n * EST_US.get(members, 45000.0) * 1e-6 / nprocs  # s/step
-    row = {"code": "n2p2 in LAMMPS", "members": members, "ranks": nprocs, "n_atoms": n, "repeats": list(reps)}
+    k = len(parse_members(members))
+    per_atom = EST_US_SEPARATE * k if separate else EST_US.get(members, 45000.0)
+    est = n * per_atom * 1e-6 / nprocs  # s/step
+    code = "n2p2 in LAMMPS, member by member" if separate and k > 1 else "n2p2 in LAMMPS"
+    row = {"code": code, "members": members, "ranks": nprocs, "n_atoms": n, "repeats": list(reps)}
     if 3 * est > max_seconds:
         row.update(skipped=f"predicted {est:.0f} s/step: 1 warm-up + 2 timed steps exceed {max_seconds:g} s")
         log(f"LAMMPS {n} atoms, {nprocs} rank(s), members {members}: skipped ({row['skipped']})")
         return row
     timed = int(max(2, min(300, round(seconds / est))))
     warm = 1 if est > 2 else max(1, min(20, timed // 5))
-    wd = work / f"m{members}_n{n}_np{nprocs}"
+    wd = work / f"m{members}{'s' if separate else ''}_n{n}_np{nprocs}"
     wd.mkdir(parents=True, exist_ok=True)
     lammps_io.write_data(atoms, wd / "data.lmp", ["O", "Ti"])
     pair = [line for line in (export / "lammps.in.snippet").read_text().splitlines() if not line.startswith("#")]
@@ -209,6 +214,9 @@ def main(argv=None) -> int:
                     "between sets); sets not named use --sizes")
     ap.add_argument("--parts-for", default="1=lammps,float64", help="parts per member set, as --sizes-for")
     ap.add_argument("--ranks", default="1,2")
+    ap.add_argument("--separate-members", action="store_true",
+                    help="LAMMPS: export committees member by member (export-n2p2 --separate-members, "
+                         "pair_style hybrid/scaled) instead of as one block-diagonal network")
     ap.add_argument("--lammps-seconds", type=float, default=40.0, help="about this long per timed LAMMPS run")
     ap.add_argument("--lammps-max-seconds", type=float, default=240.0,
                     help="skip a LAMMPS run whose warm-up + 2 steps would take longer (predicted)")
@@ -234,7 +242,9 @@ def main(argv=None) -> int:
         work.mkdir(parents=True, exist_ok=True)
         for members in args.members.split(","):
             exports[members] = work / f"tio2-n2p2-{members}"
-            assert cli(["export-n2p2", "tio2", "--out", str(exports[members]), "--members", members]) == 0
+            sep = ["--separate-members"] if args.separate_members else []
+            exports[members] = work / f"tio2-n2p2-{members}{'-separate' if sep else ''}"
+            assert cli(["export-n2p2", "tio2", "--out", str(exports[members]), "--members", members, *sep]) == 0
     def per_set(text):
         return dict(item.split("=", 1) for item in filter(None, text.split(";")))
 
@@ -246,7 +256,8 @@ def main(argv=None) -> int:
                     if part == "lammps":
                         for r in (int(x) for x in args.ranks.split(",")):
                             res["rows"].append(lammps_timing(work, n, r, args.lammps_seconds,
-                                                             args.lammps_max_seconds, exports[members], members))
+                                                             args.lammps_max_seconds, exports[members], members,
+                                                             separate=args.separate_members))
                             write_results(res, args.out_dir, stem, markdown(res))
                     else:
                         res["rows"].append(calculator_timing(n, part, args.calc_steps, args.calc_max_seconds,

@@ -333,6 +333,35 @@ def write_repulsion_tables(path, repulsion, n_points: int = 2000, r_min: float =
     return written
 
 
+def lammps_lines_members(elements: Sequence[str], cutoff: float, member_dirs: Sequence[str], out_dir: str,
+                         tables: dict[str, float] | None, n_points: int = 2000) -> list[str]:
+    """LAMMPS input lines for a committee exported member by member: ``pair_style hybrid/scaled``.
+
+    Every member is its own ``hdnnp`` sub-style, scaled by 1/K, so LAMMPS sums the members' mean; the
+    baseline table, when there is one, is added at scale 1.  n2p2 forms dE/dG with one forward pass per
+    input function through the whole network, so K networks side by side cost ~K times one member,
+    where the block-diagonal network of :func:`export_n2p2` costs ~K² times (its zeros included).
+
+    Args:
+        member_dirs: the members' export directories as LAMMPS should find them.
+        out_dir: the directory of ``repulsion.table`` as LAMMPS should find it.
+        The rest as :func:`lammps_lines`.
+    """
+    types = ", ".join(f"{t} = {el}" for t, el in enumerate(elements, 1))
+    scale = repr(1.0 / len(member_dirs))
+    styles = [f"{scale} hdnnp {cutoff!r} dir {d} showew no showewsum 1000 maxew 1000000 resetew yes "
+              f"cflength 1.0 cfenergy 1.0" for d in member_dirs]
+    if tables:
+        styles.append(f"1.0 table linear {n_points}")
+    lines = ["# units metal (eV, Å); atom types: " + types, "pair_style hybrid/scaled " + " ".join(styles)]
+    lines += [f"pair_coeff * * hdnnp {k} " + " ".join(elements) for k in range(1, len(member_dirs) + 1)]
+    for pair, rc in (tables or {}).items():
+        a, b = pair.split("-")
+        i, j = sorted((elements.index(a) + 1, elements.index(b) + 1))
+        lines.append(f"pair_coeff {i} {j} table {out_dir}/repulsion.table {pair} {rc!r}")
+    return lines
+
+
 def lammps_lines(elements: Sequence[str], cutoff: float, out_dir: str, tables: dict[str, float] | None,
                  n_points: int = 2000) -> list[str]:
     """LAMMPS input lines for an export: ``pair_style`` and ``pair_coeff``.
@@ -364,6 +393,53 @@ def lammps_lines(elements: Sequence[str], cutoff: float, out_dir: str, tables: d
 
 
 # ------------------------------------------------------------------ export
+def export_n2p2_members(model, out_dir, *, members: Sequence[int] | None = None, table_points: int = 2000,
+                        table_r_min: float = 0.5, lammps_dir: str | None = None) -> dict:
+    """Write a committee member by member: ``out_dir/member_NN/`` (n2p2 files of member NN, 1-based, no
+    baseline), the baseline's ``repulsion.table`` in ``out_dir``, and ``lammps.in.snippet`` with
+    :func:`lammps_lines_members` (``pair_style hybrid/scaled``).  The same potential as :func:`export_n2p2`
+    of the same members, for ~1/K of n2p2's cost.
+
+    Returns:
+        The summary of :func:`export_n2p2` (``members`` the chosen ones), ``files`` all written paths,
+        ``member_dirs`` the members' directories.
+    """
+    from ..model.bpnn import BPNN, load_model
+    from ..model.ensemble import select_members
+
+    if not isinstance(model, BPNN):
+        source = str(model)
+        model = load_model(model)
+    else:
+        source = _model_name(model)
+    chosen, _ = _select(model, members, source)
+    out = Path(out_dir)
+    shown = lammps_dir or str(out_dir)
+    files, dirs, summary = [], [], None
+    for k in chosen:
+        one = select_members(model, [k])
+        one.repulsion = None
+        sub = f"member_{k + 1:02d}"
+        summary = export_n2p2(one, out / sub, lammps_dir=f"{shown}/{sub}")
+        summary["files"] = [f for f in summary["files"] if not f.endswith("lammps.in.snippet")]
+        (out / sub / "lammps.in.snippet").unlink()
+        files += summary["files"]
+        dirs.append(f"{shown}/{sub}")
+    from ..io.atomic import atomic_write
+
+    tables = None
+    if model.repulsion is not None and model.repulsion.cutoffs:
+        path = out / "repulsion.table"
+        tables = write_repulsion_tables(path, model.repulsion, table_points, table_r_min)
+        files.append(str(path))
+    lines = lammps_lines_members(list(model.elements), summary["cutoff"], dirs, shown, tables, table_points)
+    path = out / "lammps.in.snippet"
+    with atomic_write(path) as fh:
+        fh.write("\n".join(lines) + "\n")
+    files.append(str(path))
+    return {**summary, "members": chosen, "files": files, "tables": tables, "lammps": lines, "member_dirs": dirs}
+
+
 def export_n2p2(model, out_dir, *, members: Sequence[int] | None = None, table_points: int = 2000,
                 table_r_min: float = 0.5, lammps_dir: str | None = None) -> dict:
     """Write ``model`` as n2p2 files (see module doc).

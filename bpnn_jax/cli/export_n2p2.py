@@ -28,6 +28,10 @@ def add_export_n2p2_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR", help="directory to write (created if missing)")
     p.add_argument("--members", type=member_list, default=None, metavar="LIST",
                    help="export only these committee members (their mean), numbered from 1, e.g. 1-5")
+    p.add_argument("--separate-members", action="store_true",
+                   help="one n2p2 network per member (DIR/member_NN/), summed by LAMMPS pair_style hybrid/scaled: "
+                        "the same potential at ~1/K of n2p2's cost for K members (LAMMPS only; nnp-predict "
+                        "reads one network)")
     p.add_argument("--table-points", type=int, default=2000, metavar="N",
                    help="rows per element pair of repulsion.table (default 2000)")
     p.add_argument("--table-rmin", type=float, default=0.5, metavar="Å",
@@ -38,11 +42,14 @@ def add_export_n2p2_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def cmd_export_n2p2(args: argparse.Namespace) -> int:
-    from ..calculators.n2p2 import export_n2p2, format_members
+    from ..calculators.n2p2 import export_n2p2, export_n2p2_members, format_members
 
-    summary = export_n2p2(args.model, args.out, members=args.members, table_points=args.table_points,
-                          table_r_min=args.table_rmin, lammps_dir=args.lammps_dir)
+    export = export_n2p2_members if args.separate_members else export_n2p2
+    summary = export(args.model, args.out, members=args.members, table_points=args.table_points,
+                     table_r_min=args.table_rmin, lammps_dir=args.lammps_dir)
     layers = " x ".join(str(n) for n in summary["layers"])
+    if args.separate_members:
+        layers = f"{len(summary['members'])} networks of {layers}"
     funcs = ", ".join(f"{el} {n}" for el, n in summary["n_functions"].items())
     print(f"wrote {args.out}: members {format_members(summary['members'])}, symmetry functions {funcs}, "
           f"network {layers}, cut-off {summary['cutoff']:g} Å"

@@ -176,6 +176,34 @@ def test_exported_files_compute_the_model(tmp_path, members):
         "cfenergy 1.0"), "pair_coeff * * O Ti"]
 
 
+def test_committee_exported_member_by_member_computes_the_committee(tmp_path):
+    """--separate-members: one n2p2 network per member whose mean (LAMMPS pair_style hybrid/scaled, 1/K each)
+    is the committee's atomic energy; the baseline table once, at scale 1."""
+    from bpnn_jax.calculators.n2p2 import export_n2p2_members
+
+    spec = SymmetryFunctionSet.artrith_urban(("O", "Ti"))
+    model = _random_model(spec, members=3)
+    model.repulsion = PairRepulsion(("O", "Ti"), {"O-Ti": 1.6}, {"O-Ti": (40.0, 1.0, 900.0, 0.0, 2.0)})
+    out = tmp_path / "sep"
+    summary = export_n2p2_members(model, out, members=[0, 2])
+    assert summary["members"] == [0, 2] and summary["member_dirs"] == [f"{out}/member_01", f"{out}/member_03"]
+    rng = np.random.default_rng(2)
+    sf = rng.uniform(0.0, 3.0, (5, 70))
+    from bpnn_jax.model.ensemble import select_members
+
+    pair = select_members(model, [0, 2])
+    for s, el in enumerate(model.elements):
+        mean = np.mean([_n2p2_atomic_energies(out / d, spec, el, sf) for d in ("member_01", "member_03")], axis=0)
+        np.testing.assert_allclose(mean, _model_atomic_energies(pair, sf, s), rtol=0, atol=1e-12)
+    lines = (out / "lammps.in.snippet").read_text().splitlines()[1:]
+    assert lines[0].startswith("pair_style hybrid/scaled 0.5 hdnnp 6.5 dir " + f"{out}/member_01")
+    assert f" 0.5 hdnnp 6.5 dir {out}/member_03 " in lines[0]
+    assert lines[1:3] == ["pair_coeff * * hdnnp 1 O Ti", "pair_coeff * * hdnnp 2 O Ti"]
+    assert lines[0].endswith(" 1.0 table linear 2000") and (out / "repulsion.table").exists()
+    assert lines[3:] == [f"pair_coeff 1 2 table {out}/repulsion.table O-Ti 1.6"]
+    assert not (out / "member_01" / "lammps.in.snippet").exists()
+
+
 def test_n2p2_function_order(tmp_path):
     """Functions per element follow n2p2's sort (type, cut-off, eta, rs, zeta, lambda, neighbour elements by
     atomic number), and scaling.data's rows follow it: elements by atomic number (H before O)."""
@@ -504,6 +532,24 @@ def test_lammps_tio2_imbalzano_committee(lammps_io, data_dir, tmp_path):
         assert r["net"][0] <= ENERGY_TOL and r["net"][1] <= FORCE_TOL, (name, r)
         for k in ("table", "total"):
             assert r[k][0] <= TABLE_ENERGY_TOL and r[k][1] <= TABLE_FORCE_TOL, (name, k, r)
+
+
+@pytest.mark.lammps
+def test_lammps_member_by_member_export_equals_the_block_network(lammps_io, data_dir, tmp_path):
+    """``export-n2p2 --separate-members`` (pair_style hybrid/scaled of one hdnnp per member, 1/5 each, with
+    the baseline table) and the block-diagonal export of tio2's members 1-5 give the same energies (1e-10
+    eV/atom) and forces (1e-10 eV/Å) in LAMMPS, run 0, on thin, small, triclinic and rutile cells."""
+    block, sep = tmp_path / "block", tmp_path / "separate"
+    assert main(["export-n2p2", "tio2", "--out", str(block), "--members", "1-5"]) == 0
+    assert main(["export-n2p2", "tio2", "--out", str(sep), "--members", "1-5", "--separate-members"]) == 0
+
+    def lines(d):
+        return [line for line in (d / "lammps.in.snippet").read_text().splitlines() if not line.startswith("#")]
+
+    for name, atoms in _lammps_cells(data_dir).items():
+        e1, f1 = lammps_io.energy_forces(atoms, ["O", "Ti"], lines(block), tmp_path / name / "block")
+        e2, f2 = lammps_io.energy_forces(atoms, ["O", "Ti"], lines(sep), tmp_path / name / "separate")
+        assert abs(e1 - e2) / len(atoms) < 1e-10 and np.abs(f1 - f2).max() < 1e-10, name
 
 
 @pytest.mark.lammps
