@@ -268,6 +268,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.preset == "default" and not args.resume:
         config.derive = tuple(name for name in DERIVED if name not in given)
     verbose = 2 if args.quiet else 1
+    import time
+
+    started = time.time() - 1.0  # file times can be coarser than time.time()
     try:
         if args.tune:
             _tune(args, config, verbose)
@@ -282,7 +285,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(f"training interrupted; every finished epoch is saved in {args.out}: continue with "
                   f"--resume", file=sys.stderr)
         raise
-    print(f"model saved to {args.out}/model.keras")
+    from pathlib import Path
+
+    final = Path(args.out) / "model.keras"
+    if final.exists() and final.stat().st_mtime >= started:  # not when a time limit stopped the run early
+        print(f"model saved to {final}")
     return 0
 
 

@@ -148,7 +148,9 @@ def _train(paths, run_dir, config: TrainConfig, *, resume: bool, verbose: int, d
     # A committee (members given > 0, or left to derive) fine-tunes on the committee path; --members 0
     # on the single-network stages.
     committee_init = bool(config.init_model) and (config.members > 0 or "members" in config.derive)
-    if config.init_model and not (resume and (run_dir / "checkpoints" / "last.keras").exists()):
+    # The single-network stages resume from their checkpoint; a committee always needs the model (its
+    # descriptors define the data's, its statistics the networks' inputs).
+    if config.init_model and (committee_init or not (resume and (run_dir / "checkpoints" / "last.keras").exists())):
         init, config = init_model(config)  # its references define the targets
     if committee_init and init is not None:
         if "members" not in config.derive and config.members != init.members:
@@ -200,8 +202,6 @@ def _train(paths, run_dir, config: TrainConfig, *, resume: bool, verbose: int, d
             f"{math.ceil(1.5 / max(config.val_fraction, 1e-9))} structures, better a few hundred")
 
     if config.members > 0:
-        if config.init_model and init is None:  # resumed: the model again, for its statistics
-            init = init_model(config)[0]
         return train_committee(data, train_s, val_s, run_dir, config, resume=resume, verbose=verbose,
                                 deadline=deadline, init=init if config.init_model else None)
     if resume and (run_dir / "checkpoints" / "last.keras").exists():

@@ -89,6 +89,23 @@ def test_fine_tuning_lowers_the_error_on_the_new_data(base):
     assert e1 < e0 and f1 < 0.5 * f0
 
 
+def test_a_fine_tuning_run_stopped_early_resumes_on_the_models_descriptors(base, capsys):
+    """--time-limit stops a fine-tuning run after its first epoch (checkpoints/last.keras); --resume ends it,
+    still on the model's descriptors and statistics."""
+    root, new = base
+    out = root / "resumed"
+    args = ["train", str(root / "compressed.extxyz"), "--out", str(out), "--init", str(root / "base" / "model.keras"),
+            "--ef-epochs", "4", "--quiet"]
+    assert main([*args, "--time-limit", "0.0001"]) == 0
+    assert (out / "checkpoints" / "last.keras").exists() and not (out / "model.keras").exists()
+    assert "continue with --resume" in capsys.readouterr().out
+    assert main(["train", "--out", str(out), "--resume", "--time-limit", "60", "--quiet"]) == 0
+    assert "model saved to" in capsys.readouterr().out
+    model, start = load_model(str(out / "model.keras")), load_model(str(root / "base" / "model.keras"))
+    assert model.spec.to_config() == start.spec.to_config() and model.members == start.members
+    np.testing.assert_array_equal(np.asarray(model.sf_mean.value), np.asarray(start.sf_mean.value))
+
+
 def test_fine_tuning_refuses_what_does_not_fit(base, tmp_path, capsys):
     root, _ = base
     model = str(root / "base" / "model.keras")
