@@ -333,6 +333,30 @@ def write_repulsion_tables(path, repulsion, n_points: int = 2000, r_min: float =
     return written
 
 
+def _hdnnp_style(cutoff: float, out_dir: str) -> str:
+    """The ``hdnnp`` pair style and its arguments for the files in ``out_dir``.
+
+    n2p2 stops at the first extrapolation warning by default (maxew 0); these are warnings about leaving
+    the training range, which the committee spread monitors better: count them, do not stop.
+    """
+    return (f"hdnnp {cutoff!r} dir {out_dir} showew no showewsum 1000 maxew 1000000 resetew yes "
+            f"cflength 1.0 cfenergy 1.0")
+
+
+def _types_comment(elements: Sequence[str]) -> str:
+    return "# units metal (eV, Å); atom types: " + ", ".join(f"{t} = {el}" for t, el in enumerate(elements, 1))
+
+
+def _table_coeffs(elements: Sequence[str], out_dir: str, tables: dict[str, float]) -> list[str]:
+    """``pair_coeff`` lines of the baseline's ``repulsion.table`` sections."""
+    lines = []
+    for pair, rc in tables.items():
+        a, b = pair.split("-")
+        i, j = sorted((elements.index(a) + 1, elements.index(b) + 1))
+        lines.append(f"pair_coeff {i} {j} table {out_dir}/repulsion.table {pair} {rc!r}")
+    return lines
+
+
 def lammps_lines_members(elements: Sequence[str], cutoff: float, member_dirs: Sequence[str], out_dir: str,
                          tables: dict[str, float] | None, n_points: int = 2000) -> list[str]:
     """LAMMPS input lines for a committee exported member by member: ``pair_style hybrid/scaled``.
@@ -347,19 +371,13 @@ def lammps_lines_members(elements: Sequence[str], cutoff: float, member_dirs: Se
         out_dir: the directory of ``repulsion.table`` as LAMMPS should find it.
         The rest as :func:`lammps_lines`.
     """
-    types = ", ".join(f"{t} = {el}" for t, el in enumerate(elements, 1))
     scale = repr(1.0 / len(member_dirs))
-    styles = [f"{scale} hdnnp {cutoff!r} dir {d} showew no showewsum 1000 maxew 1000000 resetew yes "
-              f"cflength 1.0 cfenergy 1.0" for d in member_dirs]
+    styles = [f"{scale} {_hdnnp_style(cutoff, d)}" for d in member_dirs]
     if tables:
         styles.append(f"1.0 table linear {n_points}")
-    lines = ["# units metal (eV, Å); atom types: " + types, "pair_style hybrid/scaled " + " ".join(styles)]
+    lines = [_types_comment(elements), "pair_style hybrid/scaled " + " ".join(styles)]
     lines += [f"pair_coeff * * hdnnp {k} " + " ".join(elements) for k in range(1, len(member_dirs) + 1)]
-    for pair, rc in (tables or {}).items():
-        a, b = pair.split("-")
-        i, j = sorted((elements.index(a) + 1, elements.index(b) + 1))
-        lines.append(f"pair_coeff {i} {j} table {out_dir}/repulsion.table {pair} {rc!r}")
-    return lines
+    return lines + _table_coeffs(elements, out_dir, tables or {})
 
 
 def lammps_lines(elements: Sequence[str], cutoff: float, out_dir: str, tables: dict[str, float] | None,
@@ -375,113 +393,41 @@ def lammps_lines(elements: Sequence[str], cutoff: float, out_dir: str, tables: d
         tables: ``{pair: cut-off}`` of ``repulsion.table`` sections, or None.
         n_points: table length (``table linear N``).
     """
-    types = ", ".join(f"{t} = {el}" for t, el in enumerate(elements, 1))
-    # n2p2 stops at the first extrapolation warning by default (maxew 0); these are warnings about leaving
-    # the training range, which the committee spread monitors better: count them, do not stop.
-    hdnnp = (f"hdnnp {cutoff!r} dir {out_dir} showew no showewsum 1000 maxew 1000000 resetew yes "
-             f"cflength 1.0 cfenergy 1.0")
-    lines = ["# units metal (eV, Å); atom types: " + types]
+    hdnnp = _hdnnp_style(cutoff, out_dir)
+    lines = [_types_comment(elements)]
     if not tables:
         return lines + [f"pair_style {hdnnp}", "pair_coeff * * " + " ".join(elements)]
     lines += [f"pair_style hybrid/overlay {hdnnp} table linear {n_points}",
               "pair_coeff * * hdnnp " + " ".join(elements)]
-    for pair, rc in tables.items():
-        a, b = pair.split("-")
-        i, j = sorted((elements.index(a) + 1, elements.index(b) + 1))
-        lines.append(f"pair_coeff {i} {j} table {out_dir}/repulsion.table {pair} {rc!r}")
-    return lines
+    return lines + _table_coeffs(elements, out_dir, tables)
 
 
 # ------------------------------------------------------------------ export
-def export_n2p2_members(model, out_dir, *, members: Sequence[int] | None = None, table_points: int = 2000,
-                        table_r_min: float = 0.5, lammps_dir: str | None = None) -> dict:
-    """Write a committee member by member: ``out_dir/member_NN/`` (n2p2 files of member NN, 1-based, no
-    baseline), the baseline's ``repulsion.table`` in ``out_dir``, and ``lammps.in.snippet`` with
-    :func:`lammps_lines_members` (``pair_style hybrid/scaled``).  The same potential as :func:`export_n2p2`
-    of the same members, for ~1/K of n2p2's cost.
-
-    Returns:
-        The summary of :func:`export_n2p2` (``members`` the chosen ones), ``files`` all written paths,
-        ``member_dirs`` the members' directories.
-    """
+def _load(model):
+    """``(model, name)``: a BPNN as it is, or loaded from a ``.keras`` path or shipped name."""
     from ..model.bpnn import BPNN, load_model
-    from ..model.ensemble import select_members
 
-    if not isinstance(model, BPNN):
-        source = str(model)
-        model = load_model(model)
-    else:
-        source = _model_name(model)
-    chosen, _ = _select(model, members, source)
-    out = Path(out_dir)
-    shown = lammps_dir or str(out_dir)
-    files, dirs, summary = [], [], None
-    for k in chosen:
-        one = select_members(model, [k])
-        one.repulsion = None
-        sub = f"member_{k + 1:02d}"
-        summary = export_n2p2(one, out / sub, lammps_dir=f"{shown}/{sub}")
-        summary["files"] = [f for f in summary["files"] if not f.endswith("lammps.in.snippet")]
-        (out / sub / "lammps.in.snippet").unlink()
-        files += summary["files"]
-        dirs.append(f"{shown}/{sub}")
-    from ..io.atomic import atomic_write
-
-    tables = None
-    if model.repulsion is not None and model.repulsion.cutoffs:
-        path = out / "repulsion.table"
-        tables = write_repulsion_tables(path, model.repulsion, table_points, table_r_min)
-        files.append(str(path))
-    lines = lammps_lines_members(list(model.elements), summary["cutoff"], dirs, shown, tables, table_points)
-    path = out / "lammps.in.snippet"
-    with atomic_write(path) as fh:
-        fh.write("\n".join(lines) + "\n")
-    files.append(str(path))
-    return {**summary, "members": chosen, "files": files, "tables": tables, "lammps": lines, "member_dirs": dirs}
+    if isinstance(model, BPNN):
+        return model, _model_name(model)
+    return load_model(model), str(model)
 
 
-def export_n2p2(model, out_dir, *, members: Sequence[int] | None = None, table_points: int = 2000,
-                table_r_min: float = 0.5, lammps_dir: str | None = None) -> dict:
-    """Write ``model`` as n2p2 files (see module doc).
-
-    Args:
-        model: a :class:`~bpnn_jax.model.BPNN`, a ``.keras`` path or a
-            shipped name.
-        out_dir: directory to write (created if missing).
-        members: 0-based committee members to export (their mean); None:
-            all.  Members on a Chebyshev basis cannot be exported.
-        table_points: rows per pair of ``repulsion.table``.
-        table_r_min: first distance of the tables, Å.
-        lammps_dir: how LAMMPS input should name ``out_dir`` (default: as given).
-
-    Returns:
-        A summary dict: ``elements`` (n2p2 order), ``members`` (0-based),
-        ``n_functions`` {element: count}, ``n_weights`` {element: count},
-        ``layers`` (nodes per layer, input to output), ``cutoff`` (Å),
-        ``files`` (written paths), ``tables`` ({pair: cut-off} or None) and
-        ``lammps`` (the LAMMPS input lines).
-
-    Raises:
-        BPNNInputError: a model n2p2 cannot express (descriptors,
-            activation), bad member numbers, or an unwritable directory.
-    """
-    from ..model.bpnn import BPNN, load_model
-    from ..model.ensemble import model_statistic
-
-    if not isinstance(model, BPNN):
-        source = str(model)
-        model = load_model(model)
-    else:
-        source = _model_name(model)
-    out = Path(out_dir)
+def _make_dir(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise BPNNInputError(f"cannot write {out}: it exists and is not a directory")
-    chosen, parts = _select(model, members, source)
-    _activation_letter(model, source)  # before any file is written
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise BPNNInputError(f"cannot create {out}: {exc.strerror or exc}") from None
+
+
+def _write_networks(model, chosen: Sequence[int], parts, out: Path, source: str) -> dict:
+    """``input.nn``, ``scaling.data`` and the weights files of members ``chosen`` (their mean) in ``out``.
+
+    Returns:
+        The summary of :func:`export_n2p2` without ``tables`` and ``lammps``.
+    """
+    from ..model.ensemble import model_statistic
 
     elements = list(model.elements)
     sfs = n2p2_symmetry_functions(parts, elements)
@@ -546,19 +492,101 @@ def export_n2p2(model, out_dir, *, members: Sequence[int] | None = None, table_p
         n_weights[el] = _write_weights(path, nets[el][0])
         files.append(path)
 
-    tables = None
+    return {"elements": by_z, "members": list(chosen), "n_functions": {el: len(sfs[el]) for el in by_z},
+            "n_weights": n_weights, "layers": [layers0[0][0].shape[0]] + [W.shape[1] for W, _ in layers0],
+            "cutoff": cutoff, "files": [str(p) for p in files]}
+
+
+def _write_baseline_and_lines(model, out: Path, lines_for, table_points: int, table_r_min: float) -> dict:
+    """``repulsion.table`` (when the model has a baseline) and ``lammps.in.snippet`` from ``lines_for(tables)``.
+
+    Returns:
+        ``{"tables": {pair: cut-off} or None, "lammps": lines, "files": written paths}``.
+    """
+    from ..io.atomic import atomic_write
+
+    files, tables = [], None
     if model.repulsion is not None and model.repulsion.cutoffs:
         path = out / "repulsion.table"
         tables = write_repulsion_tables(path, model.repulsion, table_points, table_r_min)
-        files.append(path)
-    lines = lammps_lines(elements, cutoff, lammps_dir or str(out_dir), tables, table_points)
+        files.append(str(path))
+    lines = lines_for(tables)
     path = out / "lammps.in.snippet"
     with atomic_write(path) as fh:
         fh.write("\n".join(lines) + "\n")
-    files.append(path)
-    return {"elements": by_z, "members": chosen, "n_functions": {el: len(sfs[el]) for el in by_z},
-            "n_weights": n_weights, "layers": [layers0[0][0].shape[0]] + [W.shape[1] for W, _ in layers0],
-            "cutoff": cutoff, "files": [str(p) for p in files], "tables": tables, "lammps": lines}
+    files.append(str(path))
+    return {"tables": tables, "lammps": lines, "files": files}
+
+
+def export_n2p2_members(model, out_dir, *, members: Sequence[int] | None = None, table_points: int = 2000,
+                        table_r_min: float = 0.5, lammps_dir: str | None = None) -> dict:
+    """Write a committee member by member: ``out_dir/member_NN/`` (n2p2 files of member NN, 1-based, no
+    baseline), the baseline's ``repulsion.table`` in ``out_dir``, and ``lammps.in.snippet`` with
+    :func:`lammps_lines_members` (``pair_style hybrid/scaled``).  The same potential as :func:`export_n2p2`
+    of the same members, for ~1/K of n2p2's cost.
+
+    Returns:
+        The summary of :func:`export_n2p2` (``members`` the chosen ones, ``files`` every written path), and
+        ``member_dirs``, the members' directories as the LAMMPS lines name them.
+    """
+    model, source = _load(model)
+    out = Path(out_dir)
+    chosen, _ = _select(model, members, source)
+    _activation_letter(model, source)  # before any file is written
+    _make_dir(out)
+    shown = lammps_dir or str(out_dir)
+    files, dirs, cutoff = [], [], 0.0
+    for k in chosen:
+        sub = f"member_{k + 1:02d}"
+        _make_dir(out / sub)
+        summary = _write_networks(model, [k], _select(model, [k], source)[1], out / sub, source)
+        files += summary["files"]
+        dirs.append(f"{shown}/{sub}")
+        cutoff = max(cutoff, summary["cutoff"])  # members may read different function sets
+    elements = list(model.elements)
+    tail = _write_baseline_and_lines(
+        model, out, lambda tables: lammps_lines_members(elements, cutoff, dirs, shown, tables, table_points),
+        table_points, table_r_min)
+    return {**summary, **tail, "members": chosen, "cutoff": cutoff, "files": files + tail["files"],
+            "member_dirs": dirs}
+
+
+def export_n2p2(model, out_dir, *, members: Sequence[int] | None = None, table_points: int = 2000,
+                table_r_min: float = 0.5, lammps_dir: str | None = None) -> dict:
+    """Write ``model`` as n2p2 files (see module doc).
+
+    Args:
+        model: a :class:`~bpnn_jax.model.BPNN`, a ``.keras`` path or a
+            shipped name.
+        out_dir: directory to write (created if missing).
+        members: 0-based committee members to export (their mean); None:
+            all.  Members on a Chebyshev basis cannot be exported.
+        table_points: rows per pair of ``repulsion.table``.
+        table_r_min: first distance of the tables, Å.
+        lammps_dir: how LAMMPS input should name ``out_dir`` (default: as given).
+
+    Returns:
+        A summary dict: ``elements`` (n2p2 order), ``members`` (0-based),
+        ``n_functions`` {element: count}, ``n_weights`` {element: count},
+        ``layers`` (nodes per layer, input to output), ``cutoff`` (Å),
+        ``files`` (written paths), ``tables`` ({pair: cut-off} or None) and
+        ``lammps`` (the LAMMPS input lines).
+
+    Raises:
+        BPNNInputError: a model n2p2 cannot express (descriptors,
+            activation), bad member numbers, or an unwritable directory.
+    """
+    model, source = _load(model)
+    out = Path(out_dir)
+    chosen, parts = _select(model, members, source)
+    _activation_letter(model, source)  # before any file is written
+    _make_dir(out)
+    summary = _write_networks(model, chosen, parts, out, source)
+    elements = list(model.elements)
+    tail = _write_baseline_and_lines(
+        model, out, lambda tables: lammps_lines(elements, summary["cutoff"], lammps_dir or str(out_dir), tables,
+                                                table_points), table_points, table_r_min)
+    return {**summary, **tail, "files": summary["files"] + tail["files"]}
 
 
 # ------------------------------------------------------------- input.data
