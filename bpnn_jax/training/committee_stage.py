@@ -55,8 +55,7 @@ def train_committee(data, train_s, val_s, run_dir: Path, config: TrainConfig, *,
         stats = compute_statistics(sf_train, [s.species for s in train_s], [s.energy for s in train_s],
                                    len(data["elements"]))
     else:  # the networks were trained on the model's standardisation: keep it
-        stats = {k: np.asarray(getattr(init, k).value, np.float64)
-                 for k in ("sf_mean", "sf_std", "sf_min", "sf_max", "energy_shift", "energy_scale")}
+        stats = jt.stats_from_model(init, np.float64)
     init_params = None if init is None else jt.params_from_model(init)
     if verbose:
         print(f"descriptors of {len(train_s)} + {len(val_s)} structures: {time.time() - t0:.1f} s", flush=True)

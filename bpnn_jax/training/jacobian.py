@@ -986,7 +986,7 @@ def calibrate_threshold(model, val: Groups) -> float | None:
     import jax
 
     params = params_from_model(model)
-    stats = {k: np.asarray(getattr(model, k).value) for k in ("sf_mean", "sf_std", "energy_shift", "energy_scale")}
+    stats = stats_from_model(model)
     fn = jax.jit(lambda p, st, g: committee_outputs(p, st, g["sf"], g["species"], g["mask"], model.activation)["energy"])
     spread = []
     for g in val.arrays:
@@ -1012,6 +1012,13 @@ def to_model(params, stats: dict, spec, cfg: CommitteeConfig, reference_energies
     for s, net in enumerate(model.nets):
         net.set_member_weights([np.asarray(W[s]) for W in params["W"]], [np.asarray(b[s]) for b in params["b"]])
     return model
+
+
+def stats_from_model(model, dtype=None) -> dict:
+    """The statistics a BPNN holds (the ``stats`` of :func:`to_model`): descriptor mean, std, min, max (S, F),
+    energy shift (S,) eV/atom and scale () eV; in ``dtype`` (None: as stored)."""
+    return {k: np.asarray(getattr(model, k).value, dtype)
+            for k in ("sf_mean", "sf_std", "sf_min", "sf_max", "energy_shift", "energy_scale")}
 
 
 def params_from_model(model) -> dict:

@@ -12,15 +12,15 @@ from ..model.potential import potential_function
 from ..units import EV_PER_A3_IN_GPA, voigt_6
 
 
-def _predict_function(model: BPNN, forces: bool):
-    """``(jit f(values, inputs) -> outputs, variables)`` of a model, as ``model(inputs)`` computes them.
+def _predict_function(model: BPNN, forces: bool, uncertainty: bool = True):
+    """``(jit f(values, inputs) -> outputs, variables)`` that :func:`predict_structures` calls.
 
     :func:`~bpnn_jax.model.potential.potential_function` (the one energy
     function, cached per model): energies, with ``forces`` the forces and,
-    for a committee, every member's forces (``forces_members``), as
-    ``BPNN.call`` returns them.
+    with ``uncertainty`` too, every member's forces (``forces_members``,
+    K backward passes: only where their spread is asked for).
     """
-    return potential_function(model, forces=forces, member_forces=forces)
+    return potential_function(model, forces=forces, member_forces=forces and uncertainty)
 
 
 def predict_stress(model: BPNN, structures: Sequence[HostStructure], *, atoms_per_batch=None, dtype=np.float32,
@@ -73,8 +73,7 @@ def predict_structures(model: BPNN, structures: Sequence[HostStructure], *, forc
         force spreads eV/Å (per atom, sqrt(mean_k |F_k - F_mean|²)), or
         None without forces.
     """
-    # Per-member forces (K backward passes) only where their spread is asked for.
-    fn, variables = potential_function(model, forces=bool(forces), member_forces=bool(forces and uncertainty))
+    fn, variables = _predict_function(model, bool(forces), bool(uncertainty))
     energies = np.zeros(len(structures))
     e_std = np.zeros(len(structures))
     out_f: list = [None] * len(structures)

@@ -533,7 +533,7 @@ def test_predict_structures_reuses_its_compilation_and_sees_new_weights(model, c
     """predict_structures keeps one jitted function per model; weights are arguments, never stale."""
     h = host(model, structures[THIN])
     e1, f1 = training.predict_structures(model, [h], dtype=np.float64)
-    fn_first = training.predict._predict_function(model, True)[0]
+    fn_first = training.predict._predict_function(model, True, uncertainty=False)[0]
     direct = predict(call, model, structures[THIN])
     assert e1[0] == pytest.approx(direct[0], abs=1e-10)
     np.testing.assert_allclose(f1[0], direct[1], atol=1e-10)
@@ -545,7 +545,7 @@ def test_predict_structures_reuses_its_compilation_and_sees_new_weights(model, c
         assert e2[0] == pytest.approx(expected, abs=1e-10) and abs(e2[0] - e1[0]) > 1e-6
     finally:
         model.set_weights(weights)
-    assert training.predict._predict_function(model, True)[0] is fn_first
+    assert training.predict._predict_function(model, True, uncertainty=False)[0] is fn_first
 
 
 @pytest.mark.parametrize("members", [10])
