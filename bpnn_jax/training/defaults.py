@@ -71,6 +71,8 @@ CLOSE_CONTACT = 0.7
 REPULSION_FRACTION = 0.85
 #: Hidden activation of a default run (smooth, for forces; see docs/training.md).
 ACTIVATION = "silu"
+#: Peak learning rate when fine-tuning a trained committee (``--init``): a tenth of training from scratch.
+FINE_TUNE_LEARNING_RATE = 2e-4
 #: Range of the members' force weights (eV²/Å² against eV²/atom²), first to last, spaced geometrically.
 FORCE_WEIGHT_RANGE = (0.02, 0.09)
 
@@ -242,7 +244,12 @@ def derive_defaults(summary: DataSummary, given: Sequence[str] = (),
     put("ef_final_force_factor", 0.1, "the final phase weighs energies 10x more (force weights x 0.1)")
     put("patience", epochs, "no early stopping: the cosine schedule and the final phase run to their end "
                             "(each member keeps its best validation point)")
-    put("ef_learning_rate", 2e-3, "peak learning rate 2e-3, warm-up then cosine decay")
+    if current.get("init_model"):  # fine-tuning a trained committee
+        put("ef_learning_rate", FINE_TUNE_LEARNING_RATE,
+            f"peak learning rate {FINE_TUNE_LEARNING_RATE:g} (fine-tuning: a tenth of training from scratch), "
+            f"warm-up then cosine decay")
+    else:
+        put("ef_learning_rate", 2e-3, "peak learning rate 2e-3, warm-up then cosine decay")
     put("weight_decay", 5e-4, "AdamW weight decay 5e-4")
     if has_forces:
         weights = force_weight_spread(int(values.get("members", current.get("members", MEMBERS))))

@@ -13,14 +13,13 @@ from typing import Sequence
 
 
 import keras
-import numpy as np
 
 from ..descriptors.symmetry import descriptor_preset
 from ..errors import BPNNInputError
 from ..model.bpnn import BPNN
 from .config import TrainConfig
 from .data import load_training_data, read_training_frames
-from .defaults import DERIVED, derive_defaults, force_weight_spread, summarize_data
+from .defaults import DERIVED, derive_defaults, summarize_data
 from .run_state import atomic_save, batch_multiple, data_parallel_distribution, write_json, write_yaml_config
 from .committee_stage import train_committee
 from .repulsion_fit import run_repulsion_stage
@@ -42,8 +41,6 @@ def build_model(config: TrainConfig, elements: Sequence[str], reference_energies
 
 #: Options a fine-tuned committee (``--init``) takes from its model, never from the data.
 FROM_INIT_MODEL = ("members", "preset", "cutoff", "hidden", "activation", "repulsion")
-#: Peak learning rate of fine-tuning when none is given: a tenth of training from scratch.
-FINE_TUNE_LEARNING_RATE = 2e-4
 
 
 def resolve_defaults(config: TrainConfig, atoms) -> tuple[TrainConfig, list[str]]:
@@ -51,11 +48,6 @@ def resolve_defaults(config: TrainConfig, atoms) -> tuple[TrainConfig, list[str]
     derive = [name for name in config.derive if not (config.init_model and name in FROM_INIT_MODEL)]
     given = [name for name in DERIVED if name not in derive]
     values, reasons = derive_defaults(summarize_data(atoms), given, current=config.to_json())
-    if config.init_model and "ef_learning_rate" in derive:
-        values["ef_learning_rate"] = FINE_TUNE_LEARNING_RATE
-        reasons = [r for r in reasons if not r.startswith("peak learning rate")]
-        reasons.append(f"peak learning rate {FINE_TUNE_LEARNING_RATE:g} (fine-tuning: a tenth of training from "
-                       f"scratch), warm-up then cosine decay")
     return dataclasses.replace(config, **values, derive=()), reasons
 
 
@@ -64,13 +56,8 @@ def fine_tune_config(config: TrainConfig, init: BPNN) -> tuple[TrainConfig, list
     pinned = [f"fine-tuning {config.init_model}: its committee of {init.members}, networks "
               f"{'x'.join(map(str, init.hidden))} ({init.activation}), descriptors ({init.spec.describe()}), "
               f"reference energies" + (" and repulsive baseline" if init.repulsion is not None else "")]
-    config = dataclasses.replace(
-        config, members=init.members, cutoff=float(init.spec.cutoff), repulsion=None,
-        repulsion_from=config.init_model if init.repulsion is not None else None)
-    w = np.atleast_1d(np.asarray(config.ef_force_weight, float))
-    if w.size not in (1, init.members):  # a derived spread has the default committee's length
-        config = dataclasses.replace(config, ef_force_weight=force_weight_spread(init.members)
-                                     if np.any(w > 0) else 0.0)
+    config = dataclasses.replace(config, cutoff=float(init.spec.cutoff), repulsion=None,
+                                 repulsion_from=config.init_model if init.repulsion is not None else None)
     return config, pinned
 
 
@@ -157,6 +144,7 @@ def _train(paths, run_dir, config: TrainConfig, *, resume: bool, verbose: int, d
             raise BPNNInputError(f"--init {config.init_model}: the model has {init.members} members, --members asks "
                                  f"for {config.members}; leave --members out to fine-tune all of them (or give "
                                  f"--members 0 for the single-network stages)")
+        config = dataclasses.replace(config, members=init.members)  # derived force weights follow it
     reasons = []
     if data is None:
         # Before anything in run_dir changes: bad input leaves an earlier run intact.
