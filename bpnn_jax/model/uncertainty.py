@@ -24,6 +24,8 @@ import numpy as np
 #: median s_E / median s_F (so that w's scale follows the data).
 SIZE_EXPONENTS = tuple(np.round(np.linspace(0.0, 1.0, 11), 2))
 FORCE_FACTORS = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0)
+#: Fewest validation structures a calibration is fitted on (below it ρ is noise).
+MIN_STRUCTURES = 20
 
 
 def uncertainty_score(energy_std_per_atom, n_atoms, force_std_mean, calibration: Mapping | None):
@@ -65,7 +67,7 @@ def fit_uncertainty_calibration(energy_std_per_atom, n_atoms, force_std_mean, ab
     err = np.asarray(abs_error_per_atom, np.float64)
     n = np.asarray(n_atoms, np.float64)
     s_f = None if force_std_mean is None else np.asarray(force_std_mean, np.float64)
-    if len(s_e) < 20 or np.ptp(s_e) == 0 or np.ptp(err) == 0:
+    if len(s_e) < MIN_STRUCTURES or np.ptp(s_e) == 0 or np.ptp(err) == 0:
         return None
     scale = 0.0
     if s_f is not None and np.median(s_f) > 0:

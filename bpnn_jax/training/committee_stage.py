@@ -152,10 +152,10 @@ def calibrate_uncertainty(model: BPNN, val_structures, *, verbose: int = 1) -> d
     ``val_structures``: prepared structures with energies relative to the model's references (and forces),
     as the model sees them (its pair baseline included).  None for a single network or too few structures.
     """
-    from ..model.uncertainty import fit_uncertainty_calibration
+    from ..model.uncertainty import MIN_STRUCTURES, fit_uncertainty_calibration
     from .predict import predict_structures
 
-    if model.members < 2:
+    if model.members < 2 or len(val_structures) < MIN_STRUCTURES:  # nothing to fit: spare the predictions
         return None
     forces = all(s.forces is not None for s in val_structures)
     e, _, e_std, f_std = predict_structures(model, val_structures, forces=forces, uncertainty=True)

@@ -334,8 +334,13 @@ def test_stress_training_lowers_held_out_stress_error(tmp_path, capsys, train_an
     assert metrics["stress"]["energy_rmse_mev_atom"] < 10.0
 
 
+@pytest.mark.slow
 def test_train_with_defaults_alone_on_cu_au(tmp_path, train_and_evaluate):
-    """Multi-element extended XYZ, ``train FILE`` with no options: small held-out errors against EMT."""
+    """Multi-element extended XYZ, ``train FILE`` with no options: small held-out errors against EMT.
+
+    Slow tier (~35 s): the fast tier holds the defaults end to end on one element
+    (``tests/io/test_frames.py``) and the two-element derivation alone (``tests/training/test_defaults.py``).
+    """
     path = tmp_path / "cuau.extxyz"
     ase.io.write(path, _cu_au(40, seed=5), format="extxyz")
     m = train_and_evaluate(path, tmp_path / "run")
