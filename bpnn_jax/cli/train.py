@@ -151,6 +151,14 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--ef-lbfgs-steps", type=int, default=None,
                    help=f"full-batch L-BFGS polish after Adam (default {d.ef_lbfgs_steps})")
     g.add_argument("--patience", type=int, default=None, help=f"early-stopping patience, epochs (default {d.patience})")
+    g.add_argument("--energy-loss", choices=["mse", "mae", "huber"], default=None,
+                   help=f"penalty of the per-atom energy error (default {d.energy_loss})")
+    g.add_argument("--force-loss", choices=["mse", "huber"], default=None,
+                   help=f"penalty of the force components' errors (default {d.force_loss})")
+    g.add_argument("--huber-delta", type=float, default=None,
+                   help=f"where the Huber force penalty turns linear, eV/Å (default {d.huber_delta})")
+    g.add_argument("--energy-huber-delta", type=float, default=None,
+                   help=f"where the Huber energy penalty turns linear, eV/atom (default {d.energy_huber_delta})")
     g.add_argument("--data-parallel", action="store_true", help="split every batch over all local devices")
 
     g = p.add_argument_group("legacy: one network, energy stages (--members 0) and --preset seed")
@@ -171,8 +179,7 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                    help=f"force weight of those iterations (default {d.lbfgs_force_weight}; 0: energies only)")
     g.add_argument("--force-epochs", type=int, default=None, help=f"stage-2 epochs (default {d.force_epochs})")
     g.add_argument("--force-weight", type=float, default=None, help=f"stage-2 force weight (default {d.force_weight})")
-    g.add_argument("--force-loss", choices=["mse", "huber"], default=None, help=f"default {d.force_loss}")
-    g.add_argument("--huber-delta", type=float, default=None, help=f"eV/Å (default {d.huber_delta})")
+
     g.add_argument("--force-subset", type=int, default=None, help="structures drawn per stage-2 epoch")
     hide_advanced_options(p, TRAIN_COMMON)
     return p
@@ -240,6 +247,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         k: getattr(args, k)
         for k in ("stress_weight", "energy_key", "forces_key", "stress_key", "cutoff", "hidden", "activation", "dropout", "learning_rate", "batch_size", "energy_epochs", "lbfgs_steps", "force_epochs",
                   "lbfgs_force_weight", "force_weight", "force_subset", "max_energy", "patience", "seed", "member_seed", "force_loss", "huber_delta",
+                  "energy_loss", "energy_huber_delta",
                   "atoms_per_batch", "init_model", "time_limit_minutes", "members", "ef_epochs", "ef_learning_rate",
                   "ef_final_learning_rate", "ef_warmup_epochs", "ef_force_weight", "weight_decay", "ema_decay",
                   "ef_atoms_per_batch", "ef_lbfgs_steps", "ef_final_epochs", "ef_final_force_factor",

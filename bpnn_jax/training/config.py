@@ -53,9 +53,11 @@ class TrainConfig:
         force_lr_factor: learning rate of the force stage relative to
             ``learning_rate`` when it follows an energy stage.
         force_subset: training structures drawn per force epoch (None: all).
-        energy_loss: "mse" or "mae".
-        force_loss: "mse" or "huber" (see :class:`~bpnn_jax.model.BPNN`).
+        energy_loss: penalty of the per-atom energy error: "mse", "mae" or
+            "huber" (:func:`~bpnn_jax.training.jacobian.penalty`).
+        force_loss: penalty of the force components' errors: "mse" or "huber".
         huber_delta: eV/Å where the Huber force loss turns linear.
+        energy_huber_delta: eV/atom where the Huber energy loss turns linear.
         init_model: start from this trained model (a ``.keras`` path or a
             shipped name such as "tio2") instead of a fresh network: its
             architecture, statistics and reference energies are kept, and
@@ -148,6 +150,7 @@ class TrainConfig:
     energy_loss: str = "mse"
     force_loss: str = "mse"
     huber_delta: float = 1.0
+    energy_huber_delta: float = 0.01
     init_model: str | None = None
     time_limit_minutes: float | None = None
     max_energy: float | None = 1.0
@@ -188,7 +191,8 @@ class TrainConfig:
             ema_decay=self.ema_decay, atoms_per_batch=self.ef_atoms_per_batch, bootstrap=self.bootstrap,
             patience=self.patience, seed=self.seed if self.member_seed is None else self.member_seed,
             lbfgs_steps=self.ef_lbfgs_steps, stress_weight=self.stress_weight, final_epochs=self.ef_final_epochs,
-            final_force_factor=self.ef_final_force_factor)
+            final_force_factor=self.ef_final_force_factor, energy_loss=self.energy_loss, force_loss=self.force_loss,
+            huber_delta=self.huber_delta, energy_huber_delta=self.energy_huber_delta)
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)

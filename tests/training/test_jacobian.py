@@ -255,6 +255,89 @@ def test_loss_gradient_matches_end_to_end_path(setup):
         assert np.max(np.abs(np.asarray(a) - np.asarray(b))) <= 1e-9 * (np.max(np.abs(np.asarray(b))) + 1e-30)
 
 
+def _numpy_losses(out, g, weights, lam, energy_loss, force_loss, huber_delta, energy_huber_delta):
+    """(K,) member objectives, structure by structure and component by component, in NumPy float64."""
+
+    def pen(x, kind, delta):
+        a = abs(x)
+        if kind == "mse":
+            return x * x
+        if kind == "mae":
+            return a
+        return a * a if a <= delta else delta * (2.0 * a - delta)
+
+    E, F = np.asarray(out["energy"], np.float64), np.asarray(out["forces"], np.float64)
+    K = E.shape[0]
+    loss = np.zeros(K)
+    for k in range(K):
+        se = sf = ns = nf = 0.0
+        for b in range(len(g["energy"])):
+            n, w = int(g["n"][b]), float(weights[k, b])
+            se += w * pen((E[k, b] - g["energy"][b]) / n, energy_loss, energy_huber_delta)
+            for a in range(n):
+                for c in range(3):
+                    sf += w * pen(F[k, b, a, c] - g["forces"][b, a, c], force_loss, huber_delta)
+            ns += w
+            nf += 3.0 * n * w
+        loss[k] = se / ns + lam[k] * sf / nf
+    return loss
+
+
+@pytest.mark.parametrize("energy_loss,force_loss", [("mse", "mse"), ("mae", "huber"), ("huber", "mse"),
+                                                    ("huber", "huber")])
+def test_member_losses_equal_a_brute_force_numpy_computation(setup, energy_loss, force_loss):
+    """Every penalty, with bootstrap weights and per-atom normalisation: values against NumPy, and the gradient
+    against central differences of the NumPy loss along random directions (float64)."""
+    params, st = setup["params"], setup["st"]
+    lam = np.array([1e-3, 3e-3, 1e-2])
+    g = max(setup["groups"].arrays, key=lambda a: len(a["energy"]))  # several structures
+    weights = np.random.default_rng(5).poisson(1.0, (K, len(g["energy"]))).astype(np.float64) + 0.5
+    out = jt.committee_outputs(params, st, g["sf"], g["species"], g["mask"], jac=g["jac"])
+    # Deltas at the median error: both sides of every Huber penalty are exercised.
+    mask = g["mask"][None, ..., None]
+    df = np.abs(np.asarray(out["forces"]) - g["forces"])[np.broadcast_to(mask, out["forces"].shape)]
+    de = np.abs((np.asarray(out["energy"]) - g["energy"]) / g["n"])
+    opts = dict(energy_loss=energy_loss, force_loss=force_loss, huber_delta=float(np.median(df)),
+                energy_huber_delta=float(np.median(de)))
+
+    def jax_loss(p):
+        return jt.member_losses(p, st, g, jnp.asarray(lam), weights=jnp.asarray(weights), **opts)
+
+    def numpy_loss(p):
+        o = jt.committee_outputs(p, st, g["sf"], g["species"], g["mask"], jac=g["jac"])
+        return _numpy_losses(o, g, weights, lam, **opts)
+
+    np.testing.assert_allclose(np.asarray(jax_loss(params)), numpy_loss(params), rtol=1e-12)
+    grads = jax.grad(lambda p: jnp.sum(jax_loss(p)))(params)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        d = jax.tree_util.tree_map(lambda x: rng.standard_normal(x.shape), params)
+        eps = 1e-6
+        plus = jax.tree_util.tree_map(lambda x, y: x + eps * y, params, d)
+        minus = jax.tree_util.tree_map(lambda x, y: x - eps * y, params, d)
+        fd = (numpy_loss(plus).sum() - numpy_loss(minus).sum()) / (2 * eps)
+        analytic = sum(float(np.sum(np.asarray(a) * b)) for a, b in
+                       zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(d)))
+        assert abs(fd - analytic) <= 1e-6 * abs(analytic), (fd, analytic)
+
+
+def test_penalties_differ_from_the_squared_error_where_they_should(setup):
+    """MAE and Huber losses are not the MSE one (the options reach the loss), and a Huber delta above every
+    error gives the MSE loss exactly."""
+    params, st, g = setup["params"], setup["st"], setup["groups"].arrays[0]
+    lam = jnp.asarray([1e-2] * K)
+    mse = np.asarray(jt.member_losses(params, st, g, lam))
+    huge = np.asarray(jt.member_losses(params, st, g, lam, energy_loss="huber", force_loss="huber",
+                                       huber_delta=1e9, energy_huber_delta=1e9))
+    np.testing.assert_array_equal(mse, huge)
+    for kw in (dict(energy_loss="mae"), dict(force_loss="huber", huber_delta=1e-3)):
+        assert np.all(np.abs(np.asarray(jt.member_losses(params, st, g, lam, **kw)) - mse) > 1e-9 * mse)
+    with pytest.raises(ValueError, match="energy_loss"):
+        jt.CommitteeConfig(energy_loss="l1")
+    with pytest.raises(ValueError, match="force_loss"):
+        jt.CommitteeConfig(force_loss="mae")
+
+
 def _member_model(setup, k):
     p = jax.tree_util.tree_map(lambda x: x[:, k:k + 1], setup["params"])
     cfg = dataclasses.replace(setup["cfg"], members=1)
