@@ -137,8 +137,8 @@ class BPNN(keras.Model):
         self.compute_forces = bool(compute_forces)
         self.energy_weight = float(energy_weight)
         self.force_weight = float(force_weight)
-        if energy_loss not in ("mse", "mae"):
-            raise ValueError(f"energy_loss must be 'mse' or 'mae', got {energy_loss!r}")
+        if energy_loss not in ("mse", "mae", "huber"):
+            raise ValueError(f"energy_loss must be 'mse', 'mae' or 'huber', got {energy_loss!r}")
         self.energy_loss = energy_loss
         if force_loss not in ("mse", "huber"):
             raise ValueError(f"force_loss must be 'mse' or 'huber', got {force_loss!r}")

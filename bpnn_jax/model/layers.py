@@ -31,8 +31,8 @@ class ElementMLP(keras.layers.Layer):
     Args:
         hidden: number of nodes of each hidden layer.
         activation: activation of the hidden layers (Keras name).
-        dropout: dropout rate of the hidden layers (0 disables; not with
-            a committee).
+        dropout: dropout rate of the hidden layers while training (0
+            disables); a committee's members share the masks.
         members: committee size K.
     """
 
@@ -44,8 +44,6 @@ class ElementMLP(keras.layers.Layer):
         self.members = int(members)
         if self.members < 1:
             raise ValueError(f"members must be >= 1, got {members}")
-        if self.members > 1 and self.dropout > 0:
-            raise ValueError("dropout is not supported in a committee (members > 1)")
         self.act_fn = keras.activations.get(activation)
         if self.members == 1:
             self.dense = [
@@ -133,6 +131,8 @@ class ElementMLP(keras.layers.Layer):
                 x = x + ops.reshape(ops.cast(b, x.dtype), (self.members,) + (1,) * (len(x.shape) - 2) + (-1,))
                 if k < n - 1:
                     x = self.act_fn(x)
+                    if masks is not None:
+                        x = x * masks[k]
             return ops.squeeze(x, -1)
         for k, layer in enumerate(self.dense):
             x = layer(x)

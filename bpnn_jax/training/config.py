@@ -29,7 +29,8 @@ class TrainConfig:
             results, then the usual keys).
         hidden: nodes per hidden layer.
         activation: hidden activation.
-        dropout: dropout rate.
+        dropout: inverted-dropout rate of the hidden layers while training
+            (:class:`~bpnn_jax.training.jacobian.CommitteeConfig`).
         learning_rate: initial Adam learning rate.
         min_learning_rate: floor of the plateau schedule.
         batch_size: structures per batch (None: ``atoms_per_batch`` decides).
@@ -192,7 +193,7 @@ class TrainConfig:
             patience=self.patience, seed=self.seed if self.member_seed is None else self.member_seed,
             lbfgs_steps=self.ef_lbfgs_steps, stress_weight=self.stress_weight, final_epochs=self.ef_final_epochs,
             final_force_factor=self.ef_final_force_factor, energy_loss=self.energy_loss, force_loss=self.force_loss,
-            huber_delta=self.huber_delta, energy_huber_delta=self.energy_huber_delta)
+            huber_delta=self.huber_delta, energy_huber_delta=self.energy_huber_delta, dropout=self.dropout)
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)

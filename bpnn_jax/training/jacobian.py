@@ -1102,8 +1102,10 @@ def to_model(params, stats: dict, spec, cfg: CommitteeConfig, reference_energies
     from ..model.bpnn import BPNN
 
     kw = {} if dtype is None else {"dtype": dtype}
-    model = BPNN(spec.to_config(), hidden=cfg.hidden, activation=cfg.activation,
-                 reference_energies=reference_energies, members=cfg.members, repulsion=repulsion, **kw)
+    # The training set-up is recorded in the model's config (dropout is off outside training).
+    model = BPNN(spec.to_config(), hidden=cfg.hidden, activation=cfg.activation, dropout=cfg.dropout,
+                 reference_energies=reference_energies, members=cfg.members, repulsion=repulsion,
+                 energy_loss=cfg.energy_loss, force_loss=cfg.force_loss, huber_delta=cfg.huber_delta, **kw)
     model.set_statistics(**stats)
     for s, net in enumerate(model.nets):
         net.set_member_weights([np.asarray(W[s]) for W in params["W"]], [np.asarray(b[s]) for b in params["b"]])

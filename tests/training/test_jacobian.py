@@ -455,6 +455,58 @@ def test_killed_ef_stage_resumes_bit_exactly(setup, tmp_path):
     assert full["history"][-1]["train_loss"] < full["history"][0]["train_loss"]
 
 
+def test_dropout_zero_trains_bit_for_bit_as_without_dropout(setup):
+    """``dropout=0`` draws no masks: the loss with a key equals the loss without one, and a run with the rate
+    given as 0 is the run without it, bit for bit."""
+    params, st, g = setup["params"], setup["st"], setup["groups"].arrays[0]
+    lam = jnp.asarray([1e-2] * K)
+    np.testing.assert_array_equal(np.asarray(jt.member_losses(params, st, g, lam)),
+                                  np.asarray(jt.member_losses(params, st, g, lam, dropout=0.0,
+                                                              key=jax.random.PRNGKey(3))))
+    groups = _small_groups(setup)
+    cfg = jt.CommitteeConfig(members=2, hidden=(6,), epochs=2, warmup_epochs=1, atoms_per_batch=24,
+                             learning_rate=1e-2)
+    a = jt.fit_committee(groups, groups, setup["stats"], cfg, verbose=0)
+    b = jt.fit_committee(groups, groups, setup["stats"], dataclasses.replace(cfg, dropout=0.0), verbose=0)
+    for x, y in zip(jax.tree_util.tree_leaves(a["params"]), jax.tree_util.tree_leaves(b["params"])):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_dropout_changes_training_not_evaluation(setup, tmp_path):
+    """Dropout > 0: other training losses and weights, masks that differ from step to step, a bit-exact resume;
+    validation and the exported model run without it (the model records the rate)."""
+    params, st, g = setup["params"], setup["st"], setup["groups"].arrays[0]
+    lam = jnp.asarray([1e-2] * K)
+    plain = np.asarray(jt.member_losses(params, st, g, lam))
+    k1, k2 = jax.random.PRNGKey(1), jax.random.PRNGKey(2)
+    d1 = np.asarray(jt.member_losses(params, st, g, lam, dropout=0.3, key=k1))
+    assert np.all(d1 != plain)
+    assert np.all(d1 != np.asarray(jt.member_losses(params, st, g, lam, dropout=0.3, key=k2)))
+    np.testing.assert_array_equal(d1, np.asarray(jt.member_losses(params, st, g, lam, dropout=0.3, key=k1)))
+
+    groups = _small_groups(setup)
+    cfg = jt.CommitteeConfig(members=2, hidden=(6,), epochs=4, warmup_epochs=1, atoms_per_batch=24,
+                             learning_rate=1e-2, dropout=0.3)
+    off = jt.fit_committee(groups, groups, setup["stats"], dataclasses.replace(cfg, dropout=0.0), verbose=0)
+    on = jt.fit_committee(groups, groups, setup["stats"], cfg, run_dir=tmp_path / "a", verbose=0,
+                          checkpoint_seconds=0.0)
+    assert [r["train_loss"] for r in on["history"]] != [r["train_loss"] for r in off["history"]]
+    resumed = _killed_and_resumed(groups, setup["stats"], cfg, tmp_path / "b", 2)
+    for x, y in zip(jax.tree_util.tree_leaves(on["params"]), jax.tree_util.tree_leaves(resumed["params"])):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    # Evaluation is deterministic and dropout-free: the validation errors are those of the plain outputs.
+    m1 = jt.committee_validation(on["params"], setup["stats"], groups)
+    m2 = jt.committee_validation(on["params"], setup["stats"], groups)
+    np.testing.assert_array_equal(m1["energy_rmse_mev_atom"], m2["energy_rmse_mev_atom"])
+    model = jt.to_model(on["params"], setup["stats"], setup["spec"], cfg, REFERENCE_ENERGIES_TIO2)
+    assert model.dropout == 0.3 and model.get_config()["dropout"] == 0.3
+    e, _ = predict_structures(model, setup["hosts"], forces=False)
+    a = groups.arrays[0]
+    ref = jt.committee_outputs(jax.tree_util.tree_map(jnp.asarray, on["params"]), jt._stats_arrays(setup["stats"], "float32"),
+                               a["sf"], a["species"], a["mask"])["energy"].mean(axis=0)
+    np.testing.assert_allclose(e[a["index"]], np.asarray(ref, np.float64), rtol=1e-5, atol=1e-5)
+
+
 def test_releasing_host_jacobians_trains_identically_and_frees_them(setup):
     """``release_host_jacobians``: the same run, and the groups' Jacobians are gone from the host after it."""
     cfg = jt.CommitteeConfig(members=2, hidden=(6,), epochs=3, warmup_epochs=1, atoms_per_batch=24,
