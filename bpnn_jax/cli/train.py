@@ -75,8 +75,8 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                    help="options from a YAML/JSON file (keys: option names, 'data', 'out'); flags override it; "
                         "RUN_DIR/config.yaml repeats a run")
     g.add_argument("--resume", action="store_true",
-                   help="continue RUN_DIR with its saved options (of the flags only --time-limit, "
-                        "--ef-lbfgs-steps and --lbfgs-steps apply)")
+                   help="continue RUN_DIR with its saved options (of the flags only --time-limit and "
+                        "--ef-lbfgs-steps apply)")
     g.add_argument("--time-limit", type=float, default=None, dest="time_limit_minutes", metavar="MINUTES",
                    help="stop after the epoch that crosses this wall time; --resume continues")
     g.add_argument("--quiet", action="store_true", help="about ten progress lines instead of one per epoch")
@@ -106,8 +106,8 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                         "or a JSON/YAML parameter file")
     g.add_argument("--cutoff", type=float, default=None,
                    help="cut-off of the dense/imbalzano sets, Å (default: from the neighbour shells)")
-    g.add_argument("--members", type=int, default=None,
-                   help="committee size (default 5; 0: one network on the legacy energy stages below)")
+    g.add_argument("--members", type=_members, default=None,
+                   help="committee size (default 5; 1: one network)")
     g.add_argument("--hidden", type=_hidden, default=None, help="nodes per hidden layer, e.g. 64,64")
     g.add_argument("--activation", default=None,
                    help=f"hidden activation (default: silu, derived; {d.activation} with --preset seed)")
@@ -159,30 +159,61 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                    help=f"where the Huber force penalty turns linear, eV/Å (default {d.huber_delta})")
     g.add_argument("--energy-huber-delta", type=float, default=None,
                    help=f"where the Huber energy penalty turns linear, eV/atom (default {d.energy_huber_delta})")
-    g.add_argument("--data-parallel", action="store_true", help="split every batch over all local devices")
 
-    g = p.add_argument_group("legacy: one network, energy stages (--members 0) and --preset seed")
+    g = p.add_argument_group("set-up")
     g.add_argument("--preset", choices=["default", "seed"], default="default",
-                   help="'seed': the original study (MAE, 5x64, lr 1e-4, batch 20, 80 epochs, energies only)")
+                   help="'seed': the original study on the committee trainer (one network, energies only, MAE, "
+                        "5x64, constant lr 1e-4, ~20 structures per batch, 80 epochs)")
     g.add_argument("--init", default=None, dest="init_model", metavar="MODEL",
                    help="fine-tune MODEL (.keras or shipped name): its committee, descriptors, references and "
-                        "baseline, trained further on DATA (with --members 0: the single-network stages)")
-    g.add_argument("--dropout", type=float, default=None)
-    g.add_argument("--lr", type=float, default=None, dest="learning_rate",
-                   help=f"initial learning rate (default {d.learning_rate})")
-    g.add_argument("--batch-size", type=int, default=None, help="structures per batch")
-    g.add_argument("--atoms-per-batch", type=int, default=None,
-                   help=f"padded atoms per batch without --batch-size (default {d.atoms_per_batch})")
-    g.add_argument("--energy-epochs", type=int, default=None, help=f"stage-1 epochs (default {d.energy_epochs})")
-    g.add_argument("--lbfgs-steps", type=int, default=None, help=f"stage-1 L-BFGS iterations (default {d.lbfgs_steps})")
-    g.add_argument("--lbfgs-force-weight", type=float, default=None,
-                   help=f"force weight of those iterations (default {d.lbfgs_force_weight}; 0: energies only)")
-    g.add_argument("--force-epochs", type=int, default=None, help=f"stage-2 epochs (default {d.force_epochs})")
-    g.add_argument("--force-weight", type=float, default=None, help=f"stage-2 force weight (default {d.force_weight})")
-
-    g.add_argument("--force-subset", type=int, default=None, help="structures drawn per stage-2 epoch")
+                        "baseline, trained further on DATA")
+    g.add_argument("--dropout", type=float, default=None,
+                   help=f"dropout rate of the hidden layers while training (default {d.dropout})")
+    g.add_argument("--batch-size", type=int, default=None,
+                   help="about this many structures per mini-batch (sets --ef-atoms-per-batch from the data's "
+                        "mean padded structure size)")
+    for flag, replacement in REMOVED_OPTIONS.items():
+        g.add_argument(flag, nargs="?", action=_Removed, replacement=replacement, help=argparse.SUPPRESS)
     hide_advanced_options(p, TRAIN_COMMON)
     return p
+
+
+#: Options of the Keras stages that the committee trainer replaced, and what to use instead.
+REMOVED_OPTIONS = {
+    "--energy-epochs": "--ef-epochs (with --ef-force-weight 0 for energies only)",
+    "--force-epochs": "--ef-epochs",
+    "--lbfgs-steps": "--ef-lbfgs-steps",
+    "--lbfgs-force-weight": "--ef-force-weight",
+    "--force-weight": "--ef-force-weight",
+    "--force-subset": "--ef-epochs (every epoch visits every training structure)",
+    "--lr": "--ef-lr",
+    "--atoms-per-batch": "--ef-atoms-per-batch (or --batch-size for structures per batch)",
+    "--data-parallel": "one device (the committee trainer has no data-parallel mode)",
+}
+
+
+class _Removed(argparse.Action):
+    """An option of the removed Keras stages: stop with the one that replaced it."""
+
+    def __init__(self, option_strings, dest, replacement="", **kwargs):
+        super().__init__(option_strings, dest=argparse.SUPPRESS, **kwargs)
+        self.replacement = replacement
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(f"{option_string} was an option of the removed Keras training stages; use {self.replacement}")
+
+
+def _members(text: str) -> int:
+    try:
+        k = int(text)
+    except ValueError:
+        k = -1
+    if k == 0:
+        raise argparse.ArgumentTypeError("0 (the single-network Keras stages) is gone: use --members 1 for one "
+                                         "network on the committee trainer")
+    if k < 1:
+        raise argparse.ArgumentTypeError(f"expected a committee size >= 1, got {text!r}")
+    return k
 
 
 #: The options ``train --help`` shows; ``--help-all`` shows every option.
@@ -245,10 +276,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     args.paths, args.out = [str(p) for p in ([paths] if isinstance(paths, str) else paths)], str(out)
     overrides = {
         k: getattr(args, k)
-        for k in ("stress_weight", "energy_key", "forces_key", "stress_key", "cutoff", "hidden", "activation", "dropout", "learning_rate", "batch_size", "energy_epochs", "lbfgs_steps", "force_epochs",
-                  "lbfgs_force_weight", "force_weight", "force_subset", "max_energy", "patience", "seed", "member_seed", "force_loss", "huber_delta",
-                  "energy_loss", "energy_huber_delta",
-                  "atoms_per_batch", "init_model", "time_limit_minutes", "members", "ef_epochs", "ef_learning_rate",
+        for k in ("stress_weight", "energy_key", "forces_key", "stress_key", "cutoff", "hidden", "activation",
+                  "dropout", "batch_size", "max_energy", "patience", "seed", "member_seed", "force_loss",
+                  "huber_delta", "energy_loss", "energy_huber_delta", "init_model", "time_limit_minutes", "members", "ef_epochs", "ef_learning_rate",
                   "ef_final_learning_rate", "ef_warmup_epochs", "ef_force_weight", "weight_decay", "ema_decay",
                   "ef_atoms_per_batch", "ef_lbfgs_steps", "ef_final_epochs", "ef_final_force_factor",
                   "val_fraction", "test_fraction", "train_on_test", "repulsion", "repulsion_from",
@@ -269,7 +299,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         given.update(dict(args.reference or ()))
         # Given values replace the defaults; other elements are fitted.
         config.reference_energies = given
-    config.data_parallel = args.data_parallel
     # What the user did not set is derived from the data (training.defaults), except for the study's
     # preset, which defines its own set-up; fine-tuning (--init) takes the network from its model.
     given = set(overrides) | set(file_values) | set(PRESETS[args.preset])

@@ -43,7 +43,7 @@ _LAZY = {
     "DescriptorDataset": ".datasets", "GeometryDataset": ".datasets",
     "force_training_data": ".lbfgs", "refine_lbfgs": ".lbfgs",
     "predict_stress": ".predict", "predict_structures": ".predict", "spread_threshold": ".predict",
-    "build_model": ".run", "train": ".run",
+    "train": ".run",
     "data_parallel_distribution": ".run_state",
 }
 
@@ -62,7 +62,6 @@ __all__ = [
     "load_training_data",
     "GeometryDataset",
     "DescriptorDataset",
-    "build_model",
     "data_parallel_distribution",
     "train",
     "predict_structures",

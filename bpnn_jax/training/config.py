@@ -33,7 +33,11 @@ class TrainConfig:
             (:class:`~bpnn_jax.training.jacobian.CommitteeConfig`).
         learning_rate: initial Adam learning rate.
         min_learning_rate: floor of the plateau schedule.
-        batch_size: structures per batch (None: ``atoms_per_batch`` decides).
+        batch_size: structures per mini-batch of the committee trainer,
+            about (None: ``ef_atoms_per_batch`` decides).  The trainer
+            batches by padded atoms: ``ef_atoms_per_batch`` becomes
+            ``batch_size`` x the training structures' mean padded atom
+            count (:func:`~bpnn_jax.training.jacobian.atoms_per_batch_for`).
         atoms_per_batch: padded atoms per batch when batch_size is None.
         energy_epochs: epochs of the energy stage on cached descriptors.
         lbfgs_steps: full-batch L-BFGS iterations on energies after the
@@ -82,10 +86,9 @@ class TrainConfig:
         patience: early-stopping patience (epochs) per stage.
         reference_energies: free-atom energies (eV); None = fitted by least
             squares on composition.
-        members: committee size K of the E+F stage on cached descriptor
-            Jacobians (:mod:`bpnn_jax.training.jacobian`); 0 = the
-            energy-then-L-BFGS stages above instead.  With K >= 1 the run is:
-            descriptors, Jacobians (cached in ``RUN_DIR/cache``), mini-batch
+        members: committee size K (>= 1) of the committee trainer on cached
+            descriptor Jacobians (:mod:`bpnn_jax.training.jacobian`), the
+            one trainer.  The run is: descriptors, Jacobians (cached in ``RUN_DIR/cache``), mini-batch
             Adam on energies and forces for every member at once, optional
             L-BFGS polish, a BPNN with ``members=K``.
         ef_epochs: Adam epochs of that stage.
@@ -162,7 +165,7 @@ class TrainConfig:
     member_seed: int | None = None
     patience: int = 100
     reference_energies: dict | None = dataclasses.field(default_factory=lambda: dict(REFERENCE_ENERGIES_TIO2))
-    members: int = 0
+    members: int = 5
     ef_epochs: int = 300
     ef_learning_rate: float = 2e-3
     ef_final_learning_rate: float = 2e-5
@@ -212,17 +215,21 @@ class TrainConfig:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
-#: Named set-ups.  "seed" reproduces the original student study (MAE loss,
-#: Adam lr 1e-4, batch 20, 80 epochs, 5 x 64 nodes, no dropout), energies
-#: only; "default" is the most accurate set-up we found.
+#: Named set-ups.  "seed" is the original student study's set-up on the committee trainer: one network
+#: (members 1) on energies only, MAE energy loss, 5 x 64 tanh, plain Adam at a constant learning rate
+#: of 1e-4 (no warm-up, cosine decay, weight decay or weight average), batches of about 20 structures
+#: (``batch_size``, turned into padded atoms per batch from the data), 80 epochs, no final phase; the
+#: best epoch by validation energy MSE is kept.  "default": every option left to the data.
 PRESETS: dict[str, dict] = {
     "seed": dict(
-        hidden=(64, 64, 64, 64, 64), learning_rate=1e-4, batch_size=20, energy_epochs=80, force_epochs=0,
-        energy_loss="mae", patience=1000, min_learning_rate=1e-4, lbfgs_steps=0,
+        members=1, ef_force_weight=0.0, energy_loss="mae", hidden=(64, 64, 64, 64, 64), activation="tanh",
+        ef_learning_rate=1e-4, ef_final_learning_rate=1e-4, ef_warmup_epochs=0, weight_decay=0.0, ema_decay=0.0,
+        batch_size=20, ef_epochs=80, ef_final_epochs=0, ef_final_force_factor=1.0, patience=1000, dropout=0.0,
+        ef_lbfgs_steps=0, stress_weight=0.0,
     ),
     "default": dict(),
 }
 
 
 #: Options that ``--resume`` takes from the command line (the rest come from the run's config.json).
-RESUME_OPTIONS = ("time_limit_minutes", "ef_lbfgs_steps", "lbfgs_steps")
+RESUME_OPTIONS = ("time_limit_minutes", "ef_lbfgs_steps")

@@ -71,6 +71,7 @@ __all__ = [
     "CommitteeConfig",
     "Groups",
     "group_by_size",
+    "atoms_per_batch_for",
     "init_params",
     "committee_outputs",
     "member_losses",
@@ -597,6 +598,23 @@ def _epoch_batches(groups: Groups, cfg: CommitteeConfig, epoch: int) -> list[tup
             out.append((gi, idx.astype(np.int32), valid))
     order = rng.permutation(len(out))
     return [out[i] for i in order]
+
+
+def atoms_per_batch_for(structures_per_batch: int, n_atoms: Sequence[int]) -> int:
+    """``atoms_per_batch`` that gives about ``structures_per_batch`` structures per mini-batch.
+
+    The trainer fills a batch with ``atoms_per_batch // N`` structures of
+    padded size N (:func:`group_by_size`); this is ``structures_per_batch``
+    times the mean padded size of structures of ``n_atoms`` atoms, so a
+    structure of about the mean size gets the asked number of companions.
+    """
+    from ..descriptors.neighbors import ATOM_BUCKETS, bucket_size
+
+    if structures_per_batch < 1 or not len(n_atoms):
+        raise ValueError(f"need >= 1 structure per batch and some structures, got {structures_per_batch} "
+                         f"and {len(n_atoms)}")
+    mean_padded = float(np.mean([bucket_size(int(n), ATOM_BUCKETS) for n in n_atoms]))
+    return max(1, int(round(structures_per_batch * mean_padded)))
 
 
 def _bootstrap_weights(groups: Groups, cfg: CommitteeConfig) -> list[np.ndarray]:
