@@ -79,6 +79,7 @@ __all__ = [
     "fit_committee",
     "polish_lbfgs",
     "calibrate_threshold",
+    "committee_energies",
     "committee_validation",
     "to_model",
     "params_from_model",
@@ -1097,16 +1098,26 @@ def calibrate_threshold(model, val: Groups) -> float | None:
     """
     if model.members < 2:
         return None
+    e = committee_energies(params_from_model(model), stats_from_model(model), val, model.activation)
+    n = np.concatenate([g["n"] for g in val.arrays])[np.argsort(np.concatenate([g["index"] for g in val.arrays]))]
+    return threshold_from_spread(e.std(axis=0) / np.maximum(n, 1))
+
+
+def committee_energies(params, stats: dict, groups: Groups, activation: str = "tanh") -> np.ndarray:
+    """(K, n_structures) float64 energies (eV, relative to the references) of every member, in input order.
+
+    The networks as they are exported (no dropout); ``stats`` as for :func:`committee_outputs`
+    (the model's, or a run's :func:`~bpnn_jax.training.compute_statistics`).
+    """
     import jax
 
-    params = params_from_model(model)
-    stats = stats_from_model(model)
-    fn = jax.jit(lambda p, st, g: committee_outputs(p, st, g["sf"], g["species"], g["mask"], model.activation)["energy"])
-    spread = []
-    for g in val.arrays:
-        e = np.asarray(fn(params, stats, {k: g[k] for k in ("sf", "species", "mask")}), np.float64)
-        spread.append(e.std(axis=0) / np.maximum(g["n"], 1))
-    return threshold_from_spread(np.concatenate(spread))
+    st = _stats_arrays(stats, np.asarray(params["W"][0]).dtype)
+    fn = jax.jit(lambda p, st, g: committee_outputs(p, st, g["sf"], g["species"], g["mask"], activation)["energy"])
+    out = np.zeros((params["W"][0].shape[1], groups.n_structures))
+    for g in groups.arrays:
+        sub = {k: np.asarray(g[k], st["sf_mean"].dtype) if k == "sf" else g[k] for k in ("sf", "species", "mask")}
+        out[:, g["index"]] = np.asarray(fn(params, st, sub), np.float64)
+    return out
 
 
 # ------------------------------------------------------- Keras conversion
