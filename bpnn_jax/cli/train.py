@@ -172,14 +172,14 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=int, default=None,
                    help="about this many structures per mini-batch (sets --ef-atoms-per-batch from the data's "
                         "mean padded structure size)")
-    for flag, replacement in REMOVED_OPTIONS.items():
+    for flag, replacement in REMOVED_FLAGS.items():
         g.add_argument(flag, nargs="?", action=_Removed, replacement=replacement, help=argparse.SUPPRESS)
     hide_advanced_options(p, TRAIN_COMMON)
     return p
 
 
 #: Options of the Keras stages that the committee trainer replaced, and what to use instead.
-REMOVED_OPTIONS = {
+REMOVED_FLAGS = {
     "--energy-epochs": "--ef-epochs (with --ef-force-weight 0 for energies only)",
     "--force-epochs": "--ef-epochs",
     "--lbfgs-steps": "--ef-lbfgs-steps",
@@ -318,9 +318,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         import sys
         from pathlib import Path
 
-        if (Path(args.out) / "state.json").exists():
-            print(f"training interrupted; every finished epoch is saved in {args.out}: continue with "
-                  f"--resume", file=sys.stderr)
+        if (Path(args.out) / "ef_state.npz").exists():
+            print(f"training interrupted; the state of the last saved epoch (at most a minute old) is in "
+                  f"{args.out}: continue with --resume", file=sys.stderr)
         raise
     from pathlib import Path
 
@@ -389,6 +389,7 @@ def read_config(path) -> dict:
 
     from ..errors import BPNNInputError
     from ..training import TrainConfig
+    from ..training.config import REMOVED_OPTIONS, drop_removed_options
 
     try:
         raw = yaml.safe_load(Path(path).read_text())
@@ -405,11 +406,14 @@ def read_config(path) -> dict:
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
     aliases = {"lr": "learning_rate", "ef_lr": "ef_learning_rate", "ef_final_lr": "ef_final_learning_rate",
                "init": "init_model", "time_limit": "time_limit_minutes"}
-    out = {}
+    out, removed = {}, {}
     for key, value in raw.items():
         name = aliases.get(str(key).replace("-", "_"), str(key).replace("-", "_"))
         if name in ("data", "out"):
             out[name] = value
+            continue
+        if name in REMOVED_OPTIONS:  # config files of earlier runs hold them
+            removed[name] = value
             continue
         if name not in fields:
             raise BPNNInputError(f"{path}: unknown option {key!r} (known: data, out, "
@@ -419,4 +423,5 @@ def read_config(path) -> dict:
         elif name == "ef_force_weight" and isinstance(value, (list, tuple)):
             value = tuple(float(v) for v in value)
         out[name] = value
+    drop_removed_options(removed, str(path))
     return out

@@ -45,7 +45,7 @@ from keras import ops
 from ..descriptors.symmetry import descriptor_from_config
 from ..errors import ModelError
 from .card import PRETRAINED_DIR, shipped_models
-from .layers import ElementMLP, MaskedRMSE
+from .layers import ElementMLP
 from .potential import (
     descriptors_from_displacements,
     evaluate_potential,
@@ -72,18 +72,18 @@ class BPNN(keras.Model):
             are the model's elements, in species-index order.
         hidden: nodes per hidden layer (same for every element).
         activation: hidden activation (Keras name), e.g. "tanh".
-        dropout: dropout rate of the hidden layers.
+        dropout: dropout rate of the hidden layers while training (a
+            record of the training set-up; ``call`` applies it only with
+            ``training=True``).
         reference_energies: {element: eV} free-atom energies subtracted from
             the targets (added back by :func:`total_energy`).
         compute_forces: return forces from ``call`` (geometry mode).
-        energy_weight: weight of the per-atom energy loss (eV²/atom²).
-        force_weight: weight of the force loss (eV²/Å²); 0 = energy only.
-        energy_loss: "mse" or "mae" for the per-atom energy term.
-        force_loss: "mse", or "huber": squared error up to ``huber_delta``
-            (eV/Å) per component and linear beyond, so that the few atoms
-            of strongly compressed structures (|F| up to ~190 eV/Å in the
-            TiO2 data) do not dominate the force term.
-        huber_delta: where the Huber force loss turns linear (eV/Å).
+        energy_weight, force_weight, energy_loss, force_loss, huber_delta:
+            the training loss, recorded in the model's config (the
+            committee trainer, :mod:`bpnn_jax.training.jacobian`, trains
+            it; the model itself has no loss).  ``energy_loss`` "mse",
+            "mae" or "huber", ``force_loss`` "mse" or "huber",
+            ``huber_delta`` in eV/Å.
         chunk_size: atoms per vmapped chunk in the descriptor kernel.
         seed: seed of the dropout generator.
         members: committee size K.  With K > 1 every element network is a
@@ -184,8 +184,6 @@ class BPNN(keras.Model):
         self.energy_shift = self.add_weight(shape=(S,), initializer="zeros", trainable=False, name="energy_shift")
         self.energy_scale = self.add_weight(shape=(), initializer="ones", trainable=False, name="energy_scale")
         self.seed_generator = keras.random.SeedGenerator(self.seed, name="dropout_seed")
-        self.energy_rmse = MaskedRMSE(name="energy_rmse_mev_atom", scale=1000.0)
-        self.force_rmse = MaskedRMSE(name="force_rmse_ev_a")
         for net in self.nets:
             net.build((None, F))
         # Every variable exists now, whatever the input mode: mark the model
@@ -278,48 +276,6 @@ class BPNN(keras.Model):
             return {"energy": jnp.mean(e, axis=0), "energy_members": e}
         out = evaluate_potential(self, inputs, forces=self.compute_forces, member_forces=True, masks=masks)
         return {k: out[k] for k in ("energy", "forces", "energy_members", "forces_members") if k in out}
-
-    # ------------------------------------------------------------ training
-    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        """Per-atom energy loss plus weighted force loss; padding excluded.
-
-        energy term: mean over real structures of ((E_pred - E)/n)² (or |·|);
-        force term: mean over real atoms and components of (F_pred - F)²
-        (Huber: the same below ``huber_delta``, linear, 2·δ·|ΔF| - δ², above).
-        """
-        del sample_weight, training
-        n, valid = self._counts(x)
-        de = (ops.cast(y_pred["energy"], "float32") - ops.cast(y["energy"], "float32")) / ops.maximum(n, 1.0)
-        err = ops.abs(de) if self.energy_loss == "mae" else de * de
-        loss = self.energy_weight * ops.sum(err * valid) / ops.maximum(ops.sum(valid), 1.0)
-        if self.force_weight > 0 and "forces" in y_pred and y is not None and "forces" in y:
-            fmask = ops.cast(x["atom_mask"], "float32")[..., None]
-            df = ops.cast(y_pred["forces"], "float32") - ops.cast(y["forces"], "float32")
-            if self.force_loss == "huber":
-                a, d = ops.abs(df), self.huber_delta
-                per = ops.where(a <= d, a * a, d * (2.0 * a - d))
-            else:
-                per = df * df
-            f_mse = ops.sum(per * fmask) / ops.maximum(3.0 * ops.sum(fmask), 1.0)
-            loss = loss + self.force_weight * f_mse
-        for extra in self.losses:
-            loss = loss + ops.sum(extra)
-        return loss
-
-    @staticmethod
-    def _counts(x):
-        n = ops.sum(ops.cast(x["atom_mask"], "float32"), axis=-1)
-        return n, ops.cast(n > 0, "float32")
-
-    def compute_metrics(self, x, y, y_pred, sample_weight=None):
-        n, valid = self._counts(x)
-        de = (ops.cast(y_pred["energy"], "float32") - ops.cast(y["energy"], "float32")) / ops.maximum(n, 1.0)
-        self.energy_rmse.update_state(ops.sum(de * de * valid), ops.sum(valid))
-        if "forces" in y_pred and y is not None and "forces" in y:
-            fmask = ops.cast(x["atom_mask"], "float32")[..., None]
-            df = ops.cast(y_pred["forces"], "float32") - ops.cast(y["forces"], "float32")
-            self.force_rmse.update_state(ops.sum(df * df * fmask), 3.0 * ops.sum(fmask))
-        return self.get_metrics_result()
 
     # --------------------------------------------------------- serialisation
     def get_config(self):

@@ -10,7 +10,7 @@ import keras
 import numpy as np
 from keras import ops
 
-__all__ = ["ElementMLP", "MaskedRMSE"]
+__all__ = ["ElementMLP"]
 
 
 @keras.saving.register_keras_serializable(package="bpnn_jax")
@@ -144,40 +144,4 @@ class ElementMLP(keras.layers.Layer):
         config = super().get_config()
         config.update(hidden=list(self.hidden), activation=self.activation, dropout=self.dropout,
                       members=self.members)
-        return config
-
-
-@keras.saving.register_keras_serializable(package="bpnn_jax")
-class MaskedRMSE(keras.metrics.Metric):
-    """Root of a running, weighted mean of squared errors.
-
-    ``update_state(sq_err_sum, count)`` adds a sum of squared errors and the
-    number of terms; ``result()`` is sqrt(total / count) times ``scale``.
-
-    Args:
-        scale: factor applied to the result (e.g. 1000 for eV → meV).
-    """
-
-    def __init__(self, name="rmse", scale: float = 1.0, **kwargs):
-        super().__init__(name=name, **kwargs)
-        self.scale = float(scale)
-        self.total = self.add_variable(shape=(), initializer="zeros", name="total")
-        self.count = self.add_variable(shape=(), initializer="zeros", name="count")
-
-    def update_state(self, sq_err_sum, count):
-        self.total.assign_add(ops.cast(sq_err_sum, self.total.dtype))
-        self.count.assign_add(ops.cast(count, self.count.dtype))
-
-    def result(self):
-        # NaN when nothing was accumulated (e.g. no force targets in this stage).
-        mean = ops.where(self.count > 0, self.total / ops.maximum(self.count, 1.0), float("nan"))
-        return ops.sqrt(mean) * self.scale
-
-    def reset_state(self):
-        self.total.assign(0.0)
-        self.count.assign(0.0)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(scale=self.scale)
         return config

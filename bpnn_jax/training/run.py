@@ -82,7 +82,7 @@ def train(paths, run_dir, config: TrainConfig, *, resume: bool = False, verbose:
     if resume:
         if not (run_dir / "ef_state.npz").exists():
             raise BPNNInputError(f"{run_dir}: nothing to resume (no ef_state.npz); start without --resume")
-        saved = TrainConfig.from_json(json.loads((run_dir / "config.json").read_text()))
+        saved = TrainConfig.from_json(json.loads((run_dir / "config.json").read_text()), str(run_dir / "config.json"))
         config = dataclasses.replace(saved, **(resume_overrides or {}))
         if config.members < 1:
             raise BPNNInputError(f"{run_dir}: a run of the removed single-network Keras stages (members 0) cannot be "

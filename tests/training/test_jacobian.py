@@ -507,6 +507,18 @@ def test_dropout_changes_training_not_evaluation(setup, tmp_path):
     np.testing.assert_allclose(e[a["index"]], np.asarray(ref, np.float64), rtol=1e-5, atol=1e-5)
 
 
+def test_a_non_finite_loss_stops_training_and_keeps_finite_weights(setup, tmp_path, capsys):
+    """NaN targets: the run stops at once, says so, is not complete, and every kept weight is finite."""
+    groups = _small_groups(setup)
+    for a in groups.arrays:
+        a["energy"] = np.full_like(a["energy"], np.nan)
+    cfg = jt.CommitteeConfig(members=2, hidden=(6,), epochs=4, warmup_epochs=1, atoms_per_batch=24)
+    out = jt.fit_committee(groups, _small_groups(setup), setup["stats"], cfg, run_dir=tmp_path, verbose=0)
+    assert "epoch 1: non-finite training loss" in capsys.readouterr().out
+    assert not out["complete"] and out["epochs_run"] == 0
+    assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree_util.tree_leaves(out["params"]))
+
+
 def test_releasing_host_jacobians_trains_identically_and_frees_them(setup):
     """``release_host_jacobians``: the same run, and the groups' Jacobians are gone from the host after it."""
     cfg = jt.CommitteeConfig(members=2, hidden=(6,), epochs=3, warmup_epochs=1, atoms_per_batch=24,
