@@ -4,8 +4,10 @@ positions, cell, neighbour tensors → symmetry functions (pure JAX) →
 per-element standardisation → one MLP per element → atomic energies → sum.
 The whole map is one differentiable JAX function,
 :func:`bpnn_jax.model.potential.evaluate_potential`, so forces are F = -dE/dR by
-autodiff inside ``call``, and training on forces differentiates through
-that gradient (double backprop).
+autodiff inside ``call``.  The model is trained outside Keras, by the
+committee trainer (:mod:`bpnn_jax.training.jacobian`), which evaluates the
+same networks on cached descriptors and their Jacobians and writes the
+weights into a BPNN at the end.
 
 Energies.  The network predicts the energy *relative to the free-atom
 reference energies* (the cohesive energy, eV); references are subtracted
@@ -21,7 +23,7 @@ Inputs are a dict (see :meth:`bpnn_jax.descriptors.batch.Batch.inputs`):
   ``species`` (B, N) int, ``atom_mask`` (B, N) bool, ``neighbors`` (B, N, M)
   int, ``shifts`` (B, N, M, 3), and one ``neighbor_mask_<element>``
   (B, N, M_s) per element whose shapes give the element-sorted slot layout;
-* descriptor mode (energy pre-training on cached SFs): ``sf`` (B, N, F),
+* descriptor mode (energies of cached SFs): ``sf`` (B, N, F),
   ``species``, ``atom_mask``.  No forces in this mode.
 
 Outputs: ``{"energy": (B,) eV, "forces": (B, N, 3) eV/Å}`` (forces only in
