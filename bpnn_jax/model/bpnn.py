@@ -75,8 +75,7 @@ class BPNN(keras.Model):
         hidden: nodes per hidden layer (same for every element).
         activation: hidden activation (Keras name), e.g. "tanh".
         dropout: dropout rate of the hidden layers while training (a
-            record of the training set-up; ``call`` applies it only with
-            ``training=True``).
+            record of the training set-up; the model applies none).
         reference_energies: {element: eV} free-atom energies subtracted from
             the targets (added back by :func:`total_energy`).
         compute_forces: return forces from ``call`` (geometry mode).
@@ -87,7 +86,7 @@ class BPNN(keras.Model):
             "mae" or "huber", ``force_loss`` "mse" or "huber",
             ``huber_delta`` in eV/Å.
         chunk_size: atoms per vmapped chunk in the descriptor kernel.
-        seed: seed of the dropout generator.
+        seed: seed of the (unused, saved) dropout generator of the former Keras trainer.
         members: committee size K.  With K > 1 every element network is a
             committee of K networks evaluated together; energies and forces
             are the members' means, and ``call`` also returns
@@ -185,6 +184,7 @@ class BPNN(keras.Model):
         self.sf_max = self.add_weight(shape=(S, F), initializer="zeros", trainable=False, name="sf_max")
         self.energy_shift = self.add_weight(shape=(S,), initializer="zeros", trainable=False, name="energy_shift")
         self.energy_scale = self.add_weight(shape=(), initializer="ones", trainable=False, name="energy_scale")
+        # The Keras trainer's dropout generator: unused, kept because every saved model holds its state.
         self.seed_generator = keras.random.SeedGenerator(self.seed, name="dropout_seed")
         for net in self.nets:
             net.build((None, F))
@@ -211,15 +211,15 @@ class BPNN(keras.Model):
         return self.compute_dtype or "float32"
 
     # --------------------------------------------------------------- forward
-    def atomic_energies(self, sf, species, atom_mask, masks=None):
+    def atomic_energies(self, sf, species, atom_mask):
         """Atomic energies (B, N) in eV relative to the references; 0 for padding.
 
         For a committee, the members' mean.
         """
-        e = self.member_atomic_energies(sf, species, atom_mask, masks)
+        e = self.member_atomic_energies(sf, species, atom_mask)
         return e if self.members == 1 else jnp.mean(e, axis=0)  # ops.mean reduces float64 in float32 (Keras 3.15)
 
-    def member_atomic_energies(self, sf, species, atom_mask, masks=None):
+    def member_atomic_energies(self, sf, species, atom_mask):
         """Atomic energies in eV relative to the references: (B, N), or (K, B, N) for a committee."""
         dtype = self._dtype()
         sf = ops.cast(sf, dtype)
@@ -227,7 +227,7 @@ class BPNN(keras.Model):
         e = ops.zeros(shape if self.members == 1 else (self.members,) + shape, dtype)
         for s, net in enumerate(self.nets):
             x = (sf - self.sf_mean[s]) / self.sf_std[s]
-            out = net(x, None if masks is None else masks[s])
+            out = net(x)
             e_s = self.energy_shift[s] + self.energy_scale * out
             e = ops.where(species == s, e_s, e)
         return ops.where(atom_mask, e, ops.zeros_like(e))
@@ -246,20 +246,14 @@ class BPNN(keras.Model):
         e = self.repulsion.atomic_energies(disp, nmask, species, species_j)
         return jnp.where(inputs["atom_mask"], e, 0.0)
 
-    def structure_energies(self, positions, cell, inputs, masks=None):
+    def structure_energies(self, positions, cell, inputs):
         """Energies (B,) in eV (relative to the references) from geometry, the baseline included.
 
         A committee's members' mean; :func:`~bpnn_jax.model.potential.site_energies` summed.
         """
         disp, nmask, slots, species_j = neighbor_geometry(self, positions, cell, inputs)
-        e, _ = site_energies(self, disp, nmask, slots, inputs["species"], species_j, inputs["atom_mask"],
-                             masks=masks)
+        e, _ = site_energies(self, disp, nmask, slots, inputs["species"], species_j, inputs["atom_mask"])
         return ops.sum(e, axis=-1)
-
-    def _dropout_masks(self, shape_prefix, training):
-        if not training or self.dropout <= 0:
-            return None
-        return [net.dropout_masks(shape_prefix, self.seed_generator, self._dtype()) for net in self.nets]
 
     def call(self, inputs, training=False):
         """Energies (and forces) of a batch; see the module docstring for the inputs and outputs.
@@ -268,15 +262,15 @@ class BPNN(keras.Model):
         (forces when ``compute_forces``; a committee's members' forces with
         them); ``sf`` inputs give the networks' energies only.
         """
+        del training  # the same function in training and inference: the model is trained outside Keras
         species = inputs["species"]
-        masks = self._dropout_masks(tuple(species.shape), training)
         if "sf" in inputs:
-            e = self.member_atomic_energies(inputs["sf"], species, inputs["atom_mask"], masks)
+            e = self.member_atomic_energies(inputs["sf"], species, inputs["atom_mask"])
             if self.members == 1:
                 return {"energy": ops.sum(e, axis=-1)}
             e = ops.sum(e, axis=-1)
             return {"energy": jnp.mean(e, axis=0), "energy_members": e}
-        out = evaluate_potential(self, inputs, forces=self.compute_forces, member_forces=True, masks=masks)
+        out = evaluate_potential(self, inputs, forces=self.compute_forces, member_forces=True)
         return {k: out[k] for k in ("energy", "forces", "energy_members", "forces_members") if k in out}
 
     # --------------------------------------------------------- serialisation

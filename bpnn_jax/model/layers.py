@@ -17,12 +17,6 @@ __all__ = ["ElementMLP"]
 class ElementMLP(keras.layers.Layer):
     """A multilayer perceptron (F → hidden... → 1) for one element.
 
-    Dropout masks are passed in explicitly rather than drawn inside the
-    layer: the model differentiates the energy with respect to positions
-    (forces) inside its own ``call``, and drawing random numbers (a state
-    update of Keras's seed generator) inside that inner ``jax.grad`` would
-    leak tracers.
-
     With ``members=K > 1`` the layer is a committee of K networks of the
     same shape, evaluated together: kernels (K, fan_in, fan_out), biases
     (K, fan_out), and :meth:`call` returns (K, ...) outputs.  One network
@@ -31,8 +25,9 @@ class ElementMLP(keras.layers.Layer):
     Args:
         hidden: number of nodes of each hidden layer.
         activation: activation of the hidden layers (Keras name).
-        dropout: dropout rate of the hidden layers while training (0
-            disables); a committee's members share the masks.
+        dropout: dropout rate of the hidden layers while training, a
+            record of the set-up (the committee trainer applies it, the
+            layer never does).
         members: committee size K.
     """
 
@@ -93,30 +88,11 @@ class ElementMLP(keras.layers.Layer):
         return ([np.asarray(ops.convert_to_numpy(v)) for v in self.kernels],
                 [np.asarray(ops.convert_to_numpy(v)) for v in self.biases])
 
-    def dropout_masks(self, shape_prefix, seed_generator, dtype="float32"):
-        """Inverted-dropout masks (values 0 or 1/(1-rate)) for every hidden layer.
-
-        Args:
-            shape_prefix: leading shape, e.g. (B, N).
-            seed_generator: a ``keras.random.SeedGenerator``.
-
-        Returns:
-            List of arrays (*shape_prefix, hidden_k), or None when dropout is off.
-        """
-        if self.dropout <= 0:
-            return None
-        keep = 1.0 - self.dropout
-        return [
-            ops.cast(keras.random.uniform(tuple(shape_prefix) + (h,), seed=seed_generator) < keep, dtype) / keep
-            for h in self.hidden
-        ]
-
-    def call(self, x, masks=None):
+    def call(self, x):
         """Atomic energies (in units of the model's energy scale).
 
         Args:
             x: (..., F) standardised symmetry functions.
-            masks: optional dropout masks from :meth:`dropout_masks`.
 
         Returns:
             (...) outputs, or (K, ...) for a committee.
@@ -131,13 +107,9 @@ class ElementMLP(keras.layers.Layer):
                 x = x + ops.reshape(ops.cast(b, x.dtype), (self.members,) + (1,) * (len(x.shape) - 2) + (-1,))
                 if k < n - 1:
                     x = self.act_fn(x)
-                    if masks is not None:
-                        x = x * masks[k]
             return ops.squeeze(x, -1)
-        for k, layer in enumerate(self.dense):
+        for layer in self.dense:
             x = layer(x)
-            if masks is not None:
-                x = x * masks[k]
         return ops.squeeze(self.out(x), -1)
 
     def get_config(self):
