@@ -19,7 +19,7 @@ mkdir -p "$W" "$OUT"
 export BPNN_DATA_DIR=$DATA PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
 PY=${PYTHON:-python3}
 FT_MIN=${FT_MIN:-2.5}           # fine-tune wall-time limit (minutes)
-FT_ARGS=${FT_ARGS:---force-weight 1e-4 --force-loss huber --huber-delta 1.0 --lr 1e-4 --atoms-per-batch 2048}
+FT_ARGS=${FT_ARGS:---force-loss huber --huber-delta 1.0 --ef-atoms-per-batch 2048}
 
 . "$(dirname "$0")/gpu_steps.sh"  # pack, step, the background packer
 
@@ -33,7 +33,7 @@ TESTS=$!
 
 # 1. fine-tune the shipped model with forces on every structure <= 1 eV/atom, then score the test split
 step finetune $(( ${FT_MIN%.*} * 60 + 100 )) $PY -m bpnn_jax train "$DATA" --out "$W/finetune" --init tio2 \
-  --energy-epochs 0 --lbfgs-steps 0 --force-epochs 500 --time-limit "$FT_MIN" --quiet $FT_ARGS
+  --ef-epochs 500 --time-limit "$FT_MIN" --quiet $FT_ARGS
 step finetune_eval 60 $PY -m experiments.evaluate_split "$W/finetune" "$DATA" --models tio2 "$W/finetune/model.keras" \
   --out "$W/finetune/test_metrics.json"
 wait $TESTS
@@ -42,7 +42,6 @@ pack
 # 2. benchmarks (GPU to themselves)
 step bench_featurize 70 $PY benchmarks/featurize.py "$DATA" --dtypes float32 --atoms-per-batch 8192 \
   --repeats 2 --out-dir "$W/bench" --device-name gpu
-step bench_training 240 $PY benchmarks/training.py --data "$DATA" --epochs 3 --batch-atoms 2048 --max-seconds 220 --out-dir "$W/bench" --tag gpu
 step bench_md 50 $PY benchmarks/md_inference.py --sizes 100,1000,10000 --steps 20 --max-seconds 12 --out-dir "$W/bench" --tag gpu
 
 # 3. NVE, 3 ps of rutile (216 atoms) with the shipped model

@@ -231,26 +231,6 @@ def t_cpu_training() -> list[str]:
                  f"{num(d['train_structures'])} structures ({num(d['train_atoms'])} atoms)",
                  f"**{num(ep['steady_s'])} s/epoch** ({num(ep['steady_us_per_atom_member'])} µs per atom and member)",
                  f"{num(ep['first_s'])} s", other])
-    name = "force_lbfgs_cpu"
-    d = load(name)
-    entries.append((name, d))
-    f, e, j = d["force"], d["energy"], d["jacobians"]
-    rows.append(["full-batch L-BFGS on cached descriptor Jacobians (`force_lbfgs.py`)",
-                 f"{d['settings']['train']} structures ({num(d['train_atoms'])} atoms)",
-                 f"**{num(f['s_per_iteration'])} s/iteration** with forces, {num(e['s_per_iteration'])} energies only",
-                 f"{num(f['first_step_s'])} s",
-                 f"Jacobians {num(j['first_s'])} s ({num(j['gb'])} GB)"])
-    name = "training_cpu"
-    d = load(name)
-    entries.append((name, d))
-    s, st = d["summary"], d["settings"]
-    data = f"{num(st['n_structures'])} structures ({num(st['n_atoms'])} atoms), {st['batch_atoms']} atoms per batch"
-    steady = (f"**{num(s['steady_epoch_s'])} s/epoch** ({num(s['steady_epoch_cpu_s'])} s CPU; "
-              f"{num(s['step_median_s'])} s/step)")
-    other = (f"compilation {num(s['compile_s'])} s ({s['train_step_compilations_first_epoch']} shapes); "
-             f"atom slots wasted {num(100 * d['padding']['atom_waste'], 2)} %")
-    rows.append(["Keras `fit` end to end, energies and forces (`training.py`)", data, steady,
-                 f"{num(s['first_epoch_s'])} s", other])
     header = ["training", "data", "steady", "first epoch / iteration (with compilation)", "other"]
     return table(header, rows) + sources(*entries)
 

@@ -1,4 +1,4 @@
-"""Resumable hyper-parameter grid search for the BPNN (KerasTuner ``GridSearch``).
+"""Resumable hyper-parameter grid search for the BPNN (KerasTuner ``GridSearch``, the committee trainer).
 
 Run from the repository root::
 
@@ -6,7 +6,10 @@ Run from the repository root::
     python -m experiments.grid --quick         # tiny grid on 60 structures (about a minute)
     python -m experiments.grid --ef            # energy+force grid of the committee recipe (experiments/grid_ef.py)
 
-Kill it at any moment and run the same command again: finished grid points
+Each trial is ``train --preset seed`` with the grid point's layers, nodes,
+learning rate and dropout: one network on energies only, MAE, trained by
+the committee trainer (:mod:`bpnn_jax.training.jacobian`).  Kill it at any
+moment and run the same command again: finished grid points
 are not trained again, an interrupted one is.  Outputs under ``--out``:
 
 * ``results.csv``: one row per grid point (written after each trial);
@@ -52,11 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None,
                    help="output directory (default experiments/results/grid, with --quick .../grid_quick)")
     p.add_argument("--epochs", type=int, default=None, help="epochs per trial (default 40; --quick 3)")
-    p.add_argument("--batch-size", type=int, default=None, help="structures per batch in the trials (default 20)")
-    p.add_argument("--energy-weight", type=float, default=1.0, help="weight of the per-atom energy loss")
-    p.add_argument("--force-weight", type=float, default=0.0,
-                   help="weight of the force loss; > 0 trains end to end on geometries with forces (slow on CPU)")
-    p.add_argument("--energy-loss", choices=("mae", "mse"), default="mae",
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="about this many structures per batch in the trials (default 20; the trainer batches "
+                        "by padded atoms)")
+    p.add_argument("--energy-loss", choices=("mae", "mse", "huber"), default="mae",
                    help="per-atom energy loss (the study used MAE)")
     p.add_argument("--subset", type=int, default=None,
                    help="use N structures drawn at random with --seed (default all; --quick 60)")
@@ -75,15 +77,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retrain-epochs", type=int, default=None, help="epochs of the final retrain (default 80)")
     p.add_argument("--retrain-batch-size", type=int, default=None, help="batch size of the final retrain (default 20)")
     p.add_argument("--no-retrain", action="store_true", help="stop after the grid and its report")
-    p.add_argument("--verbose", type=int, choices=(0, 1, 2), default=2, help="Keras fit verbosity")
+    p.add_argument("--verbose", type=int, choices=(0, 1, 2), default=2,
+                   help="trainer verbosity (0 silent, 1 a line per epoch, 2 about ten lines)")
     return p
 
 
 def _settings(args, choices: dict, data_dir: Path) -> dict:
     return {
         "data": str(data_dir.resolve()), "subset": args.subset, "seed": args.seed, "epochs": args.epochs,
-        "batch_size": args.batch_size, "energy_weight": args.energy_weight, "force_weight": args.force_weight,
-        "energy_loss": args.energy_loss, "choices": {k: list(v) for k, v in choices.items()},
+        "batch_size": args.batch_size, "trainer": "committee", "energy_loss": args.energy_loss,
+        "choices": {k: list(v) for k, v in choices.items()},
     }
 
 
@@ -155,19 +158,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     results = ResultsTable(out / "results.csv")
     config = TrainConfig(seed=args.seed)
-    geometry = args.force_weight > 0
     role = _distributed_role()
     tuner_kwargs = dict(directory=str(out / "tuner"), project_name="bpnn_grid", overwrite=False)
 
     def load():
         files = select_files(data_dir, args.subset, args.seed)
         print(f"[data] {len(files)} XSF files from {data_dir}", flush=True)
-        return prepare_tuning_data(files, config, geometry=geometry, cache=out / "cache" / "descriptors.npz")
+        return prepare_tuning_data(files, config, cache=out / "cache" / "descriptors.npz")
 
     def hypermodel_for(data):
         return BPNNHyperModel(data.descriptor, data.statistics, reference_energies=data.references, choices=choices,
-                              energy_loss=args.energy_loss, energy_weight=args.energy_weight,
-                              force_weight=args.force_weight, seed=args.seed)
+                              energy_loss=args.energy_loss, seed=args.seed)
 
     t0 = time.time()
     data = None
@@ -181,8 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         data = load()
         tuner = BPNNGridSearch(hypermodel_for(data), results=results, hyperparameters=hps, **tuner_kwargs)
-        tuner.search(data, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
-                     fit_verbose=args.verbose, verbose=0)
+        tuner.search(data, epochs=args.epochs, batch_size=args.batch_size, fit_verbose=args.verbose, verbose=0)
         if role == "worker":
             print(f"[grid] worker {os.environ.get('KERASTUNER_TUNER_ID')} finished", flush=True)
             return 0
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[grid] warning: {len(missing)} grid point(s) failed and are not in results.csv "
               f"(run the same command again to retry them): {missing}", flush=True)
     shown = {"epochs per trial": args.epochs, "batch size": args.batch_size, "seed": args.seed,
-             "energy loss": args.energy_loss, "force weight": args.force_weight,
+             "energy loss": args.energy_loss, "trainer": "committee (one network)",
              "structures": args.subset or "all", "data": data_dir}
     write_results_markdown(rows, out / "results.md", grid_size=len(grid), settings=shown)
     if not rows:

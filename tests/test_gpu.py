@@ -52,7 +52,7 @@ def test_descriptors_on_gpu_match_aenet(gpu, oracle_path, data_dir):
 
 
 def test_descriptor_jacobians_on_gpu_match_cpu(gpu, data_dir):
-    """Force-training Jacobians (train --lbfgs-force-weight): GPU and host CPU agree in float64."""
+    """Force-training Jacobians (the committee trainer's): GPU and host CPU agree in float64."""
     from bpnn_jax.descriptors.featurize import descriptor_jacobians
 
     spec = SymmetryFunctionSet.artrith_urban(("O", "Ti"))
@@ -150,13 +150,13 @@ def test_gpu_matches_cpu_and_finite_differences(model64, data_dir, name):
 def test_energy_force_training_steps_lower_the_loss(gpu, six_atom_files, tmp_path):
     from bpnn_jax.training import TrainConfig, train
 
-    config = TrainConfig(hidden=(16, 16), energy_epochs=0, lbfgs_steps=0, force_epochs=4, force_weight=1e-2,
-                         learning_rate=3e-3, atoms_per_batch=64, patience=100)
+    config = TrainConfig(members=1, hidden=(16, 16), ef_epochs=4, ef_warmup_epochs=1, ef_force_weight=1e-2,
+                         ef_learning_rate=3e-3, ef_atoms_per_batch=64, patience=100)
     train(six_atom_files, tmp_path / "run", config, verbose=0)
     import csv
 
-    with open(tmp_path / "run" / "history.csv") as fh:
-        rows = [r for r in csv.DictReader(fh) if r["stage"] == "force"]
-    losses = [float(r["loss"]) for r in rows]
+    with open(tmp_path / "run" / "ef_history.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    losses = [float(r["train_loss"]) for r in rows]
     assert len(losses) == 4 and np.all(np.isfinite(losses))
     assert losses[-1] < losses[0]

@@ -13,14 +13,10 @@ The guarantees of the README ("Guarantees on bad input and interruptions"):
   :class:`~bpnn_jax.errors.StructureError` naming the file, the atoms and
   the distance, and fail at once; left-handed and skewed cells work; a
   structure larger than the atom-bucket ladder works.
-* Interruptions: a run interrupted (even while writing a checkpoint) and
-  resumed ends with bit-identical weights and history, including the
-  learning-rate schedule and early stopping; a real SIGKILL (slow test)
-  too.
-* A non-finite loss never reaches a saved model.
 
-Training here is the energy stage only, on 30 six-atom structures with a
-tiny network (4 hidden nodes) and descriptors computed once per module.
+Interruptions (a killed run resumes bit-exactly) and non-finite losses (never
+a saved model) are the committee trainer's, tested in
+``tests/training/test_jacobian.py``.
 """
 
 from __future__ import annotations
@@ -28,12 +24,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
-import signal
-import subprocess
-import sys
-import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +34,6 @@ import bpnn_jax  # noqa: F401  (selects the JAX backend)
 import jax
 import keras
 
-from bpnn_jax import training
 from bpnn_jax.descriptors.batch import collate, plan_batches, prepare_structures
 from bpnn_jax.cli import main
 from bpnn_jax.descriptors import SymmetryFunctionSet, batch_descriptors
@@ -52,7 +41,6 @@ from bpnn_jax.errors import StructureError
 from bpnn_jax.io import REFERENCE_ENERGIES_TIO2, read_xsf, write_xsf
 from bpnn_jax.model import BPNN
 from bpnn_jax.descriptors.neighbors import ATOM_BUCKETS, MIN_DISTANCE, bucket_size, check_geometry, neighbor_list
-from bpnn_jax.training import TrainConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RC = 6.5
@@ -338,243 +326,3 @@ def test_supercell_beyond_the_ladder_and_left_handed_cells_give_the_same_sfs(uni
     np.testing.assert_allclose(g[3, :300].reshape(50, 6, -1), np.broadcast_to(ref, (50, 6, ref.shape[1])),
                                rtol=1e-10, atol=1e-10)
     assert np.all(g[:3, 6:] == 0.0) and np.all(g[3, 300:] == 0.0)
-
-
-# ==========================================================================
-# 3. interruptions
-# ==========================================================================
-@pytest.fixture(scope="module")
-def energy_data(data_dir, six_atom_files):
-    """Prepared training data and their descriptors (computed once).
-
-    Returns (data for ``train(data=...)``, {structure name: (n, F) float32}).
-    """
-    files = six_atom_files[:30]
-    data = training.load_training_data(files, TrainConfig(), progress=False)
-    sf = training.featurize_host(data["structures"], data["spec"])
-    return data, {h.name: x for h, x in zip(data["structures"], sf)}
-
-
-@pytest.fixture
-def cached(energy_data, monkeypatch):
-    """``training.featurize_host`` served from the cache; returns the data."""
-    data, cache = energy_data
-    monkeypatch.setattr(training, "featurize_host", lambda hs, spec, **kw: [cache[h.name] for h in hs])
-    return data
-
-
-def _config(**kw) -> TrainConfig:
-    base = dict(hidden=(4,), force_epochs=0, lbfgs_steps=0, batch_size=8, learning_rate=3e-2, patience=8)
-    return TrainConfig(**{**base, **kw})
-
-
-def _history(run_dir) -> list[dict]:
-    return [{k: v for k, v in r.items() if k != "seconds"} for r in _read_csv(Path(run_dir) / "history.csv")]
-
-
-def _weights(path) -> list[np.ndarray]:
-    return [np.asarray(w) for w in keras.saving.load_model(path, compile=False).get_weights()]
-
-
-def _assert_same_weights(a, b) -> None:
-    assert len(a) == len(b)
-    for x, y in zip(a, b):
-        np.testing.assert_array_equal(x, y)
-
-
-def _interrupt_at_save(monkeypatch, name: str, call: int):
-    """Make the ``call``-th atomic save of ``name`` die half-way, like a SIGKILL.
-
-    A truncated temporary file is left behind (as a kill would), and a stray
-    temporary file of ``atomic_write`` too; then KeyboardInterrupt is raised.
-    """
-    original = training.run_state.atomic_save
-    count = {"n": 0}
-
-    def save(model, path):
-        path = Path(path)
-        if path.name == name:
-            count["n"] += 1
-            if count["n"] == call:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                (path.parent / f".{path.stem}.tmp.keras").write_bytes(b"PK\x03\x04 half a zip")
-                (path.parent.parent / ".history.csv.4242.0badc0de.tmp").write_text("stage,ep")
-                raise KeyboardInterrupt
-        original(model, path)
-
-    monkeypatch.setattr(training.run_state, "atomic_save", save)
-
-
-def test_interrupted_run_resumes_to_identical_weights(cached, tmp_path, monkeypatch):
-    """Killed while writing epoch 12's checkpoint of 20, then resumed: the
-    same weights, history and schedule (a plateau halves the learning rate
-    and early stopping ends the run after the interruption)."""
-    config = _config(energy_epochs=20)
-    whole = training.train(None, tmp_path / "whole", config, verbose=0, data=cached)
-
-    run = tmp_path / "killed"
-    with monkeypatch.context() as mp:
-        _interrupt_at_save(mp, "last.keras", 12)
-        with pytest.raises(KeyboardInterrupt):
-            training.train(None, run, config, verbose=0, data=cached)
-    # What a kill leaves: the last complete epoch, every file readable.
-    state = json.loads((run / "state.json").read_text())
-    assert (state["stage"], state["epoch"]) == ("energy", 11)
-    assert [int(r["epoch"]) for r in _history(run)] == list(range(1, 12))
-    assert _history(run) == _history(tmp_path / "whole")[:11]
-    _weights(run / "checkpoints" / "last.keras")
-    _weights(run / "best.keras")
-    assert (run / "checkpoints" / ".last.tmp.keras").exists()
-
-    resumed = training.train(None, run, _config(energy_epochs=1), resume=True, verbose=0, data=cached)
-    _assert_same_weights([np.asarray(w) for w in resumed.get_weights()],
-                         [np.asarray(w) for w in whole.get_weights()])
-    _assert_same_weights(_weights(run / "model.keras"), _weights(tmp_path / "whole" / "model.keras"))
-    assert _history(run) == _history(tmp_path / "whole")
-    for name in ("state.json", "split.json", "config.json"):
-        assert json.loads((run / name).read_text()) == json.loads((tmp_path / "whole" / name).read_text()), name
-
-
-def test_resume_restores_plateau_and_early_stopping_counters(cached, tmp_path, monkeypatch):
-    """With a learning rate too small to change any weight, the validation
-    error never improves after epoch 1: the plateau (patience 5) halves the
-    rate at the end of epoch 6 and early stopping (patience 8) ends the run
-    at epoch 9, whether or not the run was interrupted after epoch 4."""
-    config = _config(energy_epochs=30, learning_rate=1e-20, min_learning_rate=1e-25)
-    original = training.run_state.EpochState.on_epoch_end
-
-    def stop_after_4(self, epoch, logs=None):
-        original(self, epoch, logs)
-        if epoch + 1 == 4:
-            raise KeyboardInterrupt
-
-    with monkeypatch.context() as mp:
-        mp.setattr(training.run_state.EpochState, "on_epoch_end", stop_after_4)
-        with pytest.raises(KeyboardInterrupt):
-            training.train(None, tmp_path, config, verbose=0, data=cached)
-    saved = json.loads((tmp_path / "state.json").read_text())["schedule"]
-    assert [(d["class"], d["wait"]) for d in saved] == [("ReduceLROnPlateau", 3), ("EarlyStopping", 3)]
-    training.train(None, tmp_path, config, resume=True, verbose=0, data=cached)
-    rows = _history(tmp_path)
-    assert [int(r["epoch"]) for r in rows] == list(range(1, 10))
-    lr = [float(r["learning_rate"]) for r in rows]
-    assert lr[:6] == [lr[0]] * 6 and lr[6:] == [lr[0] * 0.5] * 3
-    val = {r["val_energy_rmse_mev_atom"] for r in rows}
-    assert len(val) == 1  # the weights never changed: nothing else could explain the schedule
-
-
-_KILL_HARNESS = textwrap.dedent(
-    """
-    import json, sys, time
-    import numpy as np
-    import bpnn_jax
-    from bpnn_jax import training
-
-    cache_file, run_dir, resume, sleep = sys.argv[1], sys.argv[2], sys.argv[3] == "1", float(sys.argv[4])
-    z = np.load(cache_file, allow_pickle=False)
-    cache = {str(n): z[f"sf{k}"] for k, n in enumerate(z["names"])}
-    training.featurize_host = lambda hs, spec, **kw: [cache[h.name] for h in hs]
-    original = training.run_state.EpochState.on_epoch_end
-
-    def slow(self, epoch, logs=None):
-        original(self, epoch, logs)
-        time.sleep(sleep)
-
-    training.run_state.EpochState.on_epoch_end = slow
-    config = training.TrainConfig.from_json(json.loads(sys.argv[5]))
-    training.train(list(z["names"]), run_dir, config, resume=resume, verbose=0)
-    print("finished")
-    """
-)
-
-
-@pytest.mark.slow
-def test_sigkill_then_resume_gives_identical_weights(energy_data, cached, tmp_path):
-    """A real SIGKILL of a training process (at a random point after epoch 3),
-    then --resume in a fresh process: the same final model as in one go."""
-    data, cache = energy_data
-    names = list(cache)
-    np.savez(tmp_path / "cache.npz", names=np.array(names), **{f"sf{k}": cache[n] for k, n in enumerate(names)})
-    (tmp_path / "harness.py").write_text(_KILL_HARNESS)
-    config = _config(energy_epochs=20)
-    whole = training.train(None, tmp_path / "whole", config, verbose=0, data=cached)
-
-    run = tmp_path / "killed"
-
-    def harness(resume: bool, sleep: float):
-        return [sys.executable, str(tmp_path / "harness.py"), str(tmp_path / "cache.npz"), str(run),
-                "1" if resume else "0", str(sleep), json.dumps(config.to_json())]
-
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    proc = subprocess.Popen(harness(False, 0.2), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.time() + 300
-    epoch = 0
-    while time.time() < deadline and proc.poll() is None:
-        try:
-            epoch = json.loads((run / "state.json").read_text())["epoch"]
-        except (OSError, ValueError, KeyError):
-            epoch = 0
-        if epoch >= 3:
-            time.sleep(np.random.default_rng().uniform(0.0, 0.3))  # anywhere in the epoch, writes included
-            proc.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.02)
-    output = proc.communicate(timeout=60)[0].decode()
-    assert proc.returncode == -signal.SIGKILL, output
-    killed_at = json.loads((run / "state.json").read_text())["epoch"]
-    assert 3 <= killed_at < 20
-    for p in [run / "best.keras", run / "checkpoints" / "last.keras"]:
-        _weights(p)  # loadable: never half-written
-    assert len(_history(run)) == killed_at
-
-    done = subprocess.run(harness(True, 0.0), env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0 and "finished" in done.stdout, done.stdout + done.stderr
-    _assert_same_weights(_weights(run / "model.keras"), [np.asarray(w) for w in whole.get_weights()])
-    assert _history(run) == _history(tmp_path / "whole")
-
-
-# ==========================================================================
-# 4. a non-finite loss never reaches a saved model
-# ==========================================================================
-@pytest.mark.parametrize("bad_epoch", [1, 3])
-def test_nan_loss_never_saves_a_nan_model(bad_epoch, cached, tmp_path, monkeypatch, capsys):
-    """NaN targets from epoch ``bad_epoch`` on: training stops, says so, and
-    every saved model (model, best, last) has finite weights and optimizer
-    state."""
-    current = {"epoch": 0}
-    begin = training.run_state.EpochState.on_epoch_begin
-
-    def track(self, epoch, logs=None):
-        current["epoch"] = epoch
-        begin(self, epoch, logs)
-
-    getitem = training.DescriptorDataset.__getitem__
-
-    def poisoned(self, i):
-        x, y = getitem(self, i)
-        if self.shuffle and current["epoch"] + 1 >= bad_epoch:
-            y = {"energy": np.full_like(y["energy"], np.nan)}
-        return x, y
-
-    monkeypatch.setattr(training.run_state.EpochState, "on_epoch_begin", track)
-    monkeypatch.setattr(training.DescriptorDataset, "__getitem__", poisoned)
-    model = training.train(None, tmp_path, _config(energy_epochs=6), verbose=0, data=cached)
-    out = capsys.readouterr().out
-    assert f"[energy] epoch {bad_epoch}: non-finite loss=nan" in out
-    assert f"restored the weights of the last good epoch ({bad_epoch - 1})" in out
-    if bad_epoch > 1:
-        assert [int(r["epoch"]) for r in _history(tmp_path)] == list(range(1, bad_epoch))
-    else:
-        assert not (tmp_path / "history.csv").exists()
-    saved = [tmp_path / "model.keras", tmp_path / "checkpoints" / "last.keras"]
-    if bad_epoch > 1:
-        saved.append(tmp_path / "best.keras")
-    else:
-        assert not (tmp_path / "best.keras").exists()
-    for path in saved:
-        m = keras.saving.load_model(path, compile=True)
-        assert all(np.all(np.isfinite(np.asarray(w))) for w in m.get_weights()), path
-        assert all(np.all(np.isfinite(np.asarray(v))) for v in m.optimizer.variables), path
-    assert all(np.all(np.isfinite(np.asarray(w))) for w in model.get_weights())
-    if bad_epoch > 1:  # early stopping handed back the best epoch, which is also best.keras
-        _assert_same_weights(_weights(tmp_path / "model.keras"), _weights(tmp_path / "best.keras"))

@@ -75,8 +75,8 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                    help="options from a YAML/JSON file (keys: option names, 'data', 'out'); flags override it; "
                         "RUN_DIR/config.yaml repeats a run")
     g.add_argument("--resume", action="store_true",
-                   help="continue RUN_DIR with its saved options (of the flags only --time-limit, "
-                        "--ef-lbfgs-steps and --lbfgs-steps apply)")
+                   help="continue RUN_DIR with its saved options (of the flags only --time-limit and "
+                        "--ef-lbfgs-steps apply)")
     g.add_argument("--time-limit", type=float, default=None, dest="time_limit_minutes", metavar="MINUTES",
                    help="stop after the epoch that crosses this wall time; --resume continues")
     g.add_argument("--quiet", action="store_true", help="about ten progress lines instead of one per epoch")
@@ -106,8 +106,8 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                         "or a JSON/YAML parameter file")
     g.add_argument("--cutoff", type=float, default=None,
                    help="cut-off of the dense/imbalzano sets, Å (default: from the neighbour shells)")
-    g.add_argument("--members", type=int, default=None,
-                   help="committee size (default 5; 0: one network on the legacy energy stages below)")
+    g.add_argument("--members", type=_members, default=None,
+                   help="committee size (default 5; 1: one network)")
     g.add_argument("--hidden", type=_hidden, default=None, help="nodes per hidden layer, e.g. 64,64")
     g.add_argument("--activation", default=None,
                    help=f"hidden activation (default: silu, derived; {d.activation} with --preset seed)")
@@ -151,31 +151,69 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--ef-lbfgs-steps", type=int, default=None,
                    help=f"full-batch L-BFGS polish after Adam (default {d.ef_lbfgs_steps})")
     g.add_argument("--patience", type=int, default=None, help=f"early-stopping patience, epochs (default {d.patience})")
-    g.add_argument("--data-parallel", action="store_true", help="split every batch over all local devices")
+    g.add_argument("--energy-loss", choices=["mse", "mae", "huber"], default=None,
+                   help=f"penalty of the per-atom energy error (default {d.energy_loss})")
+    g.add_argument("--force-loss", choices=["mse", "huber"], default=None,
+                   help=f"penalty of the force components' errors (default {d.force_loss})")
+    g.add_argument("--huber-delta", type=float, default=None,
+                   help=f"where the Huber force penalty turns linear, eV/Å (default {d.huber_delta})")
+    g.add_argument("--energy-huber-delta", type=float, default=None,
+                   help=f"where the Huber energy penalty turns linear, eV/atom (default {d.energy_huber_delta})")
 
-    g = p.add_argument_group("legacy: one network, energy stages (--members 0) and --preset seed")
+    g = p.add_argument_group("set-up")
     g.add_argument("--preset", choices=["default", "seed"], default="default",
-                   help="'seed': the original study (MAE, 5x64, lr 1e-4, batch 20, 80 epochs, energies only)")
+                   help="'seed': the original study on the committee trainer (one network, energies only, MAE, "
+                        "5x64, constant lr 1e-4, ~20 structures per batch, 80 epochs)")
     g.add_argument("--init", default=None, dest="init_model", metavar="MODEL",
                    help="fine-tune MODEL (.keras or shipped name): its committee, descriptors, references and "
-                        "baseline, trained further on DATA (with --members 0: the single-network stages)")
-    g.add_argument("--dropout", type=float, default=None)
-    g.add_argument("--lr", type=float, default=None, dest="learning_rate",
-                   help=f"initial learning rate (default {d.learning_rate})")
-    g.add_argument("--batch-size", type=int, default=None, help="structures per batch")
-    g.add_argument("--atoms-per-batch", type=int, default=None,
-                   help=f"padded atoms per batch without --batch-size (default {d.atoms_per_batch})")
-    g.add_argument("--energy-epochs", type=int, default=None, help=f"stage-1 epochs (default {d.energy_epochs})")
-    g.add_argument("--lbfgs-steps", type=int, default=None, help=f"stage-1 L-BFGS iterations (default {d.lbfgs_steps})")
-    g.add_argument("--lbfgs-force-weight", type=float, default=None,
-                   help=f"force weight of those iterations (default {d.lbfgs_force_weight}; 0: energies only)")
-    g.add_argument("--force-epochs", type=int, default=None, help=f"stage-2 epochs (default {d.force_epochs})")
-    g.add_argument("--force-weight", type=float, default=None, help=f"stage-2 force weight (default {d.force_weight})")
-    g.add_argument("--force-loss", choices=["mse", "huber"], default=None, help=f"default {d.force_loss}")
-    g.add_argument("--huber-delta", type=float, default=None, help=f"eV/Å (default {d.huber_delta})")
-    g.add_argument("--force-subset", type=int, default=None, help="structures drawn per stage-2 epoch")
+                        "baseline, trained further on DATA")
+    g.add_argument("--dropout", type=float, default=None,
+                   help=f"dropout rate of the hidden layers while training (default {d.dropout})")
+    g.add_argument("--batch-size", type=int, default=None,
+                   help="about this many structures per mini-batch (sets --ef-atoms-per-batch from the data's "
+                        "mean padded structure size)")
+    for flag, replacement in REMOVED_FLAGS.items():
+        g.add_argument(flag, nargs="?", action=_Removed, replacement=replacement, help=argparse.SUPPRESS)
     hide_advanced_options(p, TRAIN_COMMON)
     return p
+
+
+#: Options of the Keras stages that the committee trainer replaced, and what to use instead.
+REMOVED_FLAGS = {
+    "--energy-epochs": "--ef-epochs (with --ef-force-weight 0 for energies only)",
+    "--force-epochs": "--ef-epochs",
+    "--lbfgs-steps": "--ef-lbfgs-steps",
+    "--lbfgs-force-weight": "--ef-force-weight",
+    "--force-weight": "--ef-force-weight",
+    "--force-subset": "--ef-epochs (every epoch visits every training structure)",
+    "--lr": "--ef-lr",
+    "--atoms-per-batch": "--ef-atoms-per-batch (or --batch-size for structures per batch)",
+    "--data-parallel": "one device (the committee trainer has no data-parallel mode)",
+}
+
+
+class _Removed(argparse.Action):
+    """An option of the removed Keras stages: stop with the one that replaced it."""
+
+    def __init__(self, option_strings, dest, replacement="", **kwargs):
+        super().__init__(option_strings, dest=argparse.SUPPRESS, **kwargs)
+        self.replacement = replacement
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(f"{option_string} was an option of the removed Keras training stages; use {self.replacement}")
+
+
+def _members(text: str) -> int:
+    try:
+        k = int(text)
+    except ValueError:
+        k = -1
+    if k == 0:
+        raise argparse.ArgumentTypeError("0 (the single-network Keras stages) is gone: use --members 1 for one "
+                                         "network on the committee trainer")
+    if k < 1:
+        raise argparse.ArgumentTypeError(f"expected a committee size >= 1, got {text!r}")
+    return k
 
 
 #: The options ``train --help`` shows; ``--help-all`` shows every option.
@@ -238,9 +276,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     args.paths, args.out = [str(p) for p in ([paths] if isinstance(paths, str) else paths)], str(out)
     overrides = {
         k: getattr(args, k)
-        for k in ("stress_weight", "energy_key", "forces_key", "stress_key", "cutoff", "hidden", "activation", "dropout", "learning_rate", "batch_size", "energy_epochs", "lbfgs_steps", "force_epochs",
-                  "lbfgs_force_weight", "force_weight", "force_subset", "max_energy", "patience", "seed", "member_seed", "force_loss", "huber_delta",
-                  "atoms_per_batch", "init_model", "time_limit_minutes", "members", "ef_epochs", "ef_learning_rate",
+        for k in ("stress_weight", "energy_key", "forces_key", "stress_key", "cutoff", "hidden", "activation",
+                  "dropout", "batch_size", "max_energy", "patience", "seed", "member_seed", "force_loss",
+                  "huber_delta", "energy_loss", "energy_huber_delta", "init_model", "time_limit_minutes", "members", "ef_epochs", "ef_learning_rate",
                   "ef_final_learning_rate", "ef_warmup_epochs", "ef_force_weight", "weight_decay", "ema_decay",
                   "ef_atoms_per_batch", "ef_lbfgs_steps", "ef_final_epochs", "ef_final_force_factor",
                   "val_fraction", "test_fraction", "train_on_test", "repulsion", "repulsion_from",
@@ -261,7 +299,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         given.update(dict(args.reference or ()))
         # Given values replace the defaults; other elements are fitted.
         config.reference_energies = given
-    config.data_parallel = args.data_parallel
     # What the user did not set is derived from the data (training.defaults), except for the study's
     # preset, which defines its own set-up; fine-tuning (--init) takes the network from its model.
     given = set(overrides) | set(file_values) | set(PRESETS[args.preset])
@@ -281,9 +318,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         import sys
         from pathlib import Path
 
-        if (Path(args.out) / "state.json").exists():
-            print(f"training interrupted; every finished epoch is saved in {args.out}: continue with "
-                  f"--resume", file=sys.stderr)
+        if (Path(args.out) / "ef_state.npz").exists():
+            print(f"training interrupted; the state of the last saved epoch (at most a minute old) is in "
+                  f"{args.out}: continue with --resume", file=sys.stderr)
         raise
     from pathlib import Path
 
@@ -352,6 +389,7 @@ def read_config(path) -> dict:
 
     from ..errors import BPNNInputError
     from ..training import TrainConfig
+    from ..training.config import REMOVED_OPTIONS, drop_removed_options
 
     try:
         raw = yaml.safe_load(Path(path).read_text())
@@ -368,11 +406,14 @@ def read_config(path) -> dict:
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
     aliases = {"lr": "learning_rate", "ef_lr": "ef_learning_rate", "ef_final_lr": "ef_final_learning_rate",
                "init": "init_model", "time_limit": "time_limit_minutes"}
-    out = {}
+    out, removed = {}, {}
     for key, value in raw.items():
         name = aliases.get(str(key).replace("-", "_"), str(key).replace("-", "_"))
         if name in ("data", "out"):
             out[name] = value
+            continue
+        if name in REMOVED_OPTIONS:  # config files of earlier runs hold them
+            removed[name] = value
             continue
         if name not in fields:
             raise BPNNInputError(f"{path}: unknown option {key!r} (known: data, out, "
@@ -382,4 +423,5 @@ def read_config(path) -> dict:
         elif name == "ef_force_weight" and isinstance(value, (list, tuple)):
             value = tuple(float(v) for v in value)
         out[name] = value
+    drop_removed_options(removed, str(path))
     return out

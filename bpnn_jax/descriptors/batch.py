@@ -271,7 +271,6 @@ def plan_batches(
     shuffle_rng: np.random.Generator | None = None,
     merge_small: bool = True,
     max_shapes: int | None = 8,
-    batch_multiple: int = 1,
 ) -> list[tuple[np.ndarray, int, int, int]]:
     """Group structures by padded shape into batches.
 
@@ -295,9 +294,6 @@ def plan_batches(
             until at most this many shapes remain, where possible.  The
             default 8 costs ~20 % extra pair work on the TiO2 set (19
             shapes → 8) and saves minutes of compilation for force training.
-        batch_multiple: round each batch size up to a multiple of this
-            (data-parallel training shards every batch over that many
-            devices; the extra rows are empty structures).
 
     Returns:
         List of (indices into ``structures``, B, N, slots) per batch.
@@ -314,7 +310,6 @@ def plan_batches(
         if shuffle_rng is not None:
             members = shuffle_rng.permutation(members)
         b = batch_size or max(1, atoms_per_batch // n_pad)
-        b = round_up(b, batch_multiple)
         for start in range(0, len(members), b):
             plan.append((members[start : start + b], b, n_pad, m_pad))
     if shuffle_rng is not None:

@@ -4,8 +4,10 @@ positions, cell, neighbour tensors → symmetry functions (pure JAX) →
 per-element standardisation → one MLP per element → atomic energies → sum.
 The whole map is one differentiable JAX function,
 :func:`bpnn_jax.model.potential.evaluate_potential`, so forces are F = -dE/dR by
-autodiff inside ``call``, and training on forces differentiates through
-that gradient (double backprop).
+autodiff inside ``call``.  The model is trained outside Keras, by the
+committee trainer (:mod:`bpnn_jax.training.jacobian`), which evaluates the
+same networks on cached descriptors and their Jacobians and writes the
+weights into a BPNN at the end.
 
 Energies.  The network predicts the energy *relative to the free-atom
 reference energies* (the cohesive energy, eV); references are subtracted
@@ -21,7 +23,7 @@ Inputs are a dict (see :meth:`bpnn_jax.descriptors.batch.Batch.inputs`):
   ``species`` (B, N) int, ``atom_mask`` (B, N) bool, ``neighbors`` (B, N, M)
   int, ``shifts`` (B, N, M, 3), and one ``neighbor_mask_<element>``
   (B, N, M_s) per element whose shapes give the element-sorted slot layout;
-* descriptor mode (energy pre-training on cached SFs): ``sf`` (B, N, F),
+* descriptor mode (energies of cached SFs): ``sf`` (B, N, F),
   ``species``, ``atom_mask``.  No forces in this mode.
 
 Outputs: ``{"energy": (B,) eV, "forces": (B, N, 3) eV/Å}`` (forces only in
@@ -45,7 +47,7 @@ from keras import ops
 from ..descriptors.symmetry import descriptor_from_config
 from ..errors import ModelError
 from .card import PRETRAINED_DIR, shipped_models
-from .layers import ElementMLP, MaskedRMSE
+from .layers import ElementMLP
 from .potential import (
     descriptors_from_displacements,
     evaluate_potential,
@@ -72,20 +74,19 @@ class BPNN(keras.Model):
             are the model's elements, in species-index order.
         hidden: nodes per hidden layer (same for every element).
         activation: hidden activation (Keras name), e.g. "tanh".
-        dropout: dropout rate of the hidden layers.
+        dropout: dropout rate of the hidden layers while training (a
+            record of the training set-up; the model applies none).
         reference_energies: {element: eV} free-atom energies subtracted from
             the targets (added back by :func:`total_energy`).
         compute_forces: return forces from ``call`` (geometry mode).
-        energy_weight: weight of the per-atom energy loss (eV²/atom²).
-        force_weight: weight of the force loss (eV²/Å²); 0 = energy only.
-        energy_loss: "mse" or "mae" for the per-atom energy term.
-        force_loss: "mse", or "huber": squared error up to ``huber_delta``
-            (eV/Å) per component and linear beyond, so that the few atoms
-            of strongly compressed structures (|F| up to ~190 eV/Å in the
-            TiO2 data) do not dominate the force term.
-        huber_delta: where the Huber force loss turns linear (eV/Å).
+        energy_weight, force_weight, energy_loss, force_loss, huber_delta:
+            the training loss, recorded in the model's config (the
+            committee trainer, :mod:`bpnn_jax.training.jacobian`, trains
+            it; the model itself has no loss).  ``energy_loss`` "mse",
+            "mae" or "huber", ``force_loss`` "mse" or "huber",
+            ``huber_delta`` in eV/Å.
         chunk_size: atoms per vmapped chunk in the descriptor kernel.
-        seed: seed of the dropout generator.
+        seed: seed of the (unused, saved) dropout generator of the former Keras trainer.
         members: committee size K.  With K > 1 every element network is a
             committee of K networks evaluated together; energies and forces
             are the members' means, and ``call`` also returns
@@ -137,8 +138,8 @@ class BPNN(keras.Model):
         self.compute_forces = bool(compute_forces)
         self.energy_weight = float(energy_weight)
         self.force_weight = float(force_weight)
-        if energy_loss not in ("mse", "mae"):
-            raise ValueError(f"energy_loss must be 'mse' or 'mae', got {energy_loss!r}")
+        if energy_loss not in ("mse", "mae", "huber"):
+            raise ValueError(f"energy_loss must be 'mse', 'mae' or 'huber', got {energy_loss!r}")
         self.energy_loss = energy_loss
         if force_loss not in ("mse", "huber"):
             raise ValueError(f"force_loss must be 'mse' or 'huber', got {force_loss!r}")
@@ -183,9 +184,8 @@ class BPNN(keras.Model):
         self.sf_max = self.add_weight(shape=(S, F), initializer="zeros", trainable=False, name="sf_max")
         self.energy_shift = self.add_weight(shape=(S,), initializer="zeros", trainable=False, name="energy_shift")
         self.energy_scale = self.add_weight(shape=(), initializer="ones", trainable=False, name="energy_scale")
+        # The Keras trainer's dropout generator: unused, kept because every saved model holds its state.
         self.seed_generator = keras.random.SeedGenerator(self.seed, name="dropout_seed")
-        self.energy_rmse = MaskedRMSE(name="energy_rmse_mev_atom", scale=1000.0)
-        self.force_rmse = MaskedRMSE(name="force_rmse_ev_a")
         for net in self.nets:
             net.build((None, F))
         # Every variable exists now, whatever the input mode: mark the model
@@ -211,15 +211,15 @@ class BPNN(keras.Model):
         return self.compute_dtype or "float32"
 
     # --------------------------------------------------------------- forward
-    def atomic_energies(self, sf, species, atom_mask, masks=None):
+    def atomic_energies(self, sf, species, atom_mask):
         """Atomic energies (B, N) in eV relative to the references; 0 for padding.
 
         For a committee, the members' mean.
         """
-        e = self.member_atomic_energies(sf, species, atom_mask, masks)
+        e = self.member_atomic_energies(sf, species, atom_mask)
         return e if self.members == 1 else jnp.mean(e, axis=0)  # ops.mean reduces float64 in float32 (Keras 3.15)
 
-    def member_atomic_energies(self, sf, species, atom_mask, masks=None):
+    def member_atomic_energies(self, sf, species, atom_mask):
         """Atomic energies in eV relative to the references: (B, N), or (K, B, N) for a committee."""
         dtype = self._dtype()
         sf = ops.cast(sf, dtype)
@@ -227,7 +227,7 @@ class BPNN(keras.Model):
         e = ops.zeros(shape if self.members == 1 else (self.members,) + shape, dtype)
         for s, net in enumerate(self.nets):
             x = (sf - self.sf_mean[s]) / self.sf_std[s]
-            out = net(x, None if masks is None else masks[s])
+            out = net(x)
             e_s = self.energy_shift[s] + self.energy_scale * out
             e = ops.where(species == s, e_s, e)
         return ops.where(atom_mask, e, ops.zeros_like(e))
@@ -246,20 +246,14 @@ class BPNN(keras.Model):
         e = self.repulsion.atomic_energies(disp, nmask, species, species_j)
         return jnp.where(inputs["atom_mask"], e, 0.0)
 
-    def structure_energies(self, positions, cell, inputs, masks=None):
+    def structure_energies(self, positions, cell, inputs):
         """Energies (B,) in eV (relative to the references) from geometry, the baseline included.
 
         A committee's members' mean; :func:`~bpnn_jax.model.potential.site_energies` summed.
         """
         disp, nmask, slots, species_j = neighbor_geometry(self, positions, cell, inputs)
-        e, _ = site_energies(self, disp, nmask, slots, inputs["species"], species_j, inputs["atom_mask"],
-                             masks=masks)
+        e, _ = site_energies(self, disp, nmask, slots, inputs["species"], species_j, inputs["atom_mask"])
         return ops.sum(e, axis=-1)
-
-    def _dropout_masks(self, shape_prefix, training):
-        if not training or self.dropout <= 0:
-            return None
-        return [net.dropout_masks(shape_prefix, self.seed_generator, self._dtype()) for net in self.nets]
 
     def call(self, inputs, training=False):
         """Energies (and forces) of a batch; see the module docstring for the inputs and outputs.
@@ -268,58 +262,16 @@ class BPNN(keras.Model):
         (forces when ``compute_forces``; a committee's members' forces with
         them); ``sf`` inputs give the networks' energies only.
         """
+        del training  # the same function in training and inference: the model is trained outside Keras
         species = inputs["species"]
-        masks = self._dropout_masks(tuple(species.shape), training)
         if "sf" in inputs:
-            e = self.member_atomic_energies(inputs["sf"], species, inputs["atom_mask"], masks)
+            e = self.member_atomic_energies(inputs["sf"], species, inputs["atom_mask"])
             if self.members == 1:
                 return {"energy": ops.sum(e, axis=-1)}
             e = ops.sum(e, axis=-1)
             return {"energy": jnp.mean(e, axis=0), "energy_members": e}
-        out = evaluate_potential(self, inputs, forces=self.compute_forces, member_forces=True, masks=masks)
+        out = evaluate_potential(self, inputs, forces=self.compute_forces, member_forces=True)
         return {k: out[k] for k in ("energy", "forces", "energy_members", "forces_members") if k in out}
-
-    # ------------------------------------------------------------ training
-    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        """Per-atom energy loss plus weighted force loss; padding excluded.
-
-        energy term: mean over real structures of ((E_pred - E)/n)² (or |·|);
-        force term: mean over real atoms and components of (F_pred - F)²
-        (Huber: the same below ``huber_delta``, linear, 2·δ·|ΔF| - δ², above).
-        """
-        del sample_weight, training
-        n, valid = self._counts(x)
-        de = (ops.cast(y_pred["energy"], "float32") - ops.cast(y["energy"], "float32")) / ops.maximum(n, 1.0)
-        err = ops.abs(de) if self.energy_loss == "mae" else de * de
-        loss = self.energy_weight * ops.sum(err * valid) / ops.maximum(ops.sum(valid), 1.0)
-        if self.force_weight > 0 and "forces" in y_pred and y is not None and "forces" in y:
-            fmask = ops.cast(x["atom_mask"], "float32")[..., None]
-            df = ops.cast(y_pred["forces"], "float32") - ops.cast(y["forces"], "float32")
-            if self.force_loss == "huber":
-                a, d = ops.abs(df), self.huber_delta
-                per = ops.where(a <= d, a * a, d * (2.0 * a - d))
-            else:
-                per = df * df
-            f_mse = ops.sum(per * fmask) / ops.maximum(3.0 * ops.sum(fmask), 1.0)
-            loss = loss + self.force_weight * f_mse
-        for extra in self.losses:
-            loss = loss + ops.sum(extra)
-        return loss
-
-    @staticmethod
-    def _counts(x):
-        n = ops.sum(ops.cast(x["atom_mask"], "float32"), axis=-1)
-        return n, ops.cast(n > 0, "float32")
-
-    def compute_metrics(self, x, y, y_pred, sample_weight=None):
-        n, valid = self._counts(x)
-        de = (ops.cast(y_pred["energy"], "float32") - ops.cast(y["energy"], "float32")) / ops.maximum(n, 1.0)
-        self.energy_rmse.update_state(ops.sum(de * de * valid), ops.sum(valid))
-        if "forces" in y_pred and y is not None and "forces" in y:
-            fmask = ops.cast(x["atom_mask"], "float32")[..., None]
-            df = ops.cast(y_pred["forces"], "float32") - ops.cast(y["forces"], "float32")
-            self.force_rmse.update_state(ops.sum(df * df * fmask), 3.0 * ops.sum(fmask))
-        return self.get_metrics_result()
 
     # --------------------------------------------------------- serialisation
     def get_config(self):

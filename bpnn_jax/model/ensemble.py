@@ -84,7 +84,7 @@ def merge_committees(models: Sequence[BPNN], *, uncertainty_threshold: float | N
         over all members.
 
     Raises:
-        ModelError: incompatible models (naming what differs), or dropout.
+        ModelError: incompatible models (naming what differs).
     """
     models = list(models)
     if len(models) < 2:
@@ -104,8 +104,6 @@ def merge_committees(models: Sequence[BPNN], *, uncertainty_threshold: float | N
                 m.repulsion is not None and not m.repulsion.matches(first.repulsion)):
             raise ModelError(f"model {k} has the pair baseline {m.repulsion}, model 0 {first.repulsion}: only "
                              f"models trained on the same baseline can be merged")
-    if any(m.dropout > 0 for m in models):
-        raise ModelError("models with dropout cannot be merged into a committee")
 
     # Descriptor parts: one per distinct set; a merged model contributes each of its parts.  A part keeps
     # the standardisation of its first model; members of other models that read it (trained on other

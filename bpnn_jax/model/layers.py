@@ -10,18 +10,12 @@ import keras
 import numpy as np
 from keras import ops
 
-__all__ = ["ElementMLP", "MaskedRMSE"]
+__all__ = ["ElementMLP"]
 
 
 @keras.saving.register_keras_serializable(package="bpnn_jax")
 class ElementMLP(keras.layers.Layer):
     """A multilayer perceptron (F → hidden... → 1) for one element.
-
-    Dropout masks are passed in explicitly rather than drawn inside the
-    layer: the model differentiates the energy with respect to positions
-    (forces) inside its own ``call``, and drawing random numbers (a state
-    update of Keras's seed generator) inside that inner ``jax.grad`` would
-    leak tracers.
 
     With ``members=K > 1`` the layer is a committee of K networks of the
     same shape, evaluated together: kernels (K, fan_in, fan_out), biases
@@ -31,8 +25,9 @@ class ElementMLP(keras.layers.Layer):
     Args:
         hidden: number of nodes of each hidden layer.
         activation: activation of the hidden layers (Keras name).
-        dropout: dropout rate of the hidden layers (0 disables; not with
-            a committee).
+        dropout: dropout rate of the hidden layers while training, a
+            record of the set-up (the committee trainer applies it, the
+            layer never does).
         members: committee size K.
     """
 
@@ -44,8 +39,6 @@ class ElementMLP(keras.layers.Layer):
         self.members = int(members)
         if self.members < 1:
             raise ValueError(f"members must be >= 1, got {members}")
-        if self.members > 1 and self.dropout > 0:
-            raise ValueError("dropout is not supported in a committee (members > 1)")
         self.act_fn = keras.activations.get(activation)
         if self.members == 1:
             self.dense = [
@@ -95,30 +88,11 @@ class ElementMLP(keras.layers.Layer):
         return ([np.asarray(ops.convert_to_numpy(v)) for v in self.kernels],
                 [np.asarray(ops.convert_to_numpy(v)) for v in self.biases])
 
-    def dropout_masks(self, shape_prefix, seed_generator, dtype="float32"):
-        """Inverted-dropout masks (values 0 or 1/(1-rate)) for every hidden layer.
-
-        Args:
-            shape_prefix: leading shape, e.g. (B, N).
-            seed_generator: a ``keras.random.SeedGenerator``.
-
-        Returns:
-            List of arrays (*shape_prefix, hidden_k), or None when dropout is off.
-        """
-        if self.dropout <= 0:
-            return None
-        keep = 1.0 - self.dropout
-        return [
-            ops.cast(keras.random.uniform(tuple(shape_prefix) + (h,), seed=seed_generator) < keep, dtype) / keep
-            for h in self.hidden
-        ]
-
-    def call(self, x, masks=None):
+    def call(self, x):
         """Atomic energies (in units of the model's energy scale).
 
         Args:
             x: (..., F) standardised symmetry functions.
-            masks: optional dropout masks from :meth:`dropout_masks`.
 
         Returns:
             (...) outputs, or (K, ...) for a committee.
@@ -134,50 +108,12 @@ class ElementMLP(keras.layers.Layer):
                 if k < n - 1:
                     x = self.act_fn(x)
             return ops.squeeze(x, -1)
-        for k, layer in enumerate(self.dense):
+        for layer in self.dense:
             x = layer(x)
-            if masks is not None:
-                x = x * masks[k]
         return ops.squeeze(self.out(x), -1)
 
     def get_config(self):
         config = super().get_config()
         config.update(hidden=list(self.hidden), activation=self.activation, dropout=self.dropout,
                       members=self.members)
-        return config
-
-
-@keras.saving.register_keras_serializable(package="bpnn_jax")
-class MaskedRMSE(keras.metrics.Metric):
-    """Root of a running, weighted mean of squared errors.
-
-    ``update_state(sq_err_sum, count)`` adds a sum of squared errors and the
-    number of terms; ``result()`` is sqrt(total / count) times ``scale``.
-
-    Args:
-        scale: factor applied to the result (e.g. 1000 for eV → meV).
-    """
-
-    def __init__(self, name="rmse", scale: float = 1.0, **kwargs):
-        super().__init__(name=name, **kwargs)
-        self.scale = float(scale)
-        self.total = self.add_variable(shape=(), initializer="zeros", name="total")
-        self.count = self.add_variable(shape=(), initializer="zeros", name="count")
-
-    def update_state(self, sq_err_sum, count):
-        self.total.assign_add(ops.cast(sq_err_sum, self.total.dtype))
-        self.count.assign_add(ops.cast(count, self.count.dtype))
-
-    def result(self):
-        # NaN when nothing was accumulated (e.g. no force targets in this stage).
-        mean = ops.where(self.count > 0, self.total / ops.maximum(self.count, 1.0), float("nan"))
-        return ops.sqrt(mean) * self.scale
-
-    def reset_state(self):
-        self.total.assign(0.0)
-        self.count.assign(0.0)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(scale=self.scale)
         return config

@@ -136,7 +136,7 @@ def descriptors_from_displacements(model, disp, nmask, slots):
     return g.reshape(B, N, -1)
 
 
-def site_energies(model, disp, nmask, slots, species, species_j, atom_mask, *, masks=None, members=False):
+def site_energies(model, disp, nmask, slots, species, species_j, atom_mask, *, members=False):
     """Atomic energies (eV, relative to the references) from the neighbour slots' geometry.
 
     The networks on the atoms' symmetry functions, plus the pair baseline
@@ -150,7 +150,6 @@ def site_energies(model, disp, nmask, slots, species, species_j, atom_mask, *, m
         species: (B, N) int centre species.
         species_j: (B, N, M) int neighbour species (any value where masked).
         atom_mask: (B, N) bool, real atoms (padding gets 0 eV).
-        masks: dropout masks of the networks (training), or None.
         members: for a committee, each member's energies (K, B, N) instead
             of their mean (B, N).  A single network gives (B, N) either way.
 
@@ -161,15 +160,14 @@ def site_energies(model, disp, nmask, slots, species, species_j, atom_mask, *, m
     sf = descriptors_from_displacements(model, disp, nmask, slots)
     per_member = members and model.members > 1
     atomic = model.member_atomic_energies if per_member else model.atomic_energies
-    e = atomic(sf, species, atom_mask, masks)
+    e = atomic(sf, species, atom_mask)
     if model.repulsion is not None:
         rep = jnp.where(atom_mask, model.repulsion.atomic_energies(disp, nmask, species, species_j), 0.0)
         e = e + (rep[None] if per_member else rep)
     return e, sf
 
 
-def evaluate_potential(model, inputs, values=None, *, forces=True, stress=False, member_forces=False,
-                       masks=None) -> dict:
+def evaluate_potential(model, inputs, values=None, *, forces=True, stress=False, member_forces=False) -> dict:
     """Energy, forces and strain derivative of a batch of structures: the one energy function.
 
     Args:
@@ -189,7 +187,6 @@ def evaluate_potential(model, inputs, values=None, *, forces=True, stress=False,
         stress: compute ``de_dstrain``.
         member_forces: for a committee with ``forces``: also each member's
             forces (one backward pass per member); ignored otherwise.
-        masks: dropout masks of the networks (training), or None.
 
     Returns:
         A dict of arrays in the model's compute dtype:
@@ -205,12 +202,12 @@ def evaluate_potential(model, inputs, values=None, *, forces=True, stress=False,
           over members is ``forces``.
     """
     if values is None:
-        return _potential(model, inputs, forces, stress, member_forces, masks)
+        return _potential(model, inputs, forces, stress, member_forces)
     with keras.StatelessScope(state_mapping=list(zip(model.variables, values))):
-        return _potential(model, inputs, forces, stress, member_forces, masks)
+        return _potential(model, inputs, forces, stress, member_forces)
 
 
-def _potential(model, inputs, forces, stress, member_forces, masks) -> dict:
+def _potential(model, inputs, forces, stress, member_forces) -> dict:
     dtype = model.compute_dtype or "float32"
     positions = jnp.asarray(inputs["positions"], dtype)
     cell = jnp.asarray(inputs["cell"], dtype)
@@ -225,7 +222,7 @@ def _potential(model, inputs, forces, stress, member_forces, masks) -> dict:
             cel = cell
         disp, nmask, slots, species_j = neighbor_geometry(model, pos, cel, inputs)
         return site_energies(model, disp, nmask, slots, inputs["species"], species_j, inputs["atom_mask"],
-                             masks=masks, members=True)
+                             members=True)
 
     def outputs(e, sf) -> dict:
         totals = jnp.sum(e, axis=-1)
@@ -303,7 +300,7 @@ def potential_function(model, *, forces=True, stress=False, member_forces=False)
 
     def fn(values, inputs):
         with keras.StatelessScope(state_mapping=list(zip(variables, values))):
-            return _potential(model_ref(), inputs, key[0], key[1], key[2], None)
+            return _potential(model_ref(), inputs, *key)
 
     entry = (jax.jit(fn), variables)
     try:

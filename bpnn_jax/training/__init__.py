@@ -7,25 +7,24 @@ A run (:func:`train`, ``python -m bpnn_jax train``) goes
 2. :mod:`.data` — structures read and filtered by energy, reference
    energies (given or fitted), the split, symmetry functions and the
    training-set statistics;
-3. one of
-   * :mod:`.committee_stage` (``--members K``): K networks on energies,
-     forces (and stress) from scratch, on cached descriptor Jacobians
-     (:mod:`bpnn_jax.training.jacobian`, :mod:`bpnn_jax.descriptors.jacobian_cache`);
-   * or the single-network stages: :mod:`.energy_stage` (energies on
-     cached descriptors, then full-batch L-BFGS, :mod:`.lbfgs`) and
-     :mod:`.force_stage` (energies and forces end to end);
+3. the training:
+   :mod:`.committee_stage`, the one trainer (``--members K``, K >= 1): K
+   networks on energies, forces (and stress), from scratch or from a
+   model, on cached descriptor Jacobians (:mod:`bpnn_jax.training.jacobian`,
+   :mod:`bpnn_jax.descriptors.jacobian_cache`);
 4. the model saved to ``RUN_DIR/model.keras`` (:mod:`.run`).
 
-:mod:`.run_state` holds what a run keeps on disk (atomic saves,
-checkpoints, history, ``state.json`` for ``--resume``, the time limit);
-:mod:`.datasets` the Keras datasets; :mod:`.predict` the predictions of a
-trained model (energies, forces, committee spread, stress).
+:mod:`.run_state` holds what a run keeps on disk (atomic saves, the
+resolved config) and the checks before it starts; :mod:`.predict` the
+predictions of a trained model (energies, forces, committee spread,
+stress); :mod:`.tuning`, :mod:`.tuning_ef` and :mod:`.tuning_train` the
+hyper-parameter searches.
 
 Everything a run writes goes to its run directory: ``config.json``,
-``config.yaml``, ``split.json``, ``checkpoints/last.keras`` (every epoch,
-atomic), ``best.keras``, ``history.csv`` / ``ef_history.csv``,
-``state.json`` / ``ef_state.npz`` (for ``--resume``), ``cache/``
-(descriptor Jacobians) and ``model.keras``.
+``config.yaml``, ``split.json``, ``ef_history.csv``, ``ef_state.npz`` (for
+``--resume``), ``ef.json`` (the run's summary), ``cache/`` (descriptor
+Jacobians) and ``model.keras`` (``checkpoints/last.keras`` when a time
+limit stopped the run).
 """
 
 from __future__ import annotations
@@ -34,17 +33,14 @@ from ..lazy import lazy_attributes
 from .config import PRESETS, RESUME_OPTIONS, TrainConfig
 
 # Everything but the options is imported on first use (PEP 562): the
-# datasets import Keras (~1-2 s), which commands such as ``featurize`` or
+# model imports Keras (~1-2 s), which commands such as ``featurize`` or
 # ``energies`` never need, and the CLI reads TrainConfig's defaults for
 # every command.
 _LAZY = {
     "compute_statistics": ".data", "featurize_host": ".data", "fit_energy_references": ".data",
     "load_training_data": ".data", "split_indices": ".data",
-    "DescriptorDataset": ".datasets", "GeometryDataset": ".datasets",
-    "force_training_data": ".lbfgs", "refine_lbfgs": ".lbfgs",
     "predict_stress": ".predict", "predict_structures": ".predict", "spread_threshold": ".predict",
-    "build_model": ".run", "train": ".run",
-    "data_parallel_distribution": ".run_state",
+    "train": ".run",
 }
 
 
@@ -60,14 +56,8 @@ __all__ = [
     "compute_statistics",
     "featurize_host",
     "load_training_data",
-    "GeometryDataset",
-    "DescriptorDataset",
-    "build_model",
-    "data_parallel_distribution",
     "train",
     "predict_structures",
     "predict_stress",
     "spread_threshold",
-    "force_training_data",
-    "refine_lbfgs",
 ]

@@ -3,6 +3,7 @@ Jacobians, all members at once; see :mod:`bpnn_jax.training.jacobian`."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -33,6 +34,14 @@ def train_committee(data, train_s, val_s, run_dir: Path, config: TrainConfig, *,
 
     spec = data["spec"]
     cfg = config.committee_config()
+    if config.batch_size is not None:  # structures per batch, as the study gave it: the trainer counts padded atoms
+        atoms = jt.atoms_per_batch_for(config.batch_size, [s.n_atoms for s in train_s])
+        cfg = dataclasses.replace(cfg, atoms_per_batch=atoms)
+        if verbose:
+            print(f"--batch-size {config.batch_size}: {config.batch_size} structures x "
+                  f"{atoms / config.batch_size:.1f} padded atoms per training structure on average = "
+                  f"{atoms} atoms per batch (the trainer batches by padded atoms, ~{config.batch_size} "
+                  f"structures of the mean size per batch)", flush=True)
     with_forces = bool(np.any(cfg.weights(0) > 0))
     if with_forces:
         try:
@@ -73,7 +82,7 @@ def train_committee(data, train_s, val_s, run_dir: Path, config: TrainConfig, *,
         raise BPNNInputError(
             f"the descriptor Jacobians of {len(train_s) + len(val_s)} structures need ~{2.2 * gb:.0f} GB "
             f"(n_atoms · min(n_atoms, partners) · {spec.n_functions} · 3 floats each, grouped); this machine has "
-            f"{ram:.0f} GB: use fewer or smaller structures, or --members 0 for the energy stages")
+            f"{ram:.0f} GB: use fewer or smaller structures, or --ef-force-weight 0 to train on energies only")
     if cfg.lbfgs_steps > 0 and LBFGS_MEMORY_FACTOR * gb > 0.9 * ram:
         # Refused before the Jacobians and the Adam epochs, not found by the kernel's OOM killer after them.
         raise BPNNInputError(

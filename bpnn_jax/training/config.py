@@ -29,38 +29,24 @@ class TrainConfig:
             results, then the usual keys).
         hidden: nodes per hidden layer.
         activation: hidden activation.
-        dropout: dropout rate.
-        learning_rate: initial Adam learning rate.
-        min_learning_rate: floor of the plateau schedule.
-        batch_size: structures per batch (None: ``atoms_per_batch`` decides).
-        atoms_per_batch: padded atoms per batch when batch_size is None.
-        energy_epochs: epochs of the energy stage on cached descriptors.
-        lbfgs_steps: full-batch L-BFGS iterations on energies after the
-            Adam epochs of the energy stage (0 = none).
-        lbfgs_force_weight: weight of the force MSE (eV²/Å²) in those
-            L-BFGS iterations; > 0 trains energies and forces jointly on
-            cached descriptor Jacobians (:func:`refine_lbfgs`), which costs
-            a one-off ~5 ms per atom on a CPU and n_atoms² · F · 12 bytes of
-            memory per structure (TiO2 set: ~3 GB).  0 = energies only.
-            The default, 1e-4, trained the shipped ``tio2`` (test forces
-            1.25 -> 0.47 eV/Å for energies 6.2 -> 6.5 meV/atom).
-        force_epochs: epochs of the end-to-end energy+force stage.
-        force_weight: weight of the force MSE (eV²/Å²) against the per-atom
-            energy MSE (eV²/atom²) in the force stage; 0 = energies only.
-            With energy errors ~0.01 eV/atom and force errors ~0.5 eV/Å,
-            3e-4 gives the two terms similar size; 1e-2 let forces swamp
-            the energies.
-        force_lr_factor: learning rate of the force stage relative to
-            ``learning_rate`` when it follows an energy stage.
-        force_subset: training structures drawn per force epoch (None: all).
-        energy_loss: "mse" or "mae".
-        force_loss: "mse" or "huber" (see :class:`~bpnn_jax.model.BPNN`).
+        dropout: inverted-dropout rate of the hidden layers while training
+            (:class:`~bpnn_jax.training.jacobian.CommitteeConfig`).
+        batch_size: structures per mini-batch of the committee trainer,
+            about (None: ``ef_atoms_per_batch`` decides).  The trainer
+            batches by padded atoms: ``ef_atoms_per_batch`` becomes
+            ``batch_size`` x the training structures' mean padded atom
+            count (:func:`~bpnn_jax.training.jacobian.atoms_per_batch_for`).
+        atoms_per_batch: padded atoms per batch of the descriptor
+            computation (memory, not training).
+        energy_loss: penalty of the per-atom energy error: "mse", "mae" or
+            "huber" (:func:`~bpnn_jax.training.jacobian.penalty`).
+        force_loss: penalty of the force components' errors: "mse" or "huber".
         huber_delta: eV/Å where the Huber force loss turns linear.
-        init_model: start from this trained model (a ``.keras`` path or a
-            shipped name such as "tio2") instead of a fresh network: its
-            architecture, statistics and reference energies are kept, and
-            with ``energy_epochs=0`` training goes straight to the
-            energy+force stage at ``learning_rate`` (fine-tuning).
+        energy_huber_delta: eV/atom where the Huber energy loss turns linear.
+        init_model: fine-tune this trained committee (a ``.keras`` path or
+            a shipped name such as "tio2") instead of fresh networks: its
+            committee, architecture, descriptors, statistics, reference
+            energies and baseline are kept.
         time_limit_minutes: stop after the epoch that crosses this wall
             time (whole run); the best epoch so far is kept.  None = no limit.
         max_energy: structures with cohesive energy above this (eV/atom) are
@@ -79,10 +65,9 @@ class TrainConfig:
         patience: early-stopping patience (epochs) per stage.
         reference_energies: free-atom energies (eV); None = fitted by least
             squares on composition.
-        members: committee size K of the E+F stage on cached descriptor
-            Jacobians (:mod:`bpnn_jax.training.jacobian`); 0 = the
-            energy-then-L-BFGS stages above instead.  With K >= 1 the run is:
-            descriptors, Jacobians (cached in ``RUN_DIR/cache``), mini-batch
+        members: committee size K (>= 1) of the committee trainer on cached
+            descriptor Jacobians (:mod:`bpnn_jax.training.jacobian`), the
+            one trainer.  The run is: descriptors, Jacobians (cached in ``RUN_DIR/cache``), mini-batch
             Adam on energies and forces for every member at once, optional
             L-BFGS polish, a BPNN with ``members=K``.
         ef_epochs: Adam epochs of that stage.
@@ -113,12 +98,6 @@ class TrainConfig:
             ``repulsion`` cut-offs then need not be given): a committee
             trained on other data on the baseline of a model it is to be
             merged with (merging needs one baseline).
-        data_parallel: train with ``keras.distribution.DataParallel`` over
-            all local devices (:func:`data_parallel_distribution`): weights
-            replicated, every batch split over the devices.  Batch sizes
-            must then be multiples of the device count (automatic ones are
-            rounded up).  A property of the machine, not of the model: on
-            ``resume`` the caller's value wins over the saved one.
         derive: options to derive from the data when the run starts
             (:mod:`bpnn_jax.training.defaults`; ``train`` on the command
             line derives every option of :data:`~bpnn_jax.training.
@@ -134,20 +113,12 @@ class TrainConfig:
     hidden: tuple[int, ...] = (64, 64)
     activation: str = "tanh"
     dropout: float = 0.0
-    learning_rate: float = 1e-3
-    min_learning_rate: float = 1e-5
     batch_size: int | None = None
     atoms_per_batch: int = 256
-    energy_epochs: int = 1000
-    lbfgs_steps: int = 1000
-    lbfgs_force_weight: float = 1e-4
-    force_epochs: int = 0
-    force_weight: float = 3e-4
-    force_lr_factor: float = 0.05
-    force_subset: int | None = None
     energy_loss: str = "mse"
     force_loss: str = "mse"
     huber_delta: float = 1.0
+    energy_huber_delta: float = 0.01
     init_model: str | None = None
     time_limit_minutes: float | None = None
     max_energy: float | None = 1.0
@@ -158,7 +129,7 @@ class TrainConfig:
     member_seed: int | None = None
     patience: int = 100
     reference_energies: dict | None = dataclasses.field(default_factory=lambda: dict(REFERENCE_ENERGIES_TIO2))
-    members: int = 0
+    members: int = 5
     ef_epochs: int = 300
     ef_learning_rate: float = 2e-3
     ef_final_learning_rate: float = 2e-5
@@ -174,7 +145,6 @@ class TrainConfig:
     repulsion: dict | None = None
     repulsion_force_weight: float = 0.01
     repulsion_from: str | None = None
-    data_parallel: bool = False
     derive: tuple = ()
 
     def committee_config(self):
@@ -188,7 +158,8 @@ class TrainConfig:
             ema_decay=self.ema_decay, atoms_per_batch=self.ef_atoms_per_batch, bootstrap=self.bootstrap,
             patience=self.patience, seed=self.seed if self.member_seed is None else self.member_seed,
             lbfgs_steps=self.ef_lbfgs_steps, stress_weight=self.stress_weight, final_epochs=self.ef_final_epochs,
-            final_force_factor=self.ef_final_force_factor)
+            final_force_factor=self.ef_final_force_factor, energy_loss=self.energy_loss, force_loss=self.force_loss,
+            huber_delta=self.huber_delta, energy_huber_delta=self.energy_huber_delta, dropout=self.dropout)
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
@@ -197,8 +168,10 @@ class TrainConfig:
         return d
 
     @classmethod
-    def from_json(cls, d: dict) -> "TrainConfig":
-        d = dict(d)
+    def from_json(cls, d: dict, source: str = "config.json") -> "TrainConfig":
+        """The config of a ``to_json`` dict; options of the removed Keras stages are dropped
+        (:func:`drop_removed_options`, a warning naming ``source`` where they were set)."""
+        d = drop_removed_options(dict(d), source)
         d["hidden"] = tuple(d["hidden"])
         if isinstance(d.get("ef_force_weight"), list):
             d["ef_force_weight"] = tuple(d["ef_force_weight"])
@@ -207,17 +180,54 @@ class TrainConfig:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
-#: Named set-ups.  "seed" reproduces the original student study (MAE loss,
-#: Adam lr 1e-4, batch 20, 80 epochs, 5 x 64 nodes, no dropout), energies
-#: only; "default" is the most accurate set-up we found.
+#: Options of the removed Keras training stages: {name: (the value every run had unless told otherwise,
+#: what replaced it)}.  Config files of earlier runs hold them; they are read and dropped.
+REMOVED_OPTIONS: dict[str, tuple] = {
+    "learning_rate": (1e-3, "ef_learning_rate"),
+    "min_learning_rate": (1e-5, "ef_final_learning_rate"),
+    "energy_epochs": (1000, "ef_epochs (with ef_force_weight 0 for energies only)"),
+    "lbfgs_steps": (1000, "ef_lbfgs_steps"),
+    "lbfgs_force_weight": (1e-4, "ef_force_weight"),
+    "force_epochs": (0, "ef_epochs"),
+    "force_weight": (3e-4, "ef_force_weight"),
+    "force_lr_factor": (0.05, "ef_learning_rate"),
+    "force_subset": (None, "nothing: every epoch visits every training structure"),
+    "data_parallel": (False, "nothing: the committee trainer runs on one device"),
+}
+
+
+def drop_removed_options(values: dict, source: str) -> dict:
+    """``values`` without the :data:`REMOVED_OPTIONS`; a warning names those set to other than their default.
+
+    Config files of runs of the Keras stages (and every ``config.yaml``
+    written before they were removed) hold them, so they are read, not
+    refused; a resumed run carries them.
+    """
+    changed = [f"{k} (now {REMOVED_OPTIONS[k][1]})" for k in values
+               if k in REMOVED_OPTIONS and values[k] != REMOVED_OPTIONS[k][0]]
+    if changed:
+        import warnings
+
+        warnings.warn(f"{source}: ignored the options of the removed Keras training stages: {', '.join(changed)}",
+                      stacklevel=3)
+    return {k: v for k, v in values.items() if k not in REMOVED_OPTIONS}
+
+
+#: Named set-ups.  "seed" is the original student study's set-up on the committee trainer: one network
+#: (members 1) on energies only, MAE energy loss, 5 x 64 tanh, plain Adam at a constant learning rate
+#: of 1e-4 (no warm-up, cosine decay, weight decay or weight average), batches of about 20 structures
+#: (``batch_size``, turned into padded atoms per batch from the data), 80 epochs, no final phase; the
+#: best epoch by validation energy MSE is kept.  "default": every option left to the data.
 PRESETS: dict[str, dict] = {
     "seed": dict(
-        hidden=(64, 64, 64, 64, 64), learning_rate=1e-4, batch_size=20, energy_epochs=80, force_epochs=0,
-        energy_loss="mae", patience=1000, min_learning_rate=1e-4, lbfgs_steps=0,
+        members=1, ef_force_weight=0.0, energy_loss="mae", hidden=(64, 64, 64, 64, 64), activation="tanh",
+        ef_learning_rate=1e-4, ef_final_learning_rate=1e-4, ef_warmup_epochs=0, weight_decay=0.0, ema_decay=0.0,
+        batch_size=20, ef_epochs=80, ef_final_epochs=0, ef_final_force_factor=1.0, patience=1000, dropout=0.0,
+        ef_lbfgs_steps=0, stress_weight=0.0,
     ),
     "default": dict(),
 }
 
 
 #: Options that ``--resume`` takes from the command line (the rest come from the run's config.json).
-RESUME_OPTIONS = ("time_limit_minutes", "ef_lbfgs_steps", "lbfgs_steps")
+RESUME_OPTIONS = ("time_limit_minutes", "ef_lbfgs_steps")

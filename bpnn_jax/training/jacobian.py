@@ -12,7 +12,12 @@ with dE/dG_i from the network's input gradient.  Loss per member k:
     L_k = mean_s w_ks ((E_ks - E_s^DFT) / n_s)²  +  lambda_k mean_{s,a,c} w_ks (F_ksac - F_sac^DFT)²
 
 (eV²/atom² and eV²/Å²; w_ks the member's bootstrap counts, all 1 without
-bootstrap).  A mini-batch step takes the sums over its structures divided
+bootstrap).  The squares are the default penalties: ``energy_loss`` "mae"
+or "huber" and ``force_loss`` "huber" replace them (:func:`penalty`), with
+the same weights and normalisers.  Validation, which chooses every member's
+best point, always scores squared errors (the form above), whatever the
+training penalty: the objective stays an RMSE-like quantity that the
+members and runs with different losses can be compared on.  A mini-batch step takes the sums over its structures divided
 by the average number of structures (force components) per step, so an
 epoch is the full-batch objective: every structure counts the same
 whatever the size of the batch it was drawn in.  K members with independent initialisations are trained at
@@ -66,16 +71,24 @@ __all__ = [
     "CommitteeConfig",
     "Groups",
     "group_by_size",
+    "atoms_per_batch_for",
     "init_params",
     "committee_outputs",
     "member_losses",
+    "penalty",
     "fit_committee",
     "polish_lbfgs",
     "calibrate_threshold",
+    "committee_energies",
     "committee_validation",
     "to_model",
     "params_from_model",
 ]
+
+
+#: Penalties of the per-atom energy error and of the force components' errors (:func:`penalty`).
+ENERGY_LOSSES = ("mse", "mae", "huber")
+FORCE_LOSSES = ("mse", "huber")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,6 +126,19 @@ class CommitteeConfig:
             that patience ends before its final phase has none.
         final_force_factor: every force weight is multiplied by this in
             the final phase.
+        energy_loss: penalty of the per-atom energy error ΔE/n (eV/atom):
+            "mse" (squared), "mae" (absolute; the force weight then weighs
+            eV²/Å² against eV/atom) or "huber" (squared up to
+            ``energy_huber_delta``, linear beyond, with a continuous slope).
+        force_loss: penalty of each force component's error (eV/Å): "mse"
+            or "huber" (squared up to ``huber_delta``, linear beyond, so
+            that the few atoms of strongly compressed structures do not
+            dominate the force term).
+        huber_delta: where the Huber force penalty turns linear, eV/Å.
+        energy_huber_delta: where the Huber energy penalty turns linear, eV/atom.
+        dropout: inverted-dropout rate of every hidden layer while training
+            (a fresh mask per step, atom and member); validation, the
+            L-BFGS polish and the exported model run without it.
     """
 
     members: int = 5
@@ -133,8 +159,22 @@ class CommitteeConfig:
     stress_weight: float = 0.0
     final_epochs: int = 0
     final_force_factor: float = 1.0
+    energy_loss: str = "mse"
+    force_loss: str = "mse"
+    huber_delta: float = 1.0
+    energy_huber_delta: float = 0.01
+    dropout: float = 0.0
 
     def __post_init__(self):
+        if self.energy_loss not in ENERGY_LOSSES:
+            raise ValueError(f"energy_loss must be one of {ENERGY_LOSSES}, got {self.energy_loss!r}")
+        if self.force_loss not in FORCE_LOSSES:
+            raise ValueError(f"force_loss must be one of {FORCE_LOSSES}, got {self.force_loss!r}")
+        if not (self.huber_delta > 0 and self.energy_huber_delta > 0):
+            raise ValueError(f"Huber deltas must be > 0, got {self.huber_delta} eV/Å and "
+                             f"{self.energy_huber_delta} eV/atom")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
         if not 0 <= self.final_epochs <= self.epochs:
             raise ValueError(f"final_epochs must lie in [0, epochs={self.epochs}], got {self.final_epochs}")
         if not self.final_force_factor > 0:
@@ -157,6 +197,12 @@ class CommitteeConfig:
         if w.shape != (self.members,):
             raise ValueError(f"force_weight needs 1 or {self.members} values, got {w.size}")
         return w * self.force_factor(epoch)
+
+    @property
+    def loss_options(self) -> dict:
+        """The keyword arguments of :func:`member_losses` that choose its penalties."""
+        return {"energy_loss": self.energy_loss, "force_loss": self.force_loss,
+                "huber_delta": float(self.huber_delta), "energy_huber_delta": float(self.energy_huber_delta)}
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
@@ -335,7 +381,7 @@ def init_params(key, members: int, n_elements: int, n_functions: int, hidden: Se
 
 
 def committee_outputs(params, stats, sf, species, mask, activation="tanh", jac=None, sjac=None, volume=None,
-                      partners=None, species_atoms=None):
+                      partners=None, species_atoms=None, dropout=0.0, key=None):
     """Energies (and Jacobian forces) of every member for a batch.
 
     Args:
@@ -357,6 +403,10 @@ def committee_outputs(params, stats, sf, species, mask, activation="tanh", jac=N
             element's network then runs on that element's atoms only, not
             on every atom with the others masked out (half the work for two
             elements); the same values up to rounding.
+        dropout: inverted-dropout rate of the hidden layers (training only).
+        key: ``jax.random`` key of the dropout masks; None (or ``dropout``
+            0) runs without dropout.  The forces are then those of the
+            network with this step's masks, the gradient of its energy.
 
     Returns:
         dict: ``energy`` (K, B) eV; with ``jac`` also ``forces`` (K, B, N, 3)
@@ -370,12 +420,17 @@ def committee_outputs(params, stats, sf, species, mask, activation="tanh", jac=N
     S, K = params["W"][0].shape[:2]
     B, N, F = sf.shape
 
+    drop = key is not None and dropout > 0
+
     def network(x, s):  # (K, B, M, F) descriptors of element s -> (K, B, M) atomic energies, eV
         x = (x - stats["sf_mean"][s]) / stats["sf_std"][s]
         for l, (W, b) in enumerate(zip(params["W"], params["b"])):
             x = jnp.einsum("kbni,kio->kbno", x, W[s]) + b[s][:, None, None, :]
             if l < len(params["W"]) - 1:
                 x = act(x)
+                if drop:  # one mask per element and layer: fold both into the step's key
+                    keep = jax.random.bernoulli(jax.random.fold_in(key, s * 1024 + l), 1.0 - dropout, x.shape)
+                    x = jnp.where(keep, x / (1.0 - dropout), 0.0)
         return stats["energy_shift"][s] + stats["energy_scale"] * x[..., 0]
 
     def energies(sf_k):  # (K, B, N, F) -> (K, B); per-member copies for per-member input gradients
@@ -413,27 +468,50 @@ def committee_outputs(params, stats, sf, species, mask, activation="tanh", jac=N
     return out
 
 
-def _outputs(params, stats, g, activation):
+def _outputs(params, stats, g, activation, dropout=0.0, key=None):
     jac = g["jac"] if "jac" in g else g.get("jac_values")
     return committee_outputs(params, stats, g["sf"], g["species"], g["mask"], activation, jac,
                              g.get("sjac"), g.get("volume"), partners=g.get("jac_partners"),
-                             species_atoms=species_atom_lists(g))
+                             species_atoms=species_atom_lists(g), dropout=dropout, key=key)
 
 
-def _error_sums(out, g, weights=None):
-    """Per member (the leading axis of ``out``): sums (w (dE/n)², w dF², w, w 3n, w dσ² (GPa²), w 6 [has stress])."""
+def penalty(x, kind: str = "mse", delta: float = 1.0):
+    """Element-wise penalty of errors ``x``: x² ("mse"), |x| ("mae") or Huber ("huber").
+
+    The Huber penalty is x² for |x| <= ``delta`` and δ (2|x| - δ) beyond
+    (twice the textbook Huber loss: equal to the squared error where that
+    holds, so a Huber loss and an MSE loss of small errors weigh the same).
+    """
+    import jax.numpy as jnp
+
+    if kind == "mse":
+        return x * x
+    a = jnp.abs(x)
+    if kind == "mae":
+        return a
+    if kind == "huber":
+        return jnp.where(a <= delta, a * a, delta * (2.0 * a - delta))
+    raise ValueError(f"unknown loss {kind!r}; expected 'mse', 'mae' or 'huber'")
+
+
+def _error_sums(out, g, weights=None, energy_loss="mse", force_loss="mse", huber_delta=1.0,
+                energy_huber_delta=0.01):
+    """Per member (the leading axis of ``out``): sums (w p(dE/n), w p(dF), w, w 3n, w dσ² (GPa²), w 6 [has stress]).
+
+    ``p`` is :func:`penalty` of the kind ``energy_loss`` / ``force_loss`` (squared errors by default).
+    """
     import jax.numpy as jnp
 
     K = out["energy"].shape[0]
     w = jnp.ones((K,) + g["energy"].shape, out["energy"].dtype) if weights is None else weights
     w = w * (g["n"] > 0)
     de = (out["energy"] - g["energy"]) / jnp.maximum(g["n"], 1.0)
-    se = jnp.sum(w * de * de, axis=1)
+    se = jnp.sum(w * penalty(de, energy_loss, energy_huber_delta), axis=1)
     z = jnp.zeros_like(se)
     if "forces" not in out:
         return se, z, jnp.sum(w, axis=1), z, z, z
     df = jnp.where(g["mask"][None, ..., None], out["forces"] - g["forces"], 0.0)
-    sf = jnp.sum(w * jnp.sum(df * df, axis=(2, 3)), axis=1)
+    sf = jnp.sum(w * jnp.sum(penalty(df, force_loss, huber_delta), axis=(2, 3)), axis=1)
     ss, ns = z, z
     if "stress" in out:
         ws = w * g["has_stress"]
@@ -443,16 +521,19 @@ def _error_sums(out, g, weights=None):
     return se, sf, jnp.sum(w, axis=1), jnp.sum(w * 3.0 * g["n"], axis=1), ss, ns
 
 
-def _squared_errors(params, stats, g, activation, weights=None):
-    """:func:`_error_sums` of the members' outputs for group (or batch) ``g``."""
-    return _error_sums(_outputs(params, stats, g, activation), g, weights)
-
-
 def member_losses(params, stats, g, force_weight, activation="tanh", weights=None, normalizers=None,
-                  stress_weight=0.0):
+                  stress_weight=0.0, *, energy_loss="mse", force_loss="mse", huber_delta=1.0,
+                  energy_huber_delta=0.01, dropout=0.0, key=None):
     """(K,) per-member objectives of one batch (see the module doc).
 
     Args:
+        params: :func:`init_params` pytree, leading axes (S, K).
+        stats: as for :func:`committee_outputs`.
+        g: a group (or batch) of :class:`Groups` arrays.
+        force_weight: (K,) or scalar force weights lambda.
+        activation: hidden activation name.
+        weights: (K, B) per-member structure weights (bootstrap counts),
+            None = ones.
         normalizers: ``(structures, force components[, stress
             components])`` to divide the energy, force (and stress) sums by;
             None divides by this batch's own (weighted) counts, the batch
@@ -461,10 +542,17 @@ def member_losses(params, stats, g, force_weight, activation="tanh", weights=Non
             epoch is then the full-batch objective), the L-BFGS polish the
             counts of the whole training set.
         stress_weight: weight of the mean squared stress error (GPa²).
+        energy_loss, force_loss, huber_delta, energy_huber_delta: the
+            penalties of the energy and force errors (:func:`penalty`;
+            :attr:`CommitteeConfig.loss_options`); the stress term stays
+            squared.  Each structure's penalty is multiplied by its weight
+            and divided by the normalisers as the squared errors are.
+        dropout, key: dropout of the hidden layers (:func:`committee_outputs`).
     """
     import jax.numpy as jnp
 
-    se, sf, ns, nf, ss, nss = _squared_errors(params, stats, g, activation, weights)
+    out = _outputs(params, stats, g, activation, dropout, key)
+    se, sf, ns, nf, ss, nss = _error_sums(out, g, weights, energy_loss, force_loss, huber_delta, energy_huber_delta)
     if normalizers is not None:
         ns, nf = normalizers[:2]
         if len(normalizers) > 2:
@@ -511,6 +599,23 @@ def _epoch_batches(groups: Groups, cfg: CommitteeConfig, epoch: int) -> list[tup
             out.append((gi, idx.astype(np.int32), valid))
     order = rng.permutation(len(out))
     return [out[i] for i in order]
+
+
+def atoms_per_batch_for(structures_per_batch: int, n_atoms: Sequence[int]) -> int:
+    """``atoms_per_batch`` that gives about ``structures_per_batch`` structures per mini-batch.
+
+    The trainer fills a batch with ``atoms_per_batch // N`` structures of
+    padded size N (:func:`group_by_size`); this is ``structures_per_batch``
+    times the mean padded size of structures of ``n_atoms`` atoms, so a
+    structure of about the mean size gets the asked number of companions.
+    """
+    from ..descriptors.neighbors import ATOM_BUCKETS, bucket_size
+
+    if structures_per_batch < 1 or not len(n_atoms):
+        raise ValueError(f"need >= 1 structure per batch and some structures, got {structures_per_batch} "
+                         f"and {len(n_atoms)}")
+    mean_padded = float(np.mean([bucket_size(int(n), ATOM_BUCKETS) for n in n_atoms]))
+    return max(1, int(round(structures_per_batch * mean_padded)))
 
 
 def _bootstrap_weights(groups: Groups, cfg: CommitteeConfig) -> list[np.ndarray]:
@@ -590,7 +695,8 @@ def _evaluate_groups(fn, params, stats, groups_dev) -> dict:
 
 
 def _validation_objective(m: dict, force_weights: np.ndarray, stress_weight: float) -> np.ndarray:
-    """(K,) per-member validation objectives from :func:`_evaluate_groups` metrics (the training loss's form)."""
+    """(K,) per-member validation objectives from :func:`_evaluate_groups` metrics (the MSE loss's form, whatever
+    the training penalties)."""
     return m["energy_mse"] + force_weights * m["force_mse"] + stress_weight * m["stress_mse"]
 
 
@@ -743,10 +849,16 @@ def fit_committee(train: Groups, val: Groups, stats: dict, cfg: CommitteeConfig,
     ema_decay = float(cfg.ema_decay)
     act = cfg.activation
 
+    losses = cfg.loss_options
+    dropout = float(cfg.dropout)
+    dropout_key = jax.random.PRNGKey(cfg.seed + 1)  # not the initialisation's key
+
     @jax.jit
-    def step(params, opt_state, ema, g, idx, valid, bw, lam):  # lam an argument: the final phase compiles nothing
+    def step(params, opt_state, ema, g, idx, valid, bw, lam, counter):  # lam an argument: the final phase compiles nothing
         batch = {k: jnp.take(v, idx, axis=0) for k, v in g.items()}
         w = jnp.take(bw, idx, axis=1) * valid
+        # Masks by the global step number: a resumed run draws the ones the uninterrupted run drew.
+        key = jax.random.fold_in(dropout_key, counter) if dropout > 0 else None
 
         def loss(p):
             # Fixed normalisers (structures and force components per step on
@@ -756,7 +868,7 @@ def fit_committee(train: Groups, val: Groups, stats: dict, cfg: CommitteeConfig,
             # in (per-batch means gave a 6-atom structure, batched 128 at a
             # time, 1/16 of the weight of a 95-atom one).
             return jnp.sum(member_losses(p, st, batch, lam, act, w, normalizers=(e_norm, f_norm, s_norm),
-                                         stress_weight=s_weight))
+                                         stress_weight=s_weight, dropout=dropout, key=key, **losses))
 
         value, grads = jax.value_and_grad(loss)(params)
         updates, opt_state = opt.update(grads, opt_state, params)
@@ -789,8 +901,9 @@ def fit_committee(train: Groups, val: Groups, stats: dict, cfg: CommitteeConfig,
         t0 = time.time()
         loss_sum = 0.0
         p, o, e = state["params"], state["opt_state"], state["ema"]
-        for gi, idx, valid in _epoch_batches(train, cfg, epoch):
-            p, o, e, value = step(p, o, e, train_dev[gi], idx, jnp.asarray(valid, dtype), bw_dev[gi], lam)
+        for i, (gi, idx, valid) in enumerate(_epoch_batches(train, cfg, epoch)):
+            p, o, e, value = step(p, o, e, train_dev[gi], idx, jnp.asarray(valid, dtype), bw_dev[gi], lam,
+                                  np.uint32(epoch * steps_per_epoch + i))
             loss_sum += value
         loss_mean = float(loss_sum) / steps_per_epoch / K
         if not math.isfinite(loss_mean):
@@ -881,7 +994,9 @@ def polish_lbfgs(params, train: Groups, val: Groups, stats: dict, cfg: Committee
     """Full-batch L-BFGS polish of every member at once.
 
     Minimises the sum of the members' full-batch objectives (module doc;
-    without bootstrap weights) as one problem: the members are independent,
+    without bootstrap weights, without dropout, with ``cfg``'s penalties:
+    an MAE energy loss is not smooth, which L-BFGS's line search tolerates
+    but does not exploit) as one problem: the members are independent,
     so the sum's Hessian is block-diagonal, and one pass over the data
     serves all of them (a vmap of K separate L-BFGS states would broadcast
     the Jacobians to every member, K x their memory).  Each member keeps its
@@ -911,7 +1026,7 @@ def polish_lbfgs(params, train: Groups, val: Groups, stats: dict, cfg: Committee
     @jax.checkpoint
     def group_loss(p, g):
         return jnp.sum(member_losses(p, st, g, lam, cfg.activation, normalizers=(n_s, n_f, n_ss),
-                                     stress_weight=s_weight))
+                                     stress_weight=s_weight, **cfg.loss_options))
 
     def objective(p, groups):
         return sum(group_loss(p, g) for g in groups)
@@ -983,16 +1098,26 @@ def calibrate_threshold(model, val: Groups) -> float | None:
     """
     if model.members < 2:
         return None
+    e = committee_energies(params_from_model(model), stats_from_model(model), val, model.activation)
+    n = np.concatenate([g["n"] for g in val.arrays])[np.argsort(np.concatenate([g["index"] for g in val.arrays]))]
+    return threshold_from_spread(e.std(axis=0) / np.maximum(n, 1))
+
+
+def committee_energies(params, stats: dict, groups: Groups, activation: str = "tanh") -> np.ndarray:
+    """(K, n_structures) float64 energies (eV, relative to the references) of every member, in input order.
+
+    The networks as they are exported (no dropout); ``stats`` as for :func:`committee_outputs`
+    (the model's, or a run's :func:`~bpnn_jax.training.compute_statistics`).
+    """
     import jax
 
-    params = params_from_model(model)
-    stats = stats_from_model(model)
-    fn = jax.jit(lambda p, st, g: committee_outputs(p, st, g["sf"], g["species"], g["mask"], model.activation)["energy"])
-    spread = []
-    for g in val.arrays:
-        e = np.asarray(fn(params, stats, {k: g[k] for k in ("sf", "species", "mask")}), np.float64)
-        spread.append(e.std(axis=0) / np.maximum(g["n"], 1))
-    return threshold_from_spread(np.concatenate(spread))
+    st = _stats_arrays(stats, np.asarray(params["W"][0]).dtype)
+    fn = jax.jit(lambda p, st, g: committee_outputs(p, st, g["sf"], g["species"], g["mask"], activation)["energy"])
+    out = np.zeros((params["W"][0].shape[1], groups.n_structures))
+    for g in groups.arrays:
+        sub = {k: np.asarray(g[k], st["sf_mean"].dtype) if k == "sf" else g[k] for k in ("sf", "species", "mask")}
+        out[:, g["index"]] = np.asarray(fn(params, st, sub), np.float64)
+    return out
 
 
 # ------------------------------------------------------- Keras conversion
@@ -1006,8 +1131,10 @@ def to_model(params, stats: dict, spec, cfg: CommitteeConfig, reference_energies
     from ..model.bpnn import BPNN
 
     kw = {} if dtype is None else {"dtype": dtype}
-    model = BPNN(spec.to_config(), hidden=cfg.hidden, activation=cfg.activation,
-                 reference_energies=reference_energies, members=cfg.members, repulsion=repulsion, **kw)
+    # The training set-up is recorded in the model's config (dropout is off outside training).
+    model = BPNN(spec.to_config(), hidden=cfg.hidden, activation=cfg.activation, dropout=cfg.dropout,
+                 reference_energies=reference_energies, members=cfg.members, repulsion=repulsion,
+                 energy_loss=cfg.energy_loss, force_loss=cfg.force_loss, huber_delta=cfg.huber_delta, **kw)
     model.set_statistics(**stats)
     for s, net in enumerate(model.nets):
         net.set_member_weights([np.asarray(W[s]) for W in params["W"]], [np.asarray(b[s]) for b in params["b"]])

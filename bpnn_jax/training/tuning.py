@@ -1,4 +1,4 @@
-"""Hyper-parameter grid search for the BPNN with KerasTuner, resumable.
+"""The study's hyper-parameter grid search with KerasTuner, resumable, on the committee trainer.
 
 The pieces:
 
@@ -6,11 +6,14 @@ The pieces:
   files read, neighbour lists, symmetry functions of the training and
   validation structures, training-set statistics), computed once per run
   and cached on disk (:func:`prepare_tuning_data`), so every trial and a
-  restarted run only build datasets around arrays already in memory.
+  restarted run only group arrays already in memory.
 * :class:`BPNNHyperModel`: a ``keras_tuner.HyperModel`` whose ``build(hp)``
-  returns a compiled :class:`~bpnn_jax.model.BPNN` (Adam) with the shared
-  statistics set; tuned: ``layers``, ``nodes``, ``learning_rate`` and
-  ``dropout`` (a rate: 0.0 = off, 0.1 = on, the rate of every hidden layer).
+  returns the trial's :class:`~bpnn_jax.training.jacobian.CommitteeConfig`
+  and whose ``fit`` trains it with :func:`~bpnn_jax.training.jacobian.fit_committee`:
+  the study's set-up (``--preset seed``: one network, energies only, MAE,
+  constant learning rate), with the tuned ``layers``, ``nodes``,
+  ``learning_rate`` and ``dropout`` (a rate: 0.0 = off, 0.1 = on, the rate
+  of every hidden layer).
 * :class:`ResultsTable`: our own record of finished trials,
   ``results.csv``, one row per grid point, rewritten atomically.
 * :class:`ResumableGridSearchOracle` / :class:`BPNNGridSearch`:
@@ -49,21 +52,18 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
-import jax
 import numpy as np
 
-import keras
 import keras_tuner
 
-from ..descriptors.symmetry import SymmetryFunctionSet
+from ..descriptors.symmetry import SymmetryFunctionSet, descriptor_from_config
 from ..io.atomic import atomic_write
 from ..io.frames import find_xsf_files, read_structures
-from ..model.bpnn import BPNN
-from .config import TrainConfig
+from ..model.bpnn import BPNN, load_model
+from . import jacobian as jt
+from .config import PRESETS, TrainConfig
 from .data import compute_statistics, featurize_host, load_training_data
-from .datasets import DescriptorDataset, GeometryDataset
-from .predict import predict_structures
-from .run_state import EpochState, atomic_save
+from .run_state import atomic_save
 
 __all__ = [
     "OBJECTIVE_NAME",
@@ -182,8 +182,6 @@ class TuningData:
             training split (passed to ``BPNN.set_statistics``).
         files: {"train"|"val"|"test": [file paths]}, the split.
         train, val: cached descriptors and energies.
-        train_structures, val_structures: prepared geometries (only when
-            training end to end on forces).
         max_energy: the energy filter used (eV/atom), for evaluation.
         atoms: {file path: ase.Atoms} of the structures read in this
             process (reused for the test set when present).
@@ -196,38 +194,15 @@ class TuningData:
     files: dict
     train: SplitArrays
     val: SplitArrays
-    train_structures: list | None = None
-    val_structures: list | None = None
     max_energy: float | None = 1.0
     atoms: dict | None = None
+    _groups: tuple | None = dataclasses.field(default=None, repr=False, compare=False)
 
-    def datasets(self, batch_size: int, *, seed: int = 0, geometry: bool = False, atoms_per_batch: int = 256):
-        """Fresh training and validation datasets (same shuffling for every trial).
-
-        Args:
-            batch_size: structures per batch.
-            seed: shuffling seed of the training set.
-            geometry: batches of geometries with energy and force targets
-                (end to end) instead of cached descriptors.
-            atoms_per_batch: see :class:`~bpnn_jax.training.GeometryDataset`.
-
-        Returns:
-            (train, val) ``keras.utils.PyDataset`` objects.
-        """
-        if geometry:
-            if self.train_structures is None:
-                raise ValueError("geometry datasets need TuningData prepared with geometry=True")
-            return (
-                GeometryDataset(self.train_structures, self.elements, atoms_per_batch=atoms_per_batch,
-                                batch_size=batch_size, shuffle=True, seed=seed + 1),
-                GeometryDataset(self.val_structures, self.elements, atoms_per_batch=atoms_per_batch,
-                                batch_size=batch_size),
-            )
-        return (
-            DescriptorDataset(self.train.sf, self.train.species, self.train.energy, batch_size=batch_size,
-                              shuffle=True, seed=seed),
-            DescriptorDataset(self.val.sf, self.val.species, self.val.energy, batch_size=batch_size),
-        )
+    def groups(self) -> tuple[jt.Groups, jt.Groups]:
+        """The training and validation splits as the committee trainer's energy-only groups (made once)."""
+        if self._groups is None:
+            self._groups = tuple(jt.group_by_size(part.sf, part.species, part.energy) for part in (self.train, self.val))
+        return self._groups
 
     def test_atoms(self) -> list:
         """The held-out test structures (``ase.Atoms``), read if not in memory."""
@@ -299,7 +274,7 @@ def _load_cache(path: Path, fingerprint: str) -> TuningData | None:
         return None
 
 
-def prepare_tuning_data(files: Sequence[Path], config: TrainConfig, *, geometry: bool = False,
+def prepare_tuning_data(files: Sequence[Path], config: TrainConfig, *,
                         cache: str | os.PathLike | None = None, progress: bool = True) -> TuningData:
     """Read, split and featurize the data once for all trials.
 
@@ -310,8 +285,6 @@ def prepare_tuning_data(files: Sequence[Path], config: TrainConfig, *, geometry:
     Args:
         files: XSF files (see :func:`select_files`).
         config: preset, max_energy, split fractions, seed and references.
-        geometry: also keep the prepared training/validation geometries
-            (for end-to-end training on forces).
         cache: ``.npz`` file for the descriptors and statistics; reused
             when it was made from the same files and settings.
         progress: progress bars and timings.
@@ -322,7 +295,7 @@ def prepare_tuning_data(files: Sequence[Path], config: TrainConfig, *, geometry:
     t0 = time.time()
     fingerprint = _fingerprint(files, config)
     cached = _load_cache(Path(cache), fingerprint) if cache is not None and Path(cache).exists() else None
-    if cached is not None and not geometry:
+    if cached is not None:
         if progress:
             _log(f"[data] descriptors of {len(cached.train)} + {len(cached.val)} structures from cache {cache}")
         return cached
@@ -334,12 +307,6 @@ def prepare_tuning_data(files: Sequence[Path], config: TrainConfig, *, geometry:
         raise ValueError(f"too few structures ({len(S)}) for a train/validation split")
     file_split = {k: [str(names[i]) for i in v] for k, v in split.items()}
     atoms_by_file = {str(a.info["file"]): a for a in data["atoms"]}
-    geo = dict(train_structures=train_s, val_structures=val_s) if geometry else {}
-    if cached is not None and cached.files == file_split:
-        cached.atoms = atoms_by_file
-        for k, v in geo.items():
-            setattr(cached, k, v)
-        return cached
     spec: SymmetryFunctionSet = data["spec"]
     # One call for both splits: batches of equal shape share a compilation.
     sf_all = featurize_host(train_s + val_s, spec, progress=progress)
@@ -349,7 +316,7 @@ def prepare_tuning_data(files: Sequence[Path], config: TrainConfig, *, geometry:
     stats = compute_statistics(train.sf, train.species, train.energy, len(data["elements"]))
     out = TuningData(elements=tuple(data["elements"]), references=dict(data["references"]),
                      descriptor=spec.to_config(), statistics=stats, files=file_split, train=train, val=val,
-                     max_energy=config.max_energy, atoms=atoms_by_file, **geo)
+                     max_energy=config.max_energy, atoms=atoms_by_file)
     if cache is not None:
         _save_cache(Path(cache), out, fingerprint)
     if progress:
@@ -408,31 +375,31 @@ def grid_hyperparameters(choices: Mapping[str, Iterable] | None = None) -> keras
 
 
 class BPNNHyperModel(keras_tuner.HyperModel):
-    """Builds compiled BPNN models for KerasTuner.
+    """The study's trials on the committee trainer, for KerasTuner.
 
-    Tuned hyper-parameters: ``layers`` (hidden layers per element network),
-    ``nodes`` (nodes per hidden layer), ``learning_rate`` (Adam) and
-    ``dropout`` (rate of every hidden layer; the study's "dropout on" is
-    0.1, "off" is 0.0).
+    ``build(hp)`` gives the trial's
+    :class:`~bpnn_jax.training.jacobian.CommitteeConfig`: ``--preset
+    seed`` (one network on energies only, MAE, constant learning rate, no
+    weight decay or weight average) with the tuned ``layers`` (hidden
+    layers per element network), ``nodes`` (nodes per hidden layer),
+    ``learning_rate`` (Adam) and ``dropout`` (rate of every hidden layer;
+    the study's "dropout on" is 0.1, "off" is 0.0); ``fit`` trains it.
 
     Args:
         descriptor: ``SymmetryFunctionSet.to_config()`` (fixes the elements).
-        statistics: shared training-set statistics for
-            ``BPNN.set_statistics`` (None: leave the initial values).
+        statistics: shared training-set statistics (descriptor and energy,
+            :func:`~bpnn_jax.training.compute_statistics`).
         reference_energies: free-atom energies (eV) stored in the model.
         choices: {name: values} overriding :data:`DEFAULT_CHOICES`.
         activation: hidden activation.
-        energy_loss: "mae" (the study's) or "mse".
-        energy_weight: weight of the per-atom energy loss.
-        force_weight: weight of the force loss; > 0 builds models that
-            compute forces (for end-to-end training on geometries).
-        seed: weight-initialisation and dropout seed (the same for every
-            trial, so a trial does not depend on when it runs).
+        energy_loss: "mae" (the study's), "mse" or "huber".
+        seed: weight-initialisation, dropout and shuffling seed (the same
+            for every trial, so a trial does not depend on when it runs).
     """
 
     def __init__(self, descriptor: dict, statistics: dict | None = None, *, reference_energies: dict | None = None,
                  choices: Mapping[str, Iterable] | None = None, activation: str = "tanh", energy_loss: str = "mae",
-                 energy_weight: float = 1.0, force_weight: float = 0.0, seed: int = 0, name: str = "bpnn"):
+                 seed: int = 0, name: str = "bpnn"):
         super().__init__(name=name, tunable=True)
         self.descriptor = descriptor
         self.statistics = statistics
@@ -440,19 +407,12 @@ class BPNNHyperModel(keras_tuner.HyperModel):
         self.choices = _choices(choices)
         self.activation = activation
         self.energy_loss = energy_loss
-        self.energy_weight = float(energy_weight)
-        self.force_weight = float(force_weight)
         self.seed = int(seed)
 
     @property
     def grid_size(self) -> int:
         """Number of grid points."""
         return math.prod(len(v) for v in self.choices.values())
-
-    @property
-    def geometry(self) -> bool:
-        """Whether models train end to end on geometries (forces)."""
-        return self.force_weight > 0
 
     def declare_hyperparameters(self, hp: keras_tuner.HyperParameters) -> None:
         """Register the four choices in ``hp``."""
@@ -466,27 +426,29 @@ class BPNNHyperModel(keras_tuner.HyperModel):
             hp.values[name] = values[name]
         return hp
 
-    def build(self, hp: keras_tuner.HyperParameters) -> BPNN:
-        """A compiled BPNN (Adam) for the values in ``hp``, statistics set."""
+    def build(self, hp: keras_tuner.HyperParameters, *, epochs: int = 80,
+              atoms_per_batch: int = 768) -> jt.CommitteeConfig:
+        """The committee trainer's settings for the values in ``hp`` (``epochs`` Adam epochs)."""
         layers = hp.Choice("layers", list(self.choices["layers"]))
         nodes = hp.Choice("nodes", list(self.choices["nodes"]))
-        learning_rate = hp.Choice("learning_rate", list(self.choices["learning_rate"]))
+        learning_rate = float(hp.Choice("learning_rate", list(self.choices["learning_rate"])))
         dropout = hp.Choice("dropout", list(self.choices["dropout"]))
-        keras.utils.set_random_seed(self.seed)
-        model = BPNN(
-            self.descriptor, hidden=(int(nodes),) * int(layers), activation=self.activation, dropout=float(dropout),
-            reference_energies=self.reference_energies, compute_forces=self.geometry,
-            energy_weight=self.energy_weight, force_weight=self.force_weight, energy_loss=self.energy_loss,
-            seed=self.seed,
-        )
-        if self.statistics is not None:
-            model.set_statistics(**self.statistics)
-        model.compile(optimizer=keras.optimizers.Adam(float(learning_rate)))
-        return model
+        config = TrainConfig(**{**PRESETS["seed"], "hidden": (int(nodes),) * int(layers), "dropout": float(dropout),
+                                "ef_learning_rate": learning_rate, "ef_final_learning_rate": learning_rate,
+                                "activation": self.activation, "energy_loss": self.energy_loss,
+                                "ef_epochs": int(epochs), "ef_atoms_per_batch": int(atoms_per_batch),
+                                "seed": self.seed})
+        return config.committee_config()
 
-    def fit(self, hp, model, *args, **kwargs):
-        """Train: delegates to ``model.fit(*args, **kwargs)``."""
-        return model.fit(*args, **kwargs)
+    def fit(self, hp, config: jt.CommitteeConfig, data: "TuningData", **kwargs) -> dict:
+        """Train: :func:`~bpnn_jax.training.jacobian.fit_committee` on ``data``'s groups (``kwargs`` passed on)."""
+        train, val = data.groups()
+        return jt.fit_committee(train, val, self.statistics, config, **kwargs)
+
+    def to_model(self, params, config: jt.CommitteeConfig) -> BPNN:
+        """The trained network as a :class:`~bpnn_jax.model.BPNN`."""
+        return jt.to_model(params, self.statistics, descriptor_from_config(self.descriptor), config,
+                           self.reference_energies)
 
 
 # ----------------------------------------------------------------- record
@@ -690,66 +652,23 @@ class ResumableGridSearchOracle(keras_tuner.oracles.GridSearchOracle):
 
 
 # ------------------------------------------------------------------ tuner
-class _BestEpoch(keras.callbacks.Callback):
-    """Keep the weights of the best epoch (restored at the end); stop on NaN."""
-
-    def __init__(self, monitor: str = OBJECTIVE_NAME):
-        super().__init__()
-        self.monitor = monitor
-        self.best = math.inf
-        self.best_weights = None
-        self.epochs_run = 0
-
-    def on_epoch_end(self, epoch, logs=None):
-        logs = logs or {}
-        if self.monitor not in logs:
-            raise KeyError(f"{self.monitor} not in the logs ({sorted(logs)}): no validation data?")
-        self.epochs_run = epoch + 1
-        loss, value = float(logs.get("loss", 0.0)), float(logs[self.monitor])
-        if not (math.isfinite(loss) and math.isfinite(value)):
-            _log(f"  epoch {epoch + 1}: non-finite loss or {self.monitor}; stopping this trial")
-            self.model.stop_training = True
-            return
-        if value < self.best:
-            self.best = value
-            self.best_weights = self.model.get_weights()
-
-    def on_train_end(self, logs=None):
-        if self.best_weights is not None:
-            self.model.set_weights(self.best_weights)
-
-
-def validation_metrics(model: BPNN, data: TuningData, *, geometry: bool, batch_size: int = 32) -> dict:
-    """Validation RMSEs of a model: meV/atom, total-energy eV and (geometry) eV/Å.
+def validation_metrics(params, data: TuningData, config: jt.CommitteeConfig) -> dict:
+    """Validation RMSEs of a trained network (the committee mean): meV/atom and total-energy eV.
 
     Args:
-        model: the trained model.
+        params: :func:`~bpnn_jax.training.jacobian.init_params`-shaped weights.
         data: the shared data.
-        geometry: predict from geometries (with forces) instead of the
-            cached descriptors.
-        batch_size: structures per prediction batch (descriptor mode).
+        config: the trial's settings (its activation).
 
     Returns:
-        {"val_energy_rmse_mev_atom", "val_energy_rmse_ev_total"} and, in
-        geometry mode, "val_force_rmse_ev_a".
+        {"val_energy_rmse_mev_atom", "val_energy_rmse_ev_total"}.
     """
-    true = np.asarray(data.val.energy, np.float64)
+    _, val = data.groups()
+    pred = jt.committee_energies(params, data.statistics, val, config.activation).mean(axis=0)
+    err = pred - np.asarray(data.val.energy, np.float64)
     n = data.val.n_atoms.astype(np.float64)
-    out = {}
-    if geometry:
-        pred, forces = predict_structures(model, data.val_structures, forces=True)
-        ref = [s.forces for s in data.val_structures]
-        if all(f is not None for f in ref):
-            d = np.concatenate([np.ravel(p - r) for p, r in zip(forces, ref)])
-            out["val_force_rmse_ev_a"] = float(np.sqrt(np.mean(d * d)))
-    else:
-        ds = DescriptorDataset(data.val.sf, data.val.species, data.val.energy, batch_size=batch_size)
-        pred = np.concatenate([np.asarray(model(ds[i][0], training=False)["energy"], np.float64)
-                               for i in range(len(ds))])[: len(true)]
-    err = np.asarray(pred, np.float64) - true
-    out["val_energy_rmse_mev_atom"] = 1e3 * float(np.sqrt(np.mean((err / n) ** 2)))
-    out["val_energy_rmse_ev_total"] = float(np.sqrt(np.mean(err**2)))
-    return out
+    return {"val_energy_rmse_mev_atom": 1e3 * float(np.sqrt(np.mean((err / n) ** 2))),
+            "val_energy_rmse_ev_total": float(np.sqrt(np.mean(err ** 2)))}
 
 
 class BPNNGridSearch(keras_tuner.GridSearch):
@@ -846,33 +765,33 @@ class BPNNGridSearch(keras_tuner.GridSearch):
         return (f"val {metrics[OBJECTIVE_NAME]:.2f} meV/atom, {metrics['val_energy_rmse_ev_total']:.3f} eV "
                 f"total{force}")
 
-    def train_trial(self, trial, data: TuningData, *, epochs: int, batch_size: int, seed: int = 0,
-                    fit_verbose: int = 2, atoms_per_batch: int = 256, **kwargs) -> tuple[dict, int]:
-        """Build, fit and score one model (no bookkeeping).
+    def train_trial(self, trial, data: TuningData, *, epochs: int, batch_size: int, fit_verbose: int = 0,
+                    **kwargs) -> tuple[dict, int]:
+        """Train and score one grid point (no bookkeeping; nothing on disk, so a killed trial starts over).
 
         Args:
             trial: the KerasTuner trial.
             data: the shared :class:`TuningData`.
             epochs: epochs per trial.
-            batch_size: structures per batch.
-            seed: shuffling seed (the same for every trial).
-            fit_verbose: Keras ``fit`` verbosity.
-            atoms_per_batch: geometry mode batching.
-            **kwargs: ignored (KerasTuner's ``verbose`` ends up here).
+            batch_size: structures per batch, about (turned into padded
+                atoms per batch by
+                :func:`~bpnn_jax.training.jacobian.atoms_per_batch_for`).
+            fit_verbose: :func:`~bpnn_jax.training.jacobian.fit_committee`
+                verbosity.
+            **kwargs: ignored (KerasTuner's ``verbose``, the former
+                ``seed``: the hypermodel's seed is every trial's).
 
         Returns:
             (validation metrics of the best epoch's weights, epochs run).
         """
-        hp = trial.hyperparameters
-        keras.backend.clear_session()
+        import jax
+
         jax.clear_caches()  # free the last trial's programs: each holds ~18 memory maps (vm.max_map_count)
-        model = self.hypermodel.build(hp)
-        geometry = self.hypermodel.geometry
-        train_ds, val_ds = data.datasets(batch_size, seed=seed, geometry=geometry, atoms_per_batch=atoms_per_batch)
-        best = _BestEpoch(OBJECTIVE_NAME)
-        self.hypermodel.fit(hp, model, train_ds, validation_data=val_ds, epochs=epochs, callbacks=[best],
-                            verbose=fit_verbose)
-        return validation_metrics(model, data, geometry=geometry, batch_size=batch_size), best.epochs_run
+        hp = trial.hyperparameters
+        config = self.hypermodel.build(hp, epochs=epochs,
+                                       atoms_per_batch=jt.atoms_per_batch_for(batch_size, data.train.n_atoms))
+        fit = self.hypermodel.fit(hp, config, data, verbose=fit_verbose)
+        return validation_metrics(fit["params"], data, config), int(fit["epochs_run"])
 
 
 # ---------------------------------------------------------------- reports
@@ -986,66 +905,52 @@ def retrain(hypermodel: BPNNHyperModel, data: TuningData, values: Mapping, run_d
             epochs: int = 80, batch_size: int = 20, seed: int = 0, verbose: int = 2) -> BPNN:
     """Train one configuration from scratch (resumable) and save ``run_dir/model.keras``.
 
-    Writes ``retrain.json`` (the settings), ``history.csv``,
-    ``checkpoints/last.keras`` (every epoch), ``best.keras`` and
-    ``state.json`` like :func:`bpnn_jax.training.train`.  Started again with
-    the same settings it continues from the last epoch (or returns the
-    finished model); with other settings it starts over.
+    Writes ``retrain.json`` (the settings), and, as the committee trainer
+    does, ``ef_state.npz`` (the resume state) and ``ef_history.csv``.
+    Started again with the same settings it continues from its last saved
+    epoch (or returns the finished model); with other settings it starts
+    over.
 
     Args:
-        hypermodel: builds the model.
+        hypermodel: builds the settings.
         data: the shared data.
         values: {layers, nodes, learning_rate, dropout}.
         run_dir: output directory.
         epochs: training epochs (the study's set-up: 80).
-        batch_size: structures per batch (the study's set-up: 20).
-        seed: shuffling seed.
-        verbose: Keras verbosity.
+        batch_size: structures per batch, about (the study's set-up: 20).
+        seed: recorded in ``retrain.json``; the hypermodel's seed is the one used.
+        verbose: :func:`~bpnn_jax.training.jacobian.fit_committee` verbosity.
 
     Returns:
-        The model after the last epoch.
+        The model of the best epoch.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    geometry = hypermodel.geometry
+    atoms = jt.atoms_per_batch_for(batch_size, data.train.n_atoms)
     settings = {"hyperparameters": {n: values[n] for n in HP_NAMES}, "epochs": int(epochs),
-                "batch_size": int(batch_size), "seed": int(seed), "geometry": geometry,
-                "energy_loss": hypermodel.energy_loss, "energy_weight": hypermodel.energy_weight,
-                "force_weight": hypermodel.force_weight, "train_files": len(data.files["train"])}
-    cfg_path, state_path = run_dir / "retrain.json", run_dir / "state.json"
-    same = cfg_path.exists() and json.loads(cfg_path.read_text()) == settings
-    if not same:
-        for stale in ("state.json", "history.csv", "best.keras", "model.keras", "test_metrics.json"):
+                "batch_size": int(batch_size), "atoms_per_batch": atoms, "seed": int(seed),
+                "trainer": "committee", "energy_loss": hypermodel.energy_loss,
+                "train_files": len(data.files["train"])}
+    cfg_path = run_dir / "retrain.json"
+    if not (cfg_path.exists() and json.loads(cfg_path.read_text()) == settings):
+        for stale in ("ef_state.npz", "ef_history.csv", "model.keras", "test_metrics.json", "state.json",
+                      "history.csv", "best.keras"):
             (run_dir / stale).unlink(missing_ok=True)
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
         shutil.rmtree(run_dir / "plots", ignore_errors=True)
         with atomic_write(cfg_path) as fh:
             json.dump(settings, fh, indent=2)
-    state = json.loads(state_path.read_text()) if state_path.exists() else {}
-    if state.get("complete") and (run_dir / "model.keras").exists():
+    if (run_dir / "model.keras").exists():  # written last, once training has ended
         _log(f"[retrain] {run_dir / 'model.keras'} finished already")
-        return keras.saving.load_model(run_dir / "model.keras", compile=False)
-    stage = "force" if geometry else "energy"
-    last = run_dir / "checkpoints" / "last.keras"
-    initial = int(state.get("epoch", 0)) if state.get("stage") == stage and last.exists() else 0
-    if initial > 0:
-        _log(f"[retrain] resuming at epoch {initial + 1}/{epochs}")
-        model = keras.saving.load_model(last, compile=True)
-    else:
-        keras.backend.clear_session()
-        jax.clear_caches()  # free the last trial's programs: each holds ~18 memory maps (vm.max_map_count)
-        model = hypermodel.build(hypermodel.hyperparameters_for(values))
-    label = " ".join(f"{n}={values[n]:g}" for n in HP_NAMES)
-    _log(f"[retrain] {label}: {epochs} epochs, batch {batch_size}, {len(data.files['train'])} training structures")
-    train_ds, val_ds = data.datasets(batch_size, seed=seed, geometry=geometry)
-    train_ds.set_epoch(initial)  # the batches a run without interruption would see
-    if initial < epochs:
-        model.fit(train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=initial, verbose=verbose,
-                  callbacks=[EpochState(run_dir, stage, OBJECTIVE_NAME)])
+        return load_model(run_dir / "model.keras")
+    config = hypermodel.build(hypermodel.hyperparameters_for(values), epochs=epochs, atoms_per_batch=atoms)
+    _log(f"[retrain] {grid_label({n: values[n] for n in HP_NAMES})}: {epochs} epochs, ~{batch_size} structures "
+         f"({atoms} padded atoms) per batch, {len(data.files['train'])} training structures")
+    train, val = data.groups()
+    # Not hypermodel.fit: that is the trials' (and what tests count as trials).
+    fit = jt.fit_committee(train, val, hypermodel.statistics, config, run_dir=run_dir, resume=True, verbose=verbose)
+    model = hypermodel.to_model(fit["params"], config)
     atomic_save(model, run_dir / "model.keras")
-    state = json.loads(state_path.read_text()) if state_path.exists() else {}
-    with atomic_write(state_path) as fh:
-        json.dump({**state, "stage": stage, "complete": True}, fh, indent=2, default=float)
     return model
 
 
@@ -1056,7 +961,7 @@ def evaluate_on_test(model: BPNN, data: TuningData, run_dir: str | os.PathLike, 
         model: the model.
         data: the shared data (its ``files["test"]``).
         run_dir: directory of ``test_metrics.json`` and ``plots/``
-            (``history.csv`` there is plotted too).
+            (``ef_history.csv`` there is plotted too).
         forces: also predict and score forces.
 
     Returns:
@@ -1070,5 +975,5 @@ def evaluate_on_test(model: BPNN, data: TuningData, run_dir: str | os.PathLike, 
         raise ValueError("the test split is empty")
     report = evaluate_structures(model, atoms, forces=forces, max_energy=data.max_energy)
     written = write_report(report, run_dir / "test_metrics.json")
-    write_plots(report, run_dir / "plots", history_csv=run_dir / "history.csv")
+    write_plots(report, run_dir / "plots", history_csv=run_dir / "ef_history.csv")
     return written

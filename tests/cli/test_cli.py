@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from bpnn_jax import cli
@@ -160,3 +161,50 @@ def test_resume_reads_the_data_paths_from_the_run_config(tmp_path, monkeypatch, 
     assert main(["train", "--out", str(run), "--resume", "--ef-lbfgs-steps", "7"]) == 0
     assert seen == {"paths": ["a.extxyz", "b.extxyz"], "out": str(run), "resume": True, "members": 5,
                     "lbfgs": {"ef_lbfgs_steps": 7}}
+
+
+def test_preset_seed_runs_the_study_on_the_committee_trainer(tmp_path, six_atom_files, capsys):
+    """--preset seed: one network on energies only, MAE, 5 x 64 tanh, constant lr 1e-4, ~20 structures per
+    batch (turned into padded atoms, said in the log), no final phase, on the committee trainer."""
+    import json
+
+    from bpnn_jax.model import load_model
+
+    files = [str(f) for f in six_atom_files[:12]]
+    assert main(["train", *files, "--out", str(tmp_path / "run"), "--preset", "seed", "--ef-epochs", "3"]) == 0
+    out = capsys.readouterr().out
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["members"] == 1 and config["ef_force_weight"] == 0.0 and config["energy_loss"] == "mae"
+    assert config["hidden"] == [64] * 5 and config["activation"] == "tanh"
+    assert config["ef_learning_rate"] == config["ef_final_learning_rate"] == 1e-4
+    assert config["ema_decay"] == 0.0 and config["weight_decay"] == 0.0 and config["ef_final_epochs"] == 0
+    assert config["ef_epochs"] == 3 and config["batch_size"] == 20  # a flag overrides the preset
+    # Six-atom structures are padded to 8 atoms: 20 x 8 = 160 atoms per batch.
+    assert "--batch-size 20: 20 structures x 8.0 padded atoms" in out and "= 160 atoms per batch" in out
+    assert "energy-only committee of 1" in out
+    state = np.load(tmp_path / "run" / "ef_state.npz")
+    meta = json.loads(bytes(state["meta"]).decode())
+    assert meta["config"]["atoms_per_batch"] == 160 and meta["config"]["energy_loss"] == "mae"
+    assert {round(r["learning_rate"], 12) for r in meta["history"]} == {1e-4}
+    model = load_model(tmp_path / "run" / "model.keras")
+    assert model.members == 1 and model.hidden == (64,) * 5 and model.energy_loss == "mae"
+
+
+@pytest.mark.parametrize("flag,replacement", [
+    ("--energy-epochs", "--ef-epochs"), ("--force-epochs", "--ef-epochs"), ("--lbfgs-steps", "--ef-lbfgs-steps"),
+    ("--lbfgs-force-weight", "--ef-force-weight"), ("--force-weight", "--ef-force-weight"),
+    ("--force-subset", "--ef-epochs"), ("--lr", "--ef-lr"), ("--atoms-per-batch", "--ef-atoms-per-batch"),
+    ("--data-parallel", "one device"), ("--members", "use --members 1")])
+def test_options_of_the_removed_keras_stages_stop_with_their_replacement(tmp_path, capsys, flag, replacement):
+    value = "0" if flag == "--members" else "5"
+    assert main(["train", "x.xsf", "--out", str(tmp_path / "r"), flag, value]) == 2
+    err = capsys.readouterr().err
+    assert replacement in err and flag in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_members_0_in_a_config_file_stops_before_the_run(tmp_path, capsys):
+    (tmp_path / "c.yaml").write_text("members: 0\n")
+    assert main(["train", "x.xsf", "--out", str(tmp_path / "r"), "--config", str(tmp_path / "c.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "use members 1" in err and "Traceback" not in err

@@ -192,6 +192,20 @@ def test_merged_committee_jacobian_forces_equal_autodiff(models):
             assert np.max(np.abs(np.asarray(out["forces"])[:, j, :n] - f_ref)) <= 1e-9 * np.abs(f_ref).max()
 
 
+def test_models_trained_with_dropout_merge_as_without(models):
+    """Dropout is a training setting the model records: a committee trained with it merges like the same
+    weights without it."""
+    atoms, (a, b) = models
+    cfg = jt.CommitteeConfig(members=b.members, hidden=b.hidden, activation=b.activation, dropout=0.1)
+    dropped = jt.to_model(jt.params_from_model(b), jt.stats_from_model(b), b.spec, cfg, REFERENCE_ENERGIES_TIO2,
+                          dtype="float64")
+    assert dropped.dropout == 0.1
+    for (e1, f1), (e2, f2) in zip(_member_outputs(merge_committees([a, dropped]), atoms[:1]),
+                                  _member_outputs(merge_committees([a, b]), atoms[:1])):
+        np.testing.assert_array_equal(e1, e2)
+        np.testing.assert_array_equal(f1, f2)
+
+
 def test_incompatible_models_are_refused(models):
     _, (a, b) = models
     with pytest.raises(ModelError, match="at least two"):

@@ -269,12 +269,6 @@ def test_train_with_repulsion_fits_it_and_saves_it_in_the_model(data_dir, tmp_pa
     assert set(model.repulsion.cutoffs) == {"Ti-Ti", "O-Ti", "O-O"}
     split = json.loads((run / "split.json").read_text())
     assert len(split["val"]) == round(0.2 * (len(split["train"]) + len(split["val"]) + len(split["test"])))
-    # The single-network stages: energies on descriptors learn the rest, the end-to-end stage the whole.
-    single = tmp_path / "single"
-    assert main(["train", *files, "--out", str(single), "--quiet", "--members", "0", "--hidden", "8,8", "--energy-epochs", "2",
-                 "--lbfgs-steps", "0", "--force-epochs", "1", "--descriptors", "artrith-urban", "--val-fraction", "0.2",
-                 "--repulsion", "Ti-Ti:2.0,Ti-O:1.6,O-O:1.8"]) == 0
-    assert load_model(single / "model.keras").repulsion == model.repulsion  # the same data, the same fit
     capsys.readouterr()
     assert main(["train", *files[:3], "--out", str(tmp_path / "bad"), "--repulsion", "Ti-Ti=2"]) == 2
     assert "--repulsion" in capsys.readouterr().err and not (tmp_path / "bad").exists()

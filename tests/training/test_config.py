@@ -100,3 +100,30 @@ def test_member_seed_changes_the_committee_not_the_split():
     assert base.committee_config().seed == 0 and other.committee_config().seed == 1
     assert other.seed == 0  # the split's seed
     assert TrainConfig.from_json(other.to_json()).member_seed == 1
+
+
+def test_config_files_of_the_keras_stages_still_load(tmp_path):
+    """Old config.json / config.yaml files hold the options of the removed Keras stages: they load, the
+    options are dropped, and a warning names those that were set to other than their default."""
+    import warnings
+
+    import pytest
+
+    from bpnn_jax.cli.train import read_config
+
+    old = {**TrainConfig(members=2).to_json(), "energy_epochs": 50, "lbfgs_steps": 1000, "force_epochs": 0,
+           "learning_rate": 1e-3, "force_weight": 1e-2, "data_parallel": False}
+    with pytest.warns(UserWarning, match=r"run/config.json: ignored .*energy_epochs \(now ef_epochs.*"
+                                         r"force_weight \(now ef_force_weight\)") as record:
+        config = TrainConfig.from_json(old, "run/config.json")
+    message = str(record[0].message)
+    assert "lbfgs_steps" not in message and "learning_rate" not in message  # their defaults: nothing was asked
+    assert config.members == 2 and not hasattr(config, "energy_epochs")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        TrainConfig.from_json({**TrainConfig().to_json(), "lbfgs_steps": 1000, "force_subset": None})
+    path = tmp_path / "old.yaml"
+    path.write_text(yaml.safe_dump({"members": 3, "energy_epochs": 1000, "lr": 5e-4, "ef_epochs": 7}))
+    with pytest.warns(UserWarning, match=r"old.yaml: ignored .*learning_rate \(now ef_learning_rate\)"):
+        values = read_config(path)
+    assert values == {"members": 3, "ef_epochs": 7}

@@ -255,6 +255,89 @@ def test_loss_gradient_matches_end_to_end_path(setup):
         assert np.max(np.abs(np.asarray(a) - np.asarray(b))) <= 1e-9 * (np.max(np.abs(np.asarray(b))) + 1e-30)
 
 
+def _numpy_losses(out, g, weights, lam, energy_loss, force_loss, huber_delta, energy_huber_delta):
+    """(K,) member objectives, structure by structure and component by component, in NumPy float64."""
+
+    def pen(x, kind, delta):
+        a = abs(x)
+        if kind == "mse":
+            return x * x
+        if kind == "mae":
+            return a
+        return a * a if a <= delta else delta * (2.0 * a - delta)
+
+    E, F = np.asarray(out["energy"], np.float64), np.asarray(out["forces"], np.float64)
+    K = E.shape[0]
+    loss = np.zeros(K)
+    for k in range(K):
+        se = sf = ns = nf = 0.0
+        for b in range(len(g["energy"])):
+            n, w = int(g["n"][b]), float(weights[k, b])
+            se += w * pen((E[k, b] - g["energy"][b]) / n, energy_loss, energy_huber_delta)
+            for a in range(n):
+                for c in range(3):
+                    sf += w * pen(F[k, b, a, c] - g["forces"][b, a, c], force_loss, huber_delta)
+            ns += w
+            nf += 3.0 * n * w
+        loss[k] = se / ns + lam[k] * sf / nf
+    return loss
+
+
+@pytest.mark.parametrize("energy_loss,force_loss", [("mse", "mse"), ("mae", "huber"), ("huber", "mse"),
+                                                    ("huber", "huber")])
+def test_member_losses_equal_a_brute_force_numpy_computation(setup, energy_loss, force_loss):
+    """Every penalty, with bootstrap weights and per-atom normalisation: values against NumPy, and the gradient
+    against central differences of the NumPy loss along random directions (float64)."""
+    params, st = setup["params"], setup["st"]
+    lam = np.array([1e-3, 3e-3, 1e-2])
+    g = max(setup["groups"].arrays, key=lambda a: len(a["energy"]))  # several structures
+    weights = np.random.default_rng(5).poisson(1.0, (K, len(g["energy"]))).astype(np.float64) + 0.5
+    out = jt.committee_outputs(params, st, g["sf"], g["species"], g["mask"], jac=g["jac"])
+    # Deltas at the median error: both sides of every Huber penalty are exercised.
+    mask = g["mask"][None, ..., None]
+    df = np.abs(np.asarray(out["forces"]) - g["forces"])[np.broadcast_to(mask, out["forces"].shape)]
+    de = np.abs((np.asarray(out["energy"]) - g["energy"]) / g["n"])
+    opts = dict(energy_loss=energy_loss, force_loss=force_loss, huber_delta=float(np.median(df)),
+                energy_huber_delta=float(np.median(de)))
+
+    def jax_loss(p):
+        return jt.member_losses(p, st, g, jnp.asarray(lam), weights=jnp.asarray(weights), **opts)
+
+    def numpy_loss(p):
+        o = jt.committee_outputs(p, st, g["sf"], g["species"], g["mask"], jac=g["jac"])
+        return _numpy_losses(o, g, weights, lam, **opts)
+
+    np.testing.assert_allclose(np.asarray(jax_loss(params)), numpy_loss(params), rtol=1e-12)
+    grads = jax.grad(lambda p: jnp.sum(jax_loss(p)))(params)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        d = jax.tree_util.tree_map(lambda x: rng.standard_normal(x.shape), params)
+        eps = 1e-6
+        plus = jax.tree_util.tree_map(lambda x, y: x + eps * y, params, d)
+        minus = jax.tree_util.tree_map(lambda x, y: x - eps * y, params, d)
+        fd = (numpy_loss(plus).sum() - numpy_loss(minus).sum()) / (2 * eps)
+        analytic = sum(float(np.sum(np.asarray(a) * b)) for a, b in
+                       zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(d)))
+        assert abs(fd - analytic) <= 1e-6 * abs(analytic), (fd, analytic)
+
+
+def test_penalties_differ_from_the_squared_error_where_they_should(setup):
+    """MAE and Huber losses are not the MSE one (the options reach the loss), and a Huber delta above every
+    error gives the MSE loss exactly."""
+    params, st, g = setup["params"], setup["st"], setup["groups"].arrays[0]
+    lam = jnp.asarray([1e-2] * K)
+    mse = np.asarray(jt.member_losses(params, st, g, lam))
+    huge = np.asarray(jt.member_losses(params, st, g, lam, energy_loss="huber", force_loss="huber",
+                                       huber_delta=1e9, energy_huber_delta=1e9))
+    np.testing.assert_array_equal(mse, huge)
+    for kw in (dict(energy_loss="mae"), dict(force_loss="huber", huber_delta=1e-3)):
+        assert np.all(np.abs(np.asarray(jt.member_losses(params, st, g, lam, **kw)) - mse) > 1e-9 * mse)
+    with pytest.raises(ValueError, match="energy_loss"):
+        jt.CommitteeConfig(energy_loss="l1")
+    with pytest.raises(ValueError, match="force_loss"):
+        jt.CommitteeConfig(force_loss="mae")
+
+
 def _member_model(setup, k):
     p = jax.tree_util.tree_map(lambda x: x[:, k:k + 1], setup["params"])
     cfg = dataclasses.replace(setup["cfg"], members=1)
@@ -370,6 +453,70 @@ def test_killed_ef_stage_resumes_bit_exactly(setup, tmp_path):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     assert [r["train_loss"] for r in full["history"]] == [r["train_loss"] for r in resumed["history"]]
     assert full["history"][-1]["train_loss"] < full["history"][0]["train_loss"]
+
+
+def test_dropout_zero_trains_bit_for_bit_as_without_dropout(setup):
+    """``dropout=0`` draws no masks: the loss with a key equals the loss without one, and a run with the rate
+    given as 0 is the run without it, bit for bit."""
+    params, st, g = setup["params"], setup["st"], setup["groups"].arrays[0]
+    lam = jnp.asarray([1e-2] * K)
+    np.testing.assert_array_equal(np.asarray(jt.member_losses(params, st, g, lam)),
+                                  np.asarray(jt.member_losses(params, st, g, lam, dropout=0.0,
+                                                              key=jax.random.PRNGKey(3))))
+    groups = _small_groups(setup)
+    cfg = jt.CommitteeConfig(members=2, hidden=(6,), epochs=2, warmup_epochs=1, atoms_per_batch=24,
+                             learning_rate=1e-2)
+    a = jt.fit_committee(groups, groups, setup["stats"], cfg, verbose=0)
+    b = jt.fit_committee(groups, groups, setup["stats"], dataclasses.replace(cfg, dropout=0.0), verbose=0)
+    for x, y in zip(jax.tree_util.tree_leaves(a["params"]), jax.tree_util.tree_leaves(b["params"])):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_dropout_changes_training_not_evaluation(setup, tmp_path):
+    """Dropout > 0: other training losses and weights, masks that differ from step to step, a bit-exact resume;
+    validation and the exported model run without it (the model records the rate)."""
+    params, st, g = setup["params"], setup["st"], setup["groups"].arrays[0]
+    lam = jnp.asarray([1e-2] * K)
+    plain = np.asarray(jt.member_losses(params, st, g, lam))
+    k1, k2 = jax.random.PRNGKey(1), jax.random.PRNGKey(2)
+    d1 = np.asarray(jt.member_losses(params, st, g, lam, dropout=0.3, key=k1))
+    assert np.all(d1 != plain)
+    assert np.all(d1 != np.asarray(jt.member_losses(params, st, g, lam, dropout=0.3, key=k2)))
+    np.testing.assert_array_equal(d1, np.asarray(jt.member_losses(params, st, g, lam, dropout=0.3, key=k1)))
+
+    groups = _small_groups(setup)
+    cfg = jt.CommitteeConfig(members=2, hidden=(6,), epochs=4, warmup_epochs=1, atoms_per_batch=24,
+                             learning_rate=1e-2, dropout=0.3)
+    off = jt.fit_committee(groups, groups, setup["stats"], dataclasses.replace(cfg, dropout=0.0), verbose=0)
+    on = jt.fit_committee(groups, groups, setup["stats"], cfg, run_dir=tmp_path / "a", verbose=0,
+                          checkpoint_seconds=0.0)
+    assert [r["train_loss"] for r in on["history"]] != [r["train_loss"] for r in off["history"]]
+    resumed = _killed_and_resumed(groups, setup["stats"], cfg, tmp_path / "b", 2)
+    for x, y in zip(jax.tree_util.tree_leaves(on["params"]), jax.tree_util.tree_leaves(resumed["params"])):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    # Evaluation is deterministic and dropout-free: the validation errors are those of the plain outputs.
+    m1 = jt.committee_validation(on["params"], setup["stats"], groups)
+    m2 = jt.committee_validation(on["params"], setup["stats"], groups)
+    np.testing.assert_array_equal(m1["energy_rmse_mev_atom"], m2["energy_rmse_mev_atom"])
+    model = jt.to_model(on["params"], setup["stats"], setup["spec"], cfg, REFERENCE_ENERGIES_TIO2)
+    assert model.dropout == 0.3 and model.get_config()["dropout"] == 0.3
+    e, _ = predict_structures(model, setup["hosts"], forces=False)
+    a = groups.arrays[0]
+    ref = jt.committee_outputs(jax.tree_util.tree_map(jnp.asarray, on["params"]), jt._stats_arrays(setup["stats"], "float32"),
+                               a["sf"], a["species"], a["mask"])["energy"].mean(axis=0)
+    np.testing.assert_allclose(e[a["index"]], np.asarray(ref, np.float64), rtol=1e-5, atol=1e-5)
+
+
+def test_a_non_finite_loss_stops_training_and_keeps_finite_weights(setup, tmp_path, capsys):
+    """NaN targets: the run stops at once, says so, is not complete, and every kept weight is finite."""
+    groups = _small_groups(setup)
+    for a in groups.arrays:
+        a["energy"] = np.full_like(a["energy"], np.nan)
+    cfg = jt.CommitteeConfig(members=2, hidden=(6,), epochs=4, warmup_epochs=1, atoms_per_batch=24)
+    out = jt.fit_committee(groups, _small_groups(setup), setup["stats"], cfg, run_dir=tmp_path, verbose=0)
+    assert "epoch 1: non-finite training loss" in capsys.readouterr().out
+    assert not out["complete"] and out["epochs_run"] == 0
+    assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree_util.tree_leaves(out["params"]))
 
 
 def test_releasing_host_jacobians_trains_identically_and_frees_them(setup):

@@ -62,7 +62,7 @@ def _assert_complete(out: Path) -> None:
         assert list(r) == list(RESULT_COLUMNS)
         assert math.isfinite(float(r["val_energy_rmse_mev_atom"]))
         assert math.isfinite(float(r["val_energy_rmse_ev_total"]))
-        assert r["val_force_rmse_ev_a"] == ""  # energies only (no --force-weight)
+        assert r["val_force_rmse_ev_a"] == ""  # energies only
     assert "| rank |" in (out / "results.md").read_text()
     assert (out / "trials.png").stat().st_size > 0
     best = out / "best"
@@ -99,22 +99,31 @@ def _fake_statistics(n_elements: int, n_functions: int) -> dict:
 @pytest.mark.parametrize("layers,nodes,learning_rate,dropout", [(5, 32, 1e-4, 0.1), (4, 16, 5e-4, 0.0),
                                                                 (6, 64, 5e-5, 0.0)])
 def test_build_gives_the_requested_architecture(layers, nodes, learning_rate, dropout):
+    """A trial is the study's set-up (--preset seed) on the committee trainer with the grid point's values;
+    its network exports with the requested architecture and the shared statistics."""
+    import jax
+
+    from bpnn_jax.training import jacobian as jt
+
     spec = SymmetryFunctionSet.preset("artrith-urban", ("O", "Ti"))
     F = spec.n_functions
     stats = _fake_statistics(2, F)
     hm = BPNNHyperModel(spec.to_config(), stats, reference_energies={"O": -1.0, "Ti": -2.0})
     hp = hm.hyperparameters_for(dict(layers=layers, nodes=nodes, learning_rate=learning_rate, dropout=dropout))
-    model = hm.build(hp)
+    cfg = hm.build(hp, epochs=7, atoms_per_batch=300)
+    assert cfg.members == 1 and cfg.hidden == (nodes,) * layers and cfg.dropout == dropout
+    assert cfg.learning_rate == cfg.final_learning_rate == pytest.approx(learning_rate)
+    assert cfg.energy_loss == "mae" and float(cfg.weights()[0]) == 0.0  # energies only
+    assert cfg.epochs == 7 and cfg.atoms_per_batch == 300 and cfg.final_epochs == 0 and cfg.ema_decay == 0.0
+    params = jt.init_params(jax.random.PRNGKey(0), 1, 2, F, cfg.hidden)
+    model = hm.to_model(params, cfg)
     assert model.hidden == (nodes,) * layers
     assert model.dropout == dropout
     for net in model.nets:
         assert [d.units for d in net.dense] == [nodes] * layers
         assert net.out.units == 1
-        assert net.dropout == dropout
     per_net = F * nodes + nodes + (layers - 1) * (nodes * nodes + nodes) + nodes + 1
     assert sum(int(np.prod(w.shape)) for w in model.trainable_weights) == 2 * per_net
-    assert model.compiled
-    assert float(np.asarray(model.optimizer.learning_rate)) == pytest.approx(learning_rate)
     np.testing.assert_allclose(np.asarray(model.sf_std), 2.0)
     assert float(np.asarray(model.energy_scale)) == pytest.approx(0.3)
     assert model.reference_energies == {"O": -1.0, "Ti": -2.0}
