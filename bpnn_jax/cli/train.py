@@ -75,8 +75,8 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                    help="options from a YAML/JSON file (keys: option names, 'data', 'out'); flags override it; "
                         "RUN_DIR/config.yaml repeats a run")
     g.add_argument("--resume", action="store_true",
-                   help="continue RUN_DIR with its saved options (of the flags only --time-limit and "
-                        "--ef-lbfgs-steps apply)")
+                   help="continue RUN_DIR with its saved options (of the flags only --time-limit, "
+                        "--ef-lbfgs-steps and --data-parallel apply)")
     g.add_argument("--time-limit", type=float, default=None, dest="time_limit_minutes", metavar="MINUTES",
                    help="stop after the epoch that crosses this wall time; --resume continues")
     g.add_argument("--quiet", action="store_true", help="about ten progress lines instead of one per epoch")
@@ -169,6 +169,9 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                         "baseline, trained further on DATA")
     g.add_argument("--dropout", type=float, default=None,
                    help=f"dropout rate of the hidden layers while training (default {d.dropout})")
+    g.add_argument("--data-parallel", action=argparse.BooleanOptionalAction, default=None,
+                   help="split each mini-batch across every local device (several GPUs; on a CPU no faster); "
+                        "--resume may turn it on or off")
     g.add_argument("--batch-size", type=int, default=None,
                    help="about this many structures per mini-batch (sets --ef-atoms-per-batch from the data's "
                         "mean padded structure size)")
@@ -188,7 +191,6 @@ REMOVED_FLAGS = {
     "--force-subset": "--ef-epochs (every epoch visits every training structure)",
     "--lr": "--ef-lr",
     "--atoms-per-batch": "--ef-atoms-per-batch (or --batch-size for structures per batch)",
-    "--data-parallel": "one device (the committee trainer has no data-parallel mode)",
 }
 
 
@@ -282,7 +284,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                   "ef_final_learning_rate", "ef_warmup_epochs", "ef_force_weight", "weight_decay", "ema_decay",
                   "ef_atoms_per_batch", "ef_lbfgs_steps", "ef_final_epochs", "ef_final_force_factor",
                   "val_fraction", "test_fraction", "train_on_test", "repulsion", "repulsion_from",
-                  "repulsion_force_weight")
+                  "repulsion_force_weight", "data_parallel")
         if getattr(args, k) is not None
     }
     if args.descriptors is not None:

@@ -98,6 +98,10 @@ class TrainConfig:
             ``repulsion`` cut-offs then need not be given): a committee
             trained on other data on the baseline of a model it is to be
             merged with (merging needs one baseline).
+        data_parallel: split each mini-batch of the committee trainer
+            across every local device (``CommitteeConfig.data_parallel``;
+            several GPUs).  Not a property of the result: ``--resume``
+            may change it.
         derive: options to derive from the data when the run starts
             (:mod:`bpnn_jax.training.defaults`; ``train`` on the command
             line derives every option of :data:`~bpnn_jax.training.
@@ -145,6 +149,7 @@ class TrainConfig:
     repulsion: dict | None = None
     repulsion_force_weight: float = 0.01
     repulsion_from: str | None = None
+    data_parallel: bool = False
     derive: tuple = ()
 
     def committee_config(self):
@@ -159,7 +164,8 @@ class TrainConfig:
             patience=self.patience, seed=self.seed if self.member_seed is None else self.member_seed,
             lbfgs_steps=self.ef_lbfgs_steps, stress_weight=self.stress_weight, final_epochs=self.ef_final_epochs,
             final_force_factor=self.ef_final_force_factor, energy_loss=self.energy_loss, force_loss=self.force_loss,
-            huber_delta=self.huber_delta, energy_huber_delta=self.energy_huber_delta, dropout=self.dropout)
+            huber_delta=self.huber_delta, energy_huber_delta=self.energy_huber_delta, dropout=self.dropout,
+            data_parallel=self.data_parallel)
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
@@ -192,7 +198,6 @@ REMOVED_OPTIONS: dict[str, tuple] = {
     "force_weight": (3e-4, "ef_force_weight"),
     "force_lr_factor": (0.05, "ef_learning_rate"),
     "force_subset": (None, "nothing: every epoch visits every training structure"),
-    "data_parallel": (False, "nothing: the committee trainer runs on one device"),
 }
 
 
@@ -230,4 +235,4 @@ PRESETS: dict[str, dict] = {
 
 
 #: Options that ``--resume`` takes from the command line (the rest come from the run's config.json).
-RESUME_OPTIONS = ("time_limit_minutes", "ef_lbfgs_steps")
+RESUME_OPTIONS = ("time_limit_minutes", "ef_lbfgs_steps", "data_parallel")

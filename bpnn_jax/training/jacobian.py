@@ -139,6 +139,12 @@ class CommitteeConfig:
         dropout: inverted-dropout rate of every hidden layer while training
             (a fresh mask per step, atom and member); validation, the
             L-BFGS polish and the exported model run without it.
+        data_parallel: split each mini-batch's structures across every
+            local device (:func:`data_mesh`): the same objective and,
+            up to float rounding, the same weights as on one device (with
+            dropout, a batch padded to a multiple of the device count
+            draws other masks of the same rate).  The L-BFGS polish stays
+            on one device.
     """
 
     members: int = 5
@@ -164,6 +170,7 @@ class CommitteeConfig:
     huber_delta: float = 1.0
     energy_huber_delta: float = 0.01
     dropout: float = 0.0
+    data_parallel: bool = False
 
     def __post_init__(self):
         if self.energy_loss not in ENERGY_LOSSES:
@@ -582,20 +589,28 @@ def _optimizer(cfg: CommitteeConfig, steps_per_epoch: int):
     return optax.adamw(_lr_schedule(cfg, steps_per_epoch), weight_decay=cfg.weight_decay, mask=kernels)
 
 
-def _epoch_batches(groups: Groups, cfg: CommitteeConfig, epoch: int) -> list[tuple[int, np.ndarray, np.ndarray]]:
-    """(group, indices, valid) per step, seeded by (seed, epoch); the last batch of a group is padded."""
+def _epoch_batches(groups: Groups, cfg: CommitteeConfig, epoch: int,
+                   multiple: int = 1) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """(group, indices, valid) per step, seeded by (seed, epoch); the last batch of a group is padded.
+
+    ``multiple``: pad every batch with invalid structures (index 0, valid
+    False) to a multiple of this many (the device count of data-parallel
+    training).  The real structures of each batch do not depend on it, so a
+    data-parallel run visits the batches of the one-device run.
+    """
     rng = np.random.default_rng([cfg.seed, 7, epoch])
     out = []
     for gi, g in enumerate(groups.arrays):
         G, N = g["sf"].shape[:2]
         bs = max(1, min(G, cfg.atoms_per_batch // N))
+        width = -(-bs // multiple) * multiple
         perm = rng.permutation(G)
         for start in range(0, G, bs):
             idx = perm[start:start + bs]
-            valid = np.ones(bs, bool)
-            if len(idx) < bs:
+            valid = np.ones(width, bool)
+            if len(idx) < width:
                 valid[len(idx):] = False
-                idx = np.concatenate([idx, np.zeros(bs - len(idx), idx.dtype)])
+                idx = np.concatenate([idx, np.zeros(width - len(idx), idx.dtype)])
             out.append((gi, idx.astype(np.int32), valid))
     order = rng.permutation(len(out))
     return [out[i] for i in order]
@@ -646,13 +661,47 @@ _STRESS_KEYS = ("sjac", "stress", "has_stress", "volume")
 _JACOBIAN_KEYS = ("jac", "jac_values", "sjac")
 
 
-def _device_groups(groups: Groups, dtype, *, release: bool = False) -> list[dict]:
-    """The groups' arrays on the default device, floats in ``dtype``.
+def data_mesh(data_parallel: bool = True):
+    """The one-axis ``("data",)`` mesh of every local device for data-parallel training.
+
+    Args:
+        data_parallel: False returns None (one device, nothing to check).
+
+    Returns:
+        ``jax.sharding.Mesh`` over ``jax.local_devices()``, or None.
+
+    Raises:
+        BPNNInputError: data parallelism asked for where JAX sees one device.
+    """
+    if not data_parallel:
+        return None
+    import jax
+    from jax.sharding import Mesh
+
+    from ..errors import BPNNInputError
+
+    # Local devices: the host's batches are put on them directly (one process; several hosts would need
+    # globally assembled arrays).
+    devices = jax.local_devices()
+    if len(devices) < 2:
+        raise BPNNInputError(
+            f"data-parallel training splits each batch across several devices, but JAX sees one "
+            f"({devices[0].platform}: {devices[0].device_kind}); make several GPUs visible (CUDA_VISIBLE_DEVICES), "
+            f"or leave out --data-parallel (data_parallel: false).  On a CPU, "
+            f"XLA_FLAGS=--xla_force_host_platform_device_count=N set before Python starts gives N devices "
+            f"(for tests: they share the same cores, so training is no faster)")
+    return Mesh(np.array(devices), ("data",))
+
+
+def _device_groups(groups: Groups, dtype, *, release: bool = False, sharding=None) -> list[dict]:
+    """The groups' arrays on the default device (or with ``sharding``), floats in ``dtype``.
 
     ``release``: drop each group's Jacobians from the host once they are on
     the device (on a CPU the device copy is a second copy: the full TiO2
     set's 7.4 GB of Jacobians made 16 GB of process memory).  The groups can
-    then no longer be put on a device again.
+    then no longer be put on a device again.  ``sharding``: a
+    ``jax.sharding.Sharding`` of every array (data-parallel training
+    replicates them on every device); None puts them on the default device.
     """
     import jax
 
@@ -661,7 +710,8 @@ def _device_groups(groups: Groups, dtype, *, release: bool = False) -> list[dict
         keys = [k for k in g if k in _DEVICE_KEYS + _STRESS_KEYS or k.startswith("atoms_of_")]
         dev = {}
         for k in keys:
-            dev[k] = jax.device_put(np.asarray(g[k], dtype) if np.issubdtype(g[k].dtype, np.floating) else g[k])
+            dev[k] = jax.device_put(np.asarray(g[k], dtype) if np.issubdtype(g[k].dtype, np.floating) else g[k],
+                                    sharding)
             if release and k in _JACOBIAN_KEYS:
                 dev[k].block_until_ready()
                 del g[k]
@@ -805,6 +855,10 @@ def fit_committee(train: Groups, val: Groups, stats: dict, cfg: CommitteeConfig,
         dict: ``params`` (the best point of every member), ``history``
         (list of per-epoch records), ``best_epoch`` (K,), ``epochs_run``,
         ``seconds``, ``complete`` (False when stopped by the deadline).
+        The weights are on one device, also after data-parallel training.
+
+    Raises:
+        BPNNInputError: ``cfg.data_parallel`` where JAX sees one device.
     """
     import jax
     import jax.numpy as jnp
@@ -813,11 +867,26 @@ def fit_committee(train: Groups, val: Groups, stats: dict, cfg: CommitteeConfig,
     K = cfg.members
     S = stats["sf_mean"].shape[0]
     F = stats["sf_mean"].shape[1]
-    st = jax.device_put(_stats_arrays(stats, dtype))
+    # Data parallelism: the batch's structure axis (indices, valid flags and so everything gathered by them)
+    # is split across the mesh, and XLA's SPMD partitioner splits the step, summing the loss and gradients
+    # over devices.  Everything else is replicated: weights and optimiser state (small), and the groups'
+    # arrays, because a batch gathers arbitrary structures of its group with jnp.take -- sharded groups
+    # would need a cross-device gather every step; replicated ones cost device memory (each device holds
+    # the data set, as one device does) but no traffic.  Validation runs replicated (no speed-up, no cost).
+    mesh = data_mesh(cfg.data_parallel)
+    n_dev = 1 if mesh is None else mesh.size
+    if mesh is None:
+        replicated = batch_sharding = None  # the default device
+    else:
+        from jax.sharding import NamedSharding, PartitionSpec
+
+        replicated = NamedSharding(mesh, PartitionSpec())
+        batch_sharding = NamedSharding(mesh, PartitionSpec("data"))
+    st = jax.device_put(_stats_arrays(stats, dtype), replicated)
     bweights = _bootstrap_weights(train, cfg)
-    train_dev = _device_groups(train, dtype, release=release_host_jacobians)
-    val_dev = _device_groups(val, dtype, release=release_host_jacobians)
-    bw_dev = [jax.device_put(np.asarray(w, dtype)) for w in bweights]
+    train_dev = _device_groups(train, dtype, release=release_host_jacobians, sharding=replicated)
+    val_dev = _device_groups(val, dtype, release=release_host_jacobians, sharding=replicated)
+    bw_dev = [jax.device_put(np.asarray(w, dtype), replicated) for w in bweights]
     steps_per_epoch = len(_epoch_batches(train, cfg, 0))
     e_norm = train.n_structures / steps_per_epoch
     f_norm = 3.0 * train.n_atoms / steps_per_epoch
@@ -834,16 +903,17 @@ def fit_committee(train: Groups, val: Groups, stats: dict, cfg: CommitteeConfig,
         want = [(S, K, a, b) for a, b in zip([F, *cfg.hidden], [*cfg.hidden, 1])]
         if shapes != want:
             raise ValueError(f"start_params have kernels {shapes}, this configuration needs {want}")
-    state = {"params": params, "opt_state": opt.init(params), "ema": params, "best_params": params,
-             "best_objective": np.full(K, np.inf), "best_epoch": np.zeros(K, np.int64), "epoch": 0,
-             "history": [], "config": cfg.to_json()}
+    params = jax.device_put(params, replicated)
+    state = {"params": params, "opt_state": jax.device_put(opt.init(params), replicated), "ema": params,
+             "best_params": params, "best_objective": np.full(K, np.inf), "best_epoch": np.zeros(K, np.int64),
+             "epoch": 0, "history": [], "config": cfg.to_json()}
     path = None if run_dir is None else Path(run_dir) / "ef_state.npz"
     if run_dir is not None:
         Path(run_dir).mkdir(parents=True, exist_ok=True)
     if resume and path is not None and path.exists():
         state = _load_state(path, state)
         state["params"], state["opt_state"], state["ema"], state["best_params"] = jax.device_put(
-            (state["params"], state["opt_state"], state["ema"], state["best_params"]))
+            (state["params"], state["opt_state"], state["ema"], state["best_params"]), replicated)
         if verbose:
             print(f"[ef] resumed at epoch {state['epoch']} of {cfg.epochs}", flush=True)
     ema_decay = float(cfg.ema_decay)
@@ -853,7 +923,6 @@ def fit_committee(train: Groups, val: Groups, stats: dict, cfg: CommitteeConfig,
     dropout = float(cfg.dropout)
     dropout_key = jax.random.PRNGKey(cfg.seed + 1)  # not the initialisation's key
 
-    @jax.jit
     def step(params, opt_state, ema, g, idx, valid, bw, lam, counter):  # lam an argument: the final phase compiles nothing
         batch = {k: jnp.take(v, idx, axis=0) for k, v in g.items()}
         w = jnp.take(bw, idx, axis=1) * valid
@@ -876,6 +945,8 @@ def fit_committee(train: Groups, val: Groups, stats: dict, cfg: CommitteeConfig,
         ema = jax.tree_util.tree_map(lambda e, p: ema_decay * e + (1 - ema_decay) * p, ema, params)
         return params, opt_state, ema, value
 
+    # Data-parallel: the outputs (weights, state, loss) stay replicated, as the next step takes them.
+    step = jax.jit(step) if mesh is None else jax.jit(step, out_shardings=replicated)
     val_fn = _validation_function(act)
     t_start = time.time()
     last_save = time.time()
@@ -901,7 +972,9 @@ def fit_committee(train: Groups, val: Groups, stats: dict, cfg: CommitteeConfig,
         t0 = time.time()
         loss_sum = 0.0
         p, o, e = state["params"], state["opt_state"], state["ema"]
-        for i, (gi, idx, valid) in enumerate(_epoch_batches(train, cfg, epoch)):
+        for i, (gi, idx, valid) in enumerate(_epoch_batches(train, cfg, epoch, n_dev)):
+            if mesh is not None:  # each device gets its slice of the batch's structures
+                idx, valid = jax.device_put((idx, np.asarray(valid, dtype)), batch_sharding)
             p, o, e, value = step(p, o, e, train_dev[gi], idx, jnp.asarray(valid, dtype), bw_dev[gi], lam,
                                   np.uint32(epoch * steps_per_epoch + i))
             loss_sum += value
@@ -969,6 +1042,8 @@ def fit_committee(train: Groups, val: Groups, stats: dict, cfg: CommitteeConfig,
     if path is not None:
         _save_state(path, state)
         _write_history(hist_path, state["history"])
+    if mesh is not None:  # the polish, export and callers work on one device
+        state["best_params"] = jax.device_put(state["best_params"], jax.local_devices()[0])
     return {"params": state["best_params"], "history": state["history"],
             "best_epoch": np.asarray(state["best_epoch"]).tolist(),
             "best_objective": np.asarray(state["best_objective"]).tolist(),

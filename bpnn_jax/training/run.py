@@ -50,6 +50,14 @@ def init_model(config: TrainConfig) -> tuple[BPNN, TrainConfig]:
     return model, config
 
 
+def _check_devices(config: TrainConfig) -> None:
+    """Data parallelism with one device stops here, before the data are read and featurised."""
+    if config.data_parallel:
+        from .jacobian import data_mesh
+
+        data_mesh(True)
+
+
 def train(paths, run_dir, config: TrainConfig, *, resume: bool = False, verbose: int = 1, data=None,
           resume_overrides: dict | None = None) -> BPNN:
     """Train a committee and save everything to ``run_dir`` (see module doc).
@@ -71,12 +79,14 @@ def train(paths, run_dir, config: TrainConfig, *, resume: bool = False, verbose:
         The trained model (also saved as ``run_dir/model.keras``).
 
     Raises:
-        BPNNInputError: bad input, nothing to resume, or ``members`` < 1.
+        BPNNInputError: bad input, nothing to resume, ``members`` < 1, or
+            ``data_parallel`` where JAX sees one device.
     """
     run_dir = Path(run_dir)
     if config.members < 1 and "members" not in config.derive:
         raise BPNNInputError(f"members {config.members}: the single-network Keras stages are gone; use members 1 "
                              f"(--members 1) for one network on the committee trainer")
+    _check_devices(config)
     run_dir.mkdir(parents=True, exist_ok=True)
     deadline = None if config.time_limit_minutes is None else time.time() + 60.0 * config.time_limit_minutes
     if resume:
@@ -87,6 +97,7 @@ def train(paths, run_dir, config: TrainConfig, *, resume: bool = False, verbose:
         if config.members < 1:
             raise BPNNInputError(f"{run_dir}: a run of the removed single-network Keras stages (members 0) cannot be "
                                  f"resumed; start a new run with --members 1")
+        _check_devices(config)
         if resume_overrides:
             write_json(run_dir / "config.json", config.to_json())
     init = None

@@ -194,7 +194,7 @@ def test_preset_seed_runs_the_study_on_the_committee_trainer(tmp_path, six_atom_
     ("--energy-epochs", "--ef-epochs"), ("--force-epochs", "--ef-epochs"), ("--lbfgs-steps", "--ef-lbfgs-steps"),
     ("--lbfgs-force-weight", "--ef-force-weight"), ("--force-weight", "--ef-force-weight"),
     ("--force-subset", "--ef-epochs"), ("--lr", "--ef-lr"), ("--atoms-per-batch", "--ef-atoms-per-batch"),
-    ("--data-parallel", "one device"), ("--members", "use --members 1")])
+    ("--members", "use --members 1")])
 def test_options_of_the_removed_keras_stages_stop_with_their_replacement(tmp_path, capsys, flag, replacement):
     value = "0" if flag == "--members" else "5"
     assert main(["train", "x.xsf", "--out", str(tmp_path / "r"), flag, value]) == 2
