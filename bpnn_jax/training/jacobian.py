@@ -143,7 +143,7 @@ class CommitteeConfig:
             local device (:func:`data_mesh`): the same objective and,
             up to float rounding, the same weights as on one device (with
             dropout, a batch padded to a multiple of the device count
-            draws other masks of the same rate).  The L-BFGS polish stays
+            draws other masks of the same rate; other batches the same).  The L-BFGS polish stays
             on one device.
     """
 

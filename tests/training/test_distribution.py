@@ -4,6 +4,9 @@
   give the weights and losses of the one-device run (1e-10), with batches
   of odd sizes padded to the device count, and the step's batch is really
   split across both devices (its sharding seen inside the compiled step);
+  a data-parallel run's saved state resumes on one device as the one-device
+  run, and its weights go on to the one-device L-BFGS polish; with dropout
+  and unpadded batches the two runs draw the same masks;
 * asking for it with one device stops with a message that says how to get
   more (no traceback); ``--data-parallel`` and ``data_parallel: true`` in a
   config file are options again.
@@ -26,6 +29,8 @@ from bpnn_jax.training import jacobian as jt
 #: Runs in a fresh interpreter: the device count is fixed when JAX starts.
 _WORKER = r"""
 import json
+import shutil
+import tempfile
 import numpy as np
 import jax
 jax.config.update("jax_enable_x64", True)
@@ -45,9 +50,8 @@ def copper(rep, seed):
     atoms.get_forces()
     return atoms
 
-# 7 cells of 4 atoms (padded to 8: batches of 3, 3 and 1) and 3 of 12 (padded to 16: batches of 1), so
-# every batch is padded to the 2 devices.
-atoms = [copper((1, 1, 1), s) for s in range(7)] + [copper((1, 1, 3), 10 + s) for s in range(3)]
+# 8 cells of 4 atoms (padded to 8): batches of 3, 3 and 2, the first two padded to the 2 devices.
+atoms = [copper((1, 1, 1), s) for s in range(8)]
 spec = SymmetryFunctionSet.imbalzano(("Cu",), cutoff=4.0)
 hosts = prepare_structures(atoms, spec.elements, spec.cutoff, energy_offsets={"Cu": 0.0})
 sf = featurize_host(hosts, spec, dtype=np.float64)
@@ -68,12 +72,37 @@ def spying(params, stats, g, *args, **kwargs):
 
 one = jt.fit_committee(groups, groups, stats, cfg, verbose=0, dtype="float64")
 jt.member_losses = spying
+run_dir = tempfile.mkdtemp()
+branch = run_dir + "-epoch1"
+
+def keep_epoch_1(epoch, rec):  # epoch 2's callback comes before its state is saved: the file holds epoch 1
+    if epoch == 2:
+        shutil.copytree(run_dir, branch)
+
 two = jt.fit_committee(groups, groups, stats, jt.dataclasses.replace(cfg, data_parallel=True), verbose=0,
-                       dtype="float64")
-rel = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)) / (np.abs(np.asarray(a)) + 1e-12)))
-          for a, b in zip(jax.tree_util.tree_leaves(one["params"]), jax.tree_util.tree_leaves(two["params"])))
+                       dtype="float64", run_dir=run_dir, checkpoint_seconds=0.0, on_epoch=keep_epoch_1)
+jt.member_losses = losses
+# Epoch 1 on two devices, epochs 2-3 resumed on one.
+resumed = jt.fit_committee(groups, groups, stats, cfg, run_dir=branch, resume=True, verbose=0, dtype="float64",
+                           checkpoint_seconds=0.0)
+# Dropout with batches of 2 (nothing padded): the masks do not depend on how the batch is split.
+drop = jt.dataclasses.replace(cfg, atoms_per_batch=16, dropout=0.2, epochs=2)
+drop_one = jt.fit_committee(groups, groups, stats, drop, verbose=0, dtype="float64")
+drop_two = jt.fit_committee(groups, groups, stats, jt.dataclasses.replace(drop, data_parallel=True), verbose=0,
+                            dtype="float64")
+polished = jt.polish_lbfgs(two["params"], groups, groups, stats, cfg, steps=2, verbose=0, dtype="float64")
+shutil.rmtree(run_dir)
+shutil.rmtree(branch)
+
+def rel(x, y):
+    return max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)) / (np.abs(np.asarray(a)) + 1e-12)))
+               for a, b in zip(jax.tree_util.tree_leaves(x["params"]), jax.tree_util.tree_leaves(y["params"])))
+
 print(json.dumps({
-    "devices": jax.device_count(), "param_rel": rel,
+    "devices": jax.device_count(), "param_rel": rel(one, two), "resumed_rel": rel(one, resumed),
+    "dropout_rel": rel(drop_one, drop_two),
+    "polished_finite": bool(all(np.all(np.isfinite(np.asarray(x)))
+                                for x in jax.tree_util.tree_leaves(polished["params"]))),
     "loss_one": [r["train_loss"] for r in one["history"]], "loss_two": [r["train_loss"] for r in two["history"]],
     "val_one": [r["val_force_rmse_ev_a"] for r in one["history"]],
     "val_two": [r["val_force_rmse_ev_a"] for r in two["history"]],
@@ -94,9 +123,12 @@ def test_two_devices_train_as_one():
     assert out["param_rel"] < 1e-10
     assert out["loss_two"] == pytest.approx(out["loss_one"], rel=1e-10)
     assert out["val_two"] == pytest.approx(out["val_one"], rel=1e-10)
-    # Both group shapes compiled a step whose batch lies on both devices, split along the structures.
-    assert len(out["seen"]) >= 2 and all(n == 2 and "data" in spec for n, spec in out["seen"]), out["seen"]
+    # The compiled step's batch lies on both devices, split along the structures.
+    assert out["seen"] and all(n == 2 and "data" in spec for n, spec in out["seen"]), out["seen"]
     assert out["returned_devices"] == 1  # ready for the one-device polish and export
+    assert out["polished_finite"]
+    assert out["dropout_rel"] < 1e-10  # dropout: the same masks on 2 devices
+    assert out["resumed_rel"] < 1e-10  # a data-parallel run's state resumes on one device as if it had been there
 
 
 def test_data_parallel_on_one_device_says_how_to_get_more():
