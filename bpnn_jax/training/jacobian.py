@@ -686,7 +686,7 @@ def data_mesh(data_parallel: bool = True):
     if len(devices) < 2:
         raise BPNNInputError(
             f"data-parallel training splits each batch across several devices, but JAX sees one "
-            f"({devices[0].platform}: {devices[0].device_kind}); make several GPUs visible (CUDA_VISIBLE_DEVICES), "
+            f"{devices[0].platform} device; make several GPUs visible (CUDA_VISIBLE_DEVICES), "
             f"or leave out --data-parallel (data_parallel: false).  On a CPU, "
             f"XLA_FLAGS=--xla_force_host_platform_device_count=N set before Python starts gives N devices "
             f"(for tests: they share the same cores, so training is no faster)")
