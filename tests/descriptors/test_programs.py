@@ -1,0 +1,88 @@
+"""Traced programs kept across processes: a second ``featurize`` traces nothing and gives the same bits.
+
+Counted, not timed: :data:`bpnn_jax.descriptors.programs.STATS` of whole
+``featurize`` commands run in fresh processes against one cache directory
+(``BPNN_COMPILATION_CACHE``).  Two 6-atom structures of the bundled sample
+(one padded shape, one program) keep the first tier fast.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from bpnn_jax.descriptors import programs
+
+SCRIPT = r"""
+import json, sys
+from bpnn_jax.cli import main
+from bpnn_jax.descriptors.programs import STATS
+code = main(sys.argv[1:])
+print(json.dumps({"code": code, **STATS, "modules": sorted({m.split(".")[0] for m in sys.modules}
+                                                           & {"keras", "optax", "flax"})}))
+"""
+
+
+def _featurize(files, out: Path, cache: Path, **env) -> dict:
+    """``featurize files --out out`` in a fresh process; its counts of programs traced and loaded."""
+    environ = {k: v for k, v in os.environ.items() if k not in ("JAX_COMPILATION_CACHE_DIR", "BPNN_EXPORTED_PROGRAMS")}
+    environ.update({"BPNN_COMPILATION_CACHE": str(cache), **env})
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, "featurize", *map(str, files), "--out", str(out)],
+                          env=environ, check=True, capture_output=True, text=True)
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert res["code"] == 0, proc.stderr
+    return res
+
+
+def _sf(path: Path) -> np.ndarray:
+    with np.load(path, allow_pickle=False) as data:
+        return data["sf"]
+
+
+def test_second_process_traces_nothing_and_gives_the_same_bits(small_files, tmp_path):
+    files, cache = small_files[1:3], tmp_path / "xla"
+    first = _featurize(files, tmp_path / "a.npz", cache)
+    assert first["traced"] >= 1 and first["loaded"] == 0 and first["unsaved"] == 0, first
+    assert first["modules"] == [], "featurize imports Keras, optax or flax"
+    saved = sorted((cache / "bpnn_exported").glob("*.jaxexp"))
+    assert len(saved) == first["traced"]
+    second = _featurize(files, tmp_path / "b.npz", cache)
+    assert second["traced"] == 0 and second["loaded"] == first["traced"] and second["rejected"] == 0, second
+    assert np.array_equal(_sf(tmp_path / "a.npz"), _sf(tmp_path / "b.npz"))
+
+
+def test_damaged_programs_are_traced_again_with_the_same_values(small_files, tmp_path):
+    files, cache = small_files[1:3], tmp_path / "xla"
+    first = _featurize(files, tmp_path / "a.npz", cache)
+    n = first["traced"]
+    for path in (cache / "bpnn_exported").glob("*.jaxexp"):
+        blob = path.read_bytes()
+        head = len(programs._MAGIC) + 64
+        # A flipped byte of the program (its checksum no longer matches) ...
+        path.write_bytes(blob[:-10] + bytes([blob[-10] ^ 0xFF]) + blob[-9:])
+        damaged = _featurize(files, tmp_path / "b.npz", cache)
+        assert damaged["rejected"] == n and damaged["traced"] == n and damaged["loaded"] == 0, damaged
+        # ... and garbage with a valid checksum (what another jax.export version would look like to it).
+        garbage = b"not a program" * 10
+        path.write_bytes(blob[: len(programs._MAGIC) + 32] + hashlib.sha256(garbage).digest() + garbage)
+        assert len(path.read_bytes()) > head
+        rejected = _featurize(files, tmp_path / "c.npz", cache)
+        assert rejected["rejected"] == n and rejected["traced"] == n, rejected
+        break  # one padded shape: one file
+    for name in ("b.npz", "c.npz"):
+        assert np.array_equal(_sf(tmp_path / "a.npz"), _sf(tmp_path / name))
+    repaired = _featurize(files, tmp_path / "d.npz", cache)  # the fallback wrote the files again
+    assert repaired["loaded"] == n and repaired["traced"] == 0, repaired
+
+
+def test_exported_programs_can_be_switched_off(small_files, tmp_path):
+    cache = tmp_path / "xla"
+    res = _featurize(small_files[1:2], tmp_path / "a.npz", cache, BPNN_EXPORTED_PROGRAMS="0")
+    assert res["traced"] == 0 and res["loaded"] == 0, res
+    assert not (cache / "bpnn_exported").exists()
