@@ -31,6 +31,12 @@ largest value.  The aenet Fortran featuriser is given as a reference line
 2-core machine, not by this script).
 
 Writes ``<out-dir>/dscribe_compare_<tag>.json`` and ``.md``.
+
+``python benchmarks/dscribe_compare.py --dscribe-process PARAMS.json DIR
+N_JOBS OUT.npy`` is DScribe's whole process alone (no JAX imported): read
+every XSF file of DIR with ASE, compute the ACSF with the parameters of
+PARAMS.json (:func:`acsf_params`), save them; ``speed_suite.py`` times it
+beside our whole ``featurize`` process.
 """
 
 from __future__ import annotations
@@ -89,18 +95,41 @@ def dscribe_columns(spec) -> tuple[list[int], int]:
     return index, width
 
 
-def run_dscribe(atoms, spec, n_jobs: int, repeats: int) -> tuple[dict, list]:
+def acsf_params(spec) -> dict:
+    """DScribe's ACSF arguments for our function set (plain JSON: a DScribe-only process reads them)."""
+    return {"species": list(spec.elements), "r_cut": spec.cutoff,
+            "g2_params": [[eta, rs] for eta, rs in spec.radial],
+            "g4_params": [[eta, zeta, lam] for eta, lam, zeta in spec.angular]}
+
+
+def make_acsf(params: dict):
+    """DScribe's ACSF of :func:`acsf_params` (periodic, dense, float64)."""
     from dscribe.descriptors import ACSF
 
-    acsf = ACSF(
-        species=list(spec.elements),
-        r_cut=spec.cutoff,
-        g2_params=[[eta, rs] for eta, rs in spec.radial],
-        g4_params=[[eta, zeta, lam] for eta, lam, zeta in spec.angular],
-        periodic=True,
-        sparse=False,
-        dtype="float64",
-    )
+    return ACSF(**params, periodic=True, sparse=False, dtype="float64")
+
+
+def dscribe_process(params_file: str, data: str, n_jobs: int, out: str) -> int:
+    """DScribe's whole process, as a user runs it: import, read the XSF files with ASE, ACSF, save.
+
+    Neither JAX nor bpnn_jax is imported: its time is DScribe's alone (the
+    parameters come from ``params_file``, written by the caller from
+    :func:`acsf_params`).  Writes the (atoms, features) float64 array to
+    ``out`` (``.npy``).
+    """
+    import json
+
+    import ase.io
+
+    files = sorted(Path(data).glob("*.xsf"))
+    atoms = [ase.io.read(f, format="xsf") for f in files]
+    values = make_acsf(json.loads(Path(params_file).read_text())).create(atoms, n_jobs=n_jobs)
+    np.save(out, np.concatenate([np.asarray(v) for v in values]))
+    return 0
+
+
+def run_dscribe(atoms, spec, n_jobs: int, repeats: int) -> tuple[dict, list]:
+    acsf = make_acsf(acsf_params(spec))
     index, width = dscribe_columns(spec)
     if acsf.get_number_of_features() != width:
         raise RuntimeError(f"DScribe has {acsf.get_number_of_features()} features, expected {width}")
@@ -252,6 +281,9 @@ def markdown(res: dict) -> str:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["--dscribe-process"]:  # PARAMS.json DIR N_JOBS OUT.npy, before anything imports JAX
+        return dscribe_process(argv[1], argv[2], int(argv[3]), argv[4])
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_args(ap)
     ap.add_argument("--subset", type=int, default=300, help="structures, spread evenly over the sorted files "
