@@ -37,8 +37,8 @@ __all__ = ["STATS", "persistent_jit", "program_dir"]
 
 #: Counts in this process: programs ``traced`` (and exported), ``loaded``
 #: from a file, files ``rejected`` (corrupted, stale or unreadable), and
-#: ``unsaved`` programs (their file could not be written).  For tests and
-#: benchmarks.
+#: ``unsaved`` programs (not exported, or their file could not be written:
+#: a later process traces them again).  For tests and benchmarks.
 STATS = {"traced": 0, "loaded": 0, "rejected": 0, "unsaved": 0}
 
 _MAGIC = b"BPNNEXP1"
@@ -128,8 +128,11 @@ class _PersistentJit:
 
     def __call__(self, *args):
         leaves, treedef = jax.tree_util.tree_flatten(args)
-        if any(isinstance(x, jax.core.Tracer) or not hasattr(x, "dtype") for x in leaves):
-            return self._jit(*args)  # inside another transformation, or Python scalars: plain jit
+        if any(isinstance(x, jax.core.Tracer) or not hasattr(x, "dtype") or getattr(x, "weak_type", False)
+               for x in leaves):
+            # Inside another transformation, or Python scalars (weakly typed: an exported program's
+            # inputs are strongly typed and could promote differently): the plain jit.
+            return self._jit(*args)
         avals = tuple((tuple(x.shape), np.dtype(x.dtype).name) for x in leaves)
         call = self._programs.get((treedef, avals))
         if call is None:
@@ -137,7 +140,7 @@ class _PersistentJit:
             if directory is None:
                 return self._jit(*args)
             call = self._programs[(treedef, avals)] = self._load_or_export(directory, treedef, avals)
-        return call(*leaves)
+        return self._jit(*args) if call is self._jit else call(*leaves)
 
     def _load_or_export(self, directory: Path, treedef, avals):
         key = _program_key(self._name, self._config, treedef, avals)
@@ -153,7 +156,13 @@ class _PersistentJit:
             def flat(*leaves):
                 return self._fn(*jax.tree_util.tree_unflatten(treedef, leaves))
 
-            exported = jax.export.export(jax.jit(flat))(*[jax.ShapeDtypeStruct(s, d) for s, d in avals])
+            try:
+                exported = jax.export.export(jax.jit(flat))(*[jax.ShapeDtypeStruct(s, d) for s, d in avals])
+            except Exception:
+                # What jax.export does not support (e.g. host callbacks): the plain jit, which also raises
+                # a genuine error of ``fn`` again.
+                STATS["unsaved"] += 1
+                return self._jit
             STATS["traced"] += 1
             _write_program(path, key, exported)
         return jax.jit(exported.call)
