@@ -86,3 +86,32 @@ def test_exported_programs_can_be_switched_off(small_files, tmp_path):
     res = _featurize(small_files[1:2], tmp_path / "a.npz", cache, BPNN_EXPORTED_PROGRAMS="0")
     assert res["traced"] == 0 and res["loaded"] == 0, res
     assert not (cache / "bpnn_exported").exists()
+
+
+def test_persistent_jit_in_one_process(tmp_path, monkeypatch):
+    """Traced once per signature and configuration, loaded by a new wrapper, plain jit under transformations."""
+    import jax
+    import jax.numpy as jnp
+
+    monkeypatch.setattr(programs, "program_dir", lambda: tmp_path)
+
+    def fn(x, y):
+        return {"s": jnp.sin(x) * y}
+
+    x, y = np.linspace(0.0, 1.0, 5), np.full(5, 2.0)
+    count = dict(programs.STATS)
+    f = programs.persistent_jit(fn, "test_fn", "v1")
+    out = f(x, y)
+    assert programs.STATS["traced"] == count["traced"] + 1 and len(list(tmp_path.glob("test_fn-*.jaxexp"))) == 1
+    assert np.array_equal(out["s"], jax.jit(fn)(x, y)["s"])
+    f(x + 1.0, y)  # same signature: the same program
+    assert programs.STATS["traced"] == count["traced"] + 1
+    # Under grad (tracers) and with Python scalars: the plain jit, nothing exported.
+    np.testing.assert_allclose(jax.grad(lambda x: f(x, y)["s"].sum())(x), 2.0 * np.cos(x), rtol=1e-12)
+    assert np.allclose(f(x, 2.0)["s"], 2.0 * np.sin(x))
+    assert programs.STATS["traced"] == count["traced"] + 1
+    # A new wrapper (what a new process makes) loads the file; another configuration is another program.
+    assert np.array_equal(programs.persistent_jit(fn, "test_fn", "v1")(x, y)["s"], out["s"])
+    assert programs.STATS["loaded"] == count["loaded"] + 1
+    programs.persistent_jit(fn, "test_fn", "v2")(x, y)
+    assert programs.STATS["traced"] == count["traced"] + 2
