@@ -124,22 +124,24 @@ class _PersistentJit:
         self._name = name
         self._config = config
         self._jit = jax.jit(fn)
-        self._programs: dict = {}  # (treedef, avals) -> jitted call of the exported program
+        self._programs: dict = {}  # (treedef, (shape, dtype) per leaf) -> jitted call of the exported program
 
     def __call__(self, *args):
         leaves, treedef = jax.tree_util.tree_flatten(args)
-        if any(isinstance(x, jax.core.Tracer) or not hasattr(x, "dtype") or getattr(x, "weak_type", False)
-               for x in leaves):
-            # Inside another transformation, or Python scalars (weakly typed: an exported program's
-            # inputs are strongly typed and could promote differently): the plain jit.
+        # Per call (an MD step calls this): a cheap signature, and the plain jit inside another
+        # transformation, for Python scalars and for weakly typed arrays (an exported program's inputs
+        # are strongly typed and could promote differently).
+        if not all(type(x) is np.ndarray or not (isinstance(x, jax.core.Tracer) or getattr(x, "weak_type", True))
+                   for x in leaves):
             return self._jit(*args)
-        avals = tuple((tuple(x.shape), np.dtype(x.dtype).name) for x in leaves)
-        call = self._programs.get((treedef, avals))
+        signature = (treedef, *[(x.shape, x.dtype) for x in leaves])
+        call = self._programs.get(signature)
         if call is None:
             directory = program_dir()
             if directory is None:
                 return self._jit(*args)
-            call = self._programs[(treedef, avals)] = self._load_or_export(directory, treedef, avals)
+            avals = tuple((tuple(x.shape), np.dtype(x.dtype).name) for x in leaves)
+            call = self._programs[signature] = self._load_or_export(directory, treedef, avals)
         return self._jit(*args) if call is self._jit else call(*leaves)
 
     def _load_or_export(self, directory: Path, treedef, avals):
