@@ -31,6 +31,12 @@ largest value.  The aenet Fortran featuriser is given as a reference line
 2-core machine, not by this script).
 
 Writes ``<out-dir>/dscribe_compare_<tag>.json`` and ``.md``.
+
+``python benchmarks/dscribe_compare.py --dscribe-process PARAMS.json DIR
+N_JOBS OUT.npy`` is DScribe's whole process alone (no JAX imported): read
+every XSF file of DIR with ASE, compute the ACSF with the parameters of
+PARAMS.json (:func:`acsf_params`), save them; ``speed_suite.py`` times it
+beside our whole ``featurize`` process.
 """
 
 from __future__ import annotations
@@ -60,7 +66,7 @@ from bench_common import (  # noqa: E402
 
 
 def _cpu_s() -> float:
-    """CPU time of this process and its finished children (DScribe's joblib workers), s."""
+    """CPU time of this process and its reaped children, s (not DScribe's joblib workers, which live on)."""
     own = resource.getrusage(resource.RUSAGE_SELF)
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
@@ -89,18 +95,41 @@ def dscribe_columns(spec) -> tuple[list[int], int]:
     return index, width
 
 
-def run_dscribe(atoms, spec, n_jobs: int, repeats: int) -> tuple[dict, list]:
+def acsf_params(spec) -> dict:
+    """DScribe's ACSF arguments for our function set (plain JSON: a DScribe-only process reads them)."""
+    return {"species": list(spec.elements), "r_cut": spec.cutoff,
+            "g2_params": [[eta, rs] for eta, rs in spec.radial],
+            "g4_params": [[eta, zeta, lam] for eta, lam, zeta in spec.angular]}
+
+
+def make_acsf(params: dict):
+    """DScribe's ACSF of :func:`acsf_params` (periodic, dense, float64)."""
     from dscribe.descriptors import ACSF
 
-    acsf = ACSF(
-        species=list(spec.elements),
-        r_cut=spec.cutoff,
-        g2_params=[[eta, rs] for eta, rs in spec.radial],
-        g4_params=[[eta, zeta, lam] for eta, lam, zeta in spec.angular],
-        periodic=True,
-        sparse=False,
-        dtype="float64",
-    )
+    return ACSF(**params, periodic=True, sparse=False, dtype="float64")
+
+
+def dscribe_process(params_file: str, data: str, n_jobs: int, out: str) -> int:
+    """DScribe's whole process, as a user runs it: import, read the XSF files with ASE, ACSF, save.
+
+    Neither JAX nor bpnn_jax is imported: its time is DScribe's alone (the
+    parameters come from ``params_file``, written by the caller from
+    :func:`acsf_params`).  Writes the (atoms, features) float64 array to
+    ``out`` (``.npy``).
+    """
+    import json
+
+    import ase.io
+
+    files = sorted(Path(data).glob("*.xsf"))
+    atoms = [ase.io.read(f, format="xsf") for f in files]
+    values = make_acsf(json.loads(Path(params_file).read_text())).create(atoms, n_jobs=n_jobs)
+    np.save(out, np.concatenate([np.asarray(v) for v in values]))
+    return 0
+
+
+def run_dscribe(atoms, spec, n_jobs: int, repeats: int) -> tuple[dict, list]:
+    acsf = make_acsf(acsf_params(spec))
     index, width = dscribe_columns(spec)
     if acsf.get_number_of_features() != width:
         raise RuntimeError(f"DScribe has {acsf.get_number_of_features()} features, expected {width}")
@@ -115,16 +144,20 @@ def run_dscribe(atoms, spec, n_jobs: int, repeats: int) -> tuple[dict, list]:
             out = [np.asarray(x) for x in out]
         walls.append(time.perf_counter() - t0)
         cpus.append(_cpu_s() - c0)
-        log(f"  DScribe pass {r + 1}: {walls[-1]:.1f} s wall, {cpus[-1]:.1f} s CPU")
+        log(f"  DScribe pass {r + 1}: {walls[-1]:.1f} s wall")
         values = out
     n_atoms = sum(len(a) for a in atoms)
+    if n_jobs != 1:
+        # joblib's worker processes live on after each pass (they are not reaped, so their CPU time is
+        # in no rusage of this process): no CPU figure rather than the parent's alone.
+        cpus = None
     res = {
         "n_jobs": n_jobs,
         "wall_s": round(min(walls), 3),
-        "cpu_s": round(min(cpus), 3),
+        "cpu_s": None if cpus is None else round(min(cpus), 3),
         "runs_wall_s": [round(x, 2) for x in walls],
         "us_per_atom": round(min(walls) / n_atoms * 1e6, 1),
-        "cpu_us_per_atom": round(min(cpus) / n_atoms * 1e6, 1),
+        "cpu_us_per_atom": None if cpus is None else round(min(cpus) / n_atoms * 1e6, 1),
         "n_features": int(acsf.get_number_of_features()),
     }
     return res, [np.asarray(v, np.float64)[:, index] for v in values]
@@ -205,7 +238,7 @@ def markdown(res: dict) -> str:
         us = wall / n_atoms * 1e6
         cus = None if cpu is None else cpu / n_atoms * 1e6
         r_wall = fmt(ds["wall_s"] / wall) if ds and wall else "—"
-        r_cpu = fmt(ds["cpu_s"] / cpu) if ds and cpu else "—"
+        r_cpu = fmt(ds["cpu_s"] / cpu) if ds and ds.get("cpu_s") and cpu else "—"
         lines.append(f"| {name} | {what} | {fmt(wall)} | {fmt(us)} | {fmt(cus)} | {r_wall} | {r_cpu} |")
 
     if ds:
@@ -228,9 +261,10 @@ def markdown(res: dict) -> str:
                      f"≈ {fmt(a)} | — | {fmt(ds['us_per_atom'] / a) if ds else '—'} | — |")
     lines += [
         "",
-        "µs/atom = wall time / atoms; CPU µs/atom = process CPU time (all threads; DScribe's worker processes "
-        "included) / atoms. DScribe runs in one thread (n_jobs=1) while XLA uses every core, so the CPU "
-        "column is the per-core comparison. Steady = best of the repeated passes with everything compiled.",
+        "µs/atom = wall time / atoms; CPU µs/atom = process CPU time (all threads) / atoms, not given for "
+        "DScribe with n_jobs > 1 (its joblib workers outlive the pass: their CPU time is in no rusage of this "
+        "process). DScribe with n_jobs=1 runs in one thread while XLA uses every core, so the CPU column is the "
+        "per-core comparison. Steady = best of the repeated passes with everything compiled.",
     ]
     dev = res.get("deviation")
     if dev:
@@ -252,6 +286,9 @@ def markdown(res: dict) -> str:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["--dscribe-process"]:  # PARAMS.json DIR N_JOBS OUT.npy, before anything imports JAX
+        return dscribe_process(argv[1], argv[2], int(argv[3]), argv[4])
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_args(ap)
     ap.add_argument("--subset", type=int, default=300, help="structures, spread evenly over the sorted files "
@@ -336,7 +373,7 @@ def main(argv=None) -> int:
             res["ratios_dscribe_over_ours"] = {
                 k: {"functions_steady": round(dw / v["wall_s"], 2),
                     "with_neighbor_lists_steady": round(dw / (v["wall_s"] + nl_s), 2),
-                    "cpu_time_functions_steady": round(dc / v["cpu_s"], 2)}
+                    "cpu_time_functions_steady": round(dc / v["cpu_s"], 2) if dc else None}
                 for k, v in res["ours"].items() if "error" not in v
             }
     except KeyboardInterrupt:  # e.g. `timeout -s INT`: write what was measured

@@ -12,8 +12,12 @@ Parts, each in fresh processes:
    9), of ``evaluate tio2`` on one structure and of ``load_model("tio2")``:
    *cold* = with an empty XLA compilation cache (a temporary
    ``BPNN_COMPILATION_CACHE`` directory), *warm* = the same command again
-   (the programs come from that cache); best of ``--repeats`` warm runs.
-   Cold − warm is what compilation costs a first run.
+   (the programs come from that cache: no tracing, no compiling); best of
+   ``--repeats`` warm runs; wall and CPU times.  Cold − warm is what
+   tracing and compilation cost a first run.  Beside them, DScribe's whole
+   process on the same files (``dscribe_compare.py --dscribe-process``:
+   import, ASE's reader, ACSF with 2 processes, save), when DScribe is
+   installed.
 2. **Featurisation in one process** against DScribe's ACSF
    (``benchmarks/dscribe_compare.py`` on the same structures, float32
    ours, DScribe with 2 processes): steady µs/atom and our compile seconds.
@@ -31,8 +35,10 @@ own results next to them (``dscribe_compare_<tag>-suite.*``,
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -45,29 +51,46 @@ from bench_common import add_common_args, default_tag, fmt, footer, log, machine
 HERE = Path(__file__).resolve().parent
 
 
+def _children_cpu_s() -> float:
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return kids.ru_utime + kids.ru_stime
+
+
 def _run(cmd, env, cwd) -> float:
     """Wall seconds of one process (raises on a non-zero exit)."""
-    t = time.perf_counter()
+    return _run_timed(cmd, env, cwd)[0]
+
+
+def _run_timed(cmd, env, cwd) -> tuple[float, float]:
+    """Wall seconds and CPU seconds (user + sys, all its threads and children) of one process."""
+    t, c = time.perf_counter(), _children_cpu_s()
     proc = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True)
-    seconds = time.perf_counter() - t
+    seconds, cpu = time.perf_counter() - t, _children_cpu_s() - c
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(map(str, cmd))} exited {proc.returncode}: {proc.stderr[-800:]}")
-    return seconds
+    return seconds, cpu
 
 
 def process_times(commands: dict, repeats: int) -> dict:
-    """{name: {cold_s, warm_s, warm_runs_s}} with a fresh compilation cache per command."""
+    """{name: {cold_s, warm_s, warm_runs_s, cold_cpu_s, warm_cpu_s}} with a fresh compilation cache per command.
+
+    Warm: best of ``repeats`` runs (wall and CPU time each the least of
+    their runs); the CPU times (user + sys of the process and its children)
+    are less disturbed by other load on the machine than the wall times.
+    """
     out = {}
     for name, cmd in commands.items():
         with tempfile.TemporaryDirectory(prefix="bpnn_suite_cache_") as cache, \
                 tempfile.TemporaryDirectory(prefix="bpnn_suite_work_") as work:
             env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
             env["BPNN_COMPILATION_CACHE"] = cache
-            cold = _run(cmd, env, work)
-            warm = [_run(cmd, env, work) for _ in range(repeats)]
-        out[name] = {"command": " ".join(map(str, cmd)), "cold_s": round(cold, 2), "warm_s": round(min(warm), 2),
-                     "warm_runs_s": [round(w, 2) for w in warm]}
-        log(f"{name}: cold {cold:.1f} s, warm {min(warm):.1f} s")
+            cold, cold_cpu = _run_timed(cmd, env, work)
+            warm = [_run_timed(cmd, env, work) for _ in range(repeats)]
+        out[name] = {"command": " ".join(map(str, cmd)), "cold_s": round(cold, 2),
+                     "warm_s": round(min(w for w, _ in warm), 2), "warm_runs_s": [round(w, 2) for w, _ in warm],
+                     "cold_cpu_s": round(cold_cpu, 2), "warm_cpu_s": round(min(c for _, c in warm), 2)}
+        log(f"{name}: cold {cold:.1f} s ({cold_cpu:.1f} s CPU), warm {out[name]['warm_s']} s "
+            f"({out[name]['warm_cpu_s']} s CPU)")
     return out
 
 
@@ -75,10 +98,21 @@ def markdown(res: dict) -> str:
     s = res["settings"]
     lines = [f"# Speed suite ({res['tag']})", "", f"{res['date']} · {s['n_structures']} structures "
              f"({s['n_atoms']} atoms) = every {s['every']}th XSF file of `{res.get('data_dir')}`", "",
-             machine_line(res), "", "## Whole processes (wall seconds)", "",
-             "| command | cold (empty compilation cache) | warm (same command again) |", "|---|---|---|"]
-    for name, p in res.get("process", {}).items():
-        lines.append(f"| {name} | {fmt(p['cold_s'])} | {fmt(p['warm_s'])} |")
+             machine_line(res), "", "## Whole processes (seconds)", "",
+             "| command | cold (empty compilation cache) | warm (same command again) | cold CPU | warm CPU |",
+             "|---|---|---|---|---|"]
+    procs = res.get("process", {})
+    for name, p in procs.items():
+        lines.append(f"| {name} | {fmt(p['cold_s'])} | {fmt(p['warm_s'])} | {fmt(p.get('cold_cpu_s'))} | "
+                     f"{fmt(p.get('warm_cpu_s'))} |")
+    ds = next((p for name, p in procs.items() if name.startswith("DScribe")), None)
+    ours = next((p for name, p in procs.items() if name.startswith("featurize")), None)
+    if ds and ours:
+        lines += ["", f"DScribe's whole process / our warm `featurize` process: {fmt(ds['warm_s'] / ours['warm_s'])}× "
+                  f"(wall), {fmt(ds['warm_cpu_s'] / ours['warm_cpu_s'])}× (CPU time); against our cold process "
+                  f"{fmt(ds['warm_s'] / ours['cold_s'])}× (wall). CPU = user + sys of the process, its threads and "
+                  "children (DScribe's worker processes included); warm = best of the repeated runs. Both read the "
+                  "same XSF files (DScribe's with ASE's reader) and write their values to a file."]
     d = res.get("dscribe_compare")
     if d:
         lines += ["", "## Featurisation in one process (70 Artrith–Urban functions)", "",
@@ -88,15 +122,18 @@ def markdown(res: dict) -> str:
         if d.get("dscribe"):
             lines.append(f"| DScribe {d.get('dscribe_version', '')} ({d['dscribe'].get('n_jobs')} processes) | "
                          f"{fmt(d['dscribe'].get('us_per_atom'))} | – |")
+    ds_us = (d or {}).get("dscribe", {}).get("us_per_atom")
     for label, md in res.get("md", {}).items():
         lines += ["", f"## MD steps, shipped committee, {label} (energy + forces + stress)", "",
-                  "| atoms | ms/step | µs/atom/step | model ms | first call s |", "|---|---|---|---|---|"]
+                  "| atoms | ms/step | µs/atom/step | model ms | first call s | DScribe forward-only µs/atom / "
+                  "this µs/atom/step |", "|---|---|---|---|---|---|"]
         for r in md.get("sizes", []):
             if "error" in r:
-                lines.append(f"| {r.get('target')} | {r['error']} | | | |")
+                lines.append(f"| {r.get('target')} | {r['error']} | | | | |")
                 continue
+            ratio = fmt(ds_us / r["us_per_atom_step"]) if ds_us and r.get("us_per_atom_step") else "–"
             lines.append(f"| {r.get('n_atoms')} | {fmt(r.get('step_ms'))} | {fmt(r.get('us_per_atom_step'))} | "
-                         f"{fmt(r.get('model_ms'))} | {fmt(r.get('first_call_s'))} |")
+                         f"{fmt(r.get('model_ms'))} | {fmt(r.get('first_call_s'))} | {ratio} |")
     lines += footer(res)
     return "\n".join(lines) + "\n"
 
@@ -141,9 +178,23 @@ def main(argv=None) -> int:
         commands = {
             f"featurize {len(files)} structures": [py, "-m", "bpnn_jax", "featurize", str(subset), "--out",
                                                    "features.npz"],
+            # The same, tracing every program again (the compilation cache alone): what the exported
+            # programs save a warm process.
+            f"featurize {len(files)} structures, BPNN_EXPORTED_PROGRAMS=0": [
+                "env", "BPNN_EXPORTED_PROGRAMS=0", py, "-m", "bpnn_jax", "featurize", str(subset), "--out",
+                "features.npz"],
             "evaluate tio2, one structure": [py, "-m", "bpnn_jax", "evaluate", "tio2", str(files[0])],
             "load_model(\"tio2\")": [py, "-c", "import bpnn_jax; bpnn_jax.load_model('tio2')"],
         }
+        if importlib.util.find_spec("dscribe") is not None:
+            from bpnn_jax.descriptors import SymmetryFunctionSet
+            from dscribe_compare import acsf_params
+
+            params = Path(tmp) / "acsf.json"
+            params.write_text(json.dumps(acsf_params(SymmetryFunctionSet.artrith_urban(("O", "Ti")))))
+            commands[f"DScribe ACSF whole process, {len(files)} structures (n_jobs=2)"] = [
+                py, str(HERE / "dscribe_compare.py"), "--dscribe-process", str(params), str(subset), "2",
+                "acsf.npy"]
         if "process" in parts:
             res["process"] = process_times(commands, args.repeats)
             write_results(res, out_dir, f"speed_suite_{args.tag}", markdown(res))

@@ -13,6 +13,10 @@ programs instead of compiling them again: in ``$XDG_CACHE_HOME/bpnn_jax/xla``
 (``~/.cache/bpnn_jax/xla``) by default; JAX's own ``JAX_COMPILATION_CACHE_DIR``
 wins when set, ``BPNN_COMPILATION_CACHE=DIR`` chooses another directory and
 ``BPNN_COMPILATION_CACHE=0`` switches it off.  See :func:`compilation_cache_dir`.
+The traced programs are kept there too (``bpnn_exported/``), so that a
+second process does not trace them again either
+(:mod:`bpnn_jax.descriptors.programs`; ``BPNN_EXPORTED_PROGRAMS=0`` turns
+that alone off).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The persistent XLA compilation cache: a second process compiles nothing.
+"""The persistent XLA compilation cache: a second process compiles (and traces) nothing.
 
 Counted, not timed: JAX's monitoring events ``cache_hits`` and
 ``cache_misses`` of a featurisation plus an evaluation of the shipped model,
@@ -34,9 +34,10 @@ featurize(atoms, SymmetryFunctionSet.artrith_urban(("O", "Ti")))
 if with_model:
     model = load_model("tio2")
     predict_structures(model, prepare_structures(atoms, model.elements, model.spec.cutoff))
+from bpnn_jax.descriptors.programs import STATS
 print(json.dumps({"dir": bpnn_jax.compilation_cache_dir(),
                   "hits": counts["/jax/compilation_cache/cache_hits"],
-                  "misses": counts["/jax/compilation_cache/cache_misses"]}))
+                  "misses": counts["/jax/compilation_cache/cache_misses"], **STATS}))
 """
 
 
@@ -59,6 +60,9 @@ def test_second_process_loads_every_program_from_the_cache(small_files, tmp_path
     second = _run(files, cache)
     assert second["misses"] == 0, second
     assert second["hits"] >= first["misses"]
+    # Nor traces anything: the featurisation and the model's potential programs are loaded
+    # (bpnn_jax.descriptors.programs).
+    assert first["traced"] >= 2 and second["traced"] == 0 and second["loaded"] == first["traced"], second
 
 
 def test_cache_can_be_switched_off(small_files, tmp_path):

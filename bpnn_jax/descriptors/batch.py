@@ -1,8 +1,9 @@
 """The one batch type of bpnn_jax, and how structures are padded into it.
 
 A :class:`Batch` holds B structures padded to N atoms and M neighbour slots
-per atom.  It is a JAX pytree (``flax.struct.dataclass``), so it passes
-through ``jit``, ``vmap`` and ``grad`` as it is.  Host-side preparation
+per atom.  It is a JAX pytree (a frozen dataclass registered with
+``jax.tree_util.register_dataclass``), so it passes through ``jit``, ``vmap``
+and ``grad`` as it is.  Host-side preparation
 (:func:`prepare_structures`, :func:`plan_batches`, :func:`collate`) is NumPy.
 """
 
@@ -11,8 +12,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Iterable, Sequence
 
+import jax
 import numpy as np
-from flax import struct
 
 from ..errors import StructureError
 from ..units import stress_voigt
@@ -39,7 +40,7 @@ __all__ = [
 ]
 
 
-@struct.dataclass
+@dataclasses.dataclass(frozen=True)
 class Batch:
     """B structures padded to N atoms and M neighbour slots.
 
@@ -71,7 +72,11 @@ class Batch:
     neighbor_mask: np.ndarray
     energy: np.ndarray | None = None
     forces: np.ndarray | None = None
-    slots: tuple[int, ...] = struct.field(pytree_node=False, default=())
+    slots: tuple[int, ...] = ()  # static (pytree metadata)
+
+    def replace(self, **changes) -> "Batch":
+        """A copy with some fields replaced (e.g. ``positions``)."""
+        return dataclasses.replace(self, **changes)
 
     @property
     def n_atoms(self):
@@ -117,6 +122,15 @@ class Batch:
         if self.forces is not None:
             out["forces"] = self.forces
         return out
+
+
+# The arrays are the pytree's leaves (None fields are empty subtrees); the slot layout is static.
+jax.tree_util.register_dataclass(
+    Batch,
+    data_fields=["positions", "cell", "species", "atom_mask", "neighbors", "shifts", "neighbor_mask", "energy",
+                 "forces"],
+    meta_fields=["slots"],
+)
 
 
 @dataclasses.dataclass

@@ -77,24 +77,30 @@ _JIT_CACHE: dict[tuple[Callable, Any, int], Callable] = {}
 
 
 def _cached_jit(batch_fn: Callable, spec, chunk_size: int) -> Callable:
-    """One ``jax.jit`` of ``batch_fn(batch, spec, chunk_size=...)`` per (function, spec, chunk size)."""
-    import jax
+    """One jit of ``batch_fn(batch, spec, chunk_size=...)`` per (function, spec, chunk size).
+
+    A :func:`~bpnn_jax.descriptors.programs.persistent_jit`: a later process
+    loads the traced programs instead of tracing them again.
+    """
+    from .programs import persistent_jit
 
     key = (batch_fn, spec, int(chunk_size))
     fn = _JIT_CACHE.get(key)
     if fn is None:
         chunk = int(chunk_size)
-        fn = _JIT_CACHE[key] = jax.jit(lambda batch: batch_fn(batch, spec, chunk_size=chunk))
+        fn = _JIT_CACHE[key] = persistent_jit(lambda batch: batch_fn(batch, spec, chunk_size=chunk),
+                                              batch_fn.__name__, f"{spec!r} chunk_size={chunk}")
     return fn
 
 
 def descriptor_function(spec, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Callable:
     """The cached, jitted batch featuriser of a function set.
 
-    One ``jax.jit`` object per (``spec``, ``chunk_size``): jit traces and
-    compiles once per distinct batch shape and dtype and keeps the compiled
-    programs, so calling :func:`featurize` again with the same set reuses
-    them.
+    One jit object per (``spec``, ``chunk_size``): it traces and compiles
+    once per distinct batch shape and dtype and keeps the compiled programs,
+    so calling :func:`featurize` again with the same set reuses them; a
+    later process loads the traced programs from disk
+    (:mod:`~bpnn_jax.descriptors.programs`).
 
     Args:
         spec: a :class:`~bpnn_jax.descriptors.SymmetryFunctionSet` (hashable).

@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import keras
 
 from ..descriptors.geometry import displacements
+from ..descriptors.programs import persistent_jit
 from ..descriptors.symmetry import atoms_descriptors
 from ..errors import ModelError
 
@@ -269,6 +270,20 @@ def _potential(model, inputs, forces, stress, member_forces) -> dict:
     return out
 
 
+def _program_config(model, variables, flags) -> str:
+    """What a trace of the potential bakes in besides its inputs, as a string (part of its programs' key).
+
+    The model's class and configuration (descriptor set, networks,
+    repulsion, dtype), its variables' order and the flags; the weights are
+    arguments of the program, not part of it.
+    """
+    import json
+
+    return json.dumps({"class": type(model).__qualname__, "config": model.get_config(),
+                       "variables": [v.path for v in variables], "flags": list(flags)},
+                      sort_keys=True, default=repr)
+
+
 #: model -> {(forces, stress, member_forces): (jitted function, variables)}.
 _FUNCTIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -287,7 +302,11 @@ def potential_function(model, *, forces=True, stress=False, member_forces=False)
         ``variables`` (``model.variables``, in that order).  The values are
         arguments, not constants of the trace, so one compiled program per
         input shape serves a model whose weights change.  The cache holds
-        no strong reference to the model.
+        no strong reference to the model.  A
+        :func:`~bpnn_jax.descriptors.programs.persistent_jit`: a later
+        process (``evaluate``, ``predict``, the ASE calculator) loads the
+        traced programs of the same model configuration from disk instead
+        of tracing them again.
     """
     member_forces = bool(member_forces) and bool(forces) and model.members > 1
     key = (bool(forces), bool(stress), member_forces)
@@ -302,7 +321,7 @@ def potential_function(model, *, forces=True, stress=False, member_forces=False)
         with keras.StatelessScope(state_mapping=list(zip(variables, values))):
             return _potential(model_ref(), inputs, *key)
 
-    entry = (jax.jit(fn), variables)
+    entry = (persistent_jit(fn, "evaluate_potential", _program_config(model, variables, key)), variables)
     try:
         _FUNCTIONS.setdefault(model, {})[key] = entry
     except TypeError:  # not weak-referenceable: no sharing, still correct
