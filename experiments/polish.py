@@ -10,7 +10,7 @@ Rebuilds the model's training and validation split (seed 0, structures <=
 Jacobians (cached in ``--cache``), and runs
 :func:`bpnn_jax.training.jacobian.polish_lbfgs` from the model's weights
 with its own descriptor statistics: all members at once, each with its own
-force weight (default: the model's ``force_weights_per_member`` from its
+force weight (default: the force weights of its model card's parts, from its
 shipped JSON), each keeping its best point by its validation objective,
 so the validation objective of no member gets worse.  Writes the polished
 committee (threshold recalibrated on validation) to ``--out`` and a JSON
@@ -51,8 +51,13 @@ def main(argv=None) -> int:
     if args.force_weights:
         lam = tuple(float(x) for x in args.force_weights.split(","))
     else:
-        meta = json.loads((REPO / "bpnn_jax" / "pretrained" / f"{args.model}.json").read_text())
-        lam = tuple(meta["force_weights_per_member"])
+        # The model card lists each part's force weights, members in order.
+        card = json.loads((REPO / "bpnn_jax" / "pretrained" / f"{args.model}.json").read_text())
+        parts = card.get("details", {}).get("parts", {})
+        lam = tuple(w for part in parts.values() for w in part.get("force_weights", []))
+        if len(lam) != K:
+            raise SystemExit(f"{args.model}'s card gives {len(lam)} force weights for {K} members: "
+                             f"pass --force-weights with {K} values")
     spec = model.spec
     config = TrainConfig(preset="imbalzano", cutoff=spec.cutoff, reference_energies=dict(model.reference_energies))
     data = load_training_data([args.data], config, progress=False)
