@@ -28,12 +28,16 @@ from bpnn_jax.errors import XSFError
 from bpnn_jax.io import read_frames, read_structures
 
 
-def emt_frames(n: int = 60, seed: int = 0) -> list:
-    """Cu structures labelled by EMT: strained, rattled 2x2x2 fcc cells, some with a vacancy."""
+def emt_frames(n: int = 60, seed: int = 0, *, a0: float = 3.61, gold_corners: bool = False) -> list:
+    """Cu structures labelled by EMT: strained, rattled 2x2x2 fcc cells of lattice constant ~a0 (Å),
+    every fourth with a vacancy; with ``gold_corners`` Cu3Au (L1_2), Au on the corner site of each
+    conventional cell.  Energy eV, forces eV/Å, stress."""
     rng = np.random.default_rng(seed)
     frames = []
     for k in range(n):
-        a = bulk("Cu", "fcc", a=3.61 * (0.96 + 0.08 * rng.random()), cubic=True).repeat((2, 2, 2))
+        a = bulk("Cu", "fcc", a=a0 * (0.96 + 0.08 * rng.random()), cubic=True).repeat((2, 2, 2))
+        if gold_corners:
+            a.symbols[[4 * c for c in range(8)]] = "Au"
         if k % 4 == 3:
             del a[int(rng.integers(len(a)))]
         a.positions += rng.normal(0.0, 0.08, a.positions.shape)

@@ -23,6 +23,7 @@ from bpnn_jax.cli import main
 from bpnn_jax.training import TrainConfig
 from bpnn_jax.training.data import read_training_frames
 from bpnn_jax.training.defaults import DERIVED, NEIGHBOUR_COUNT, derive_defaults, summarize_data
+from tests.io.test_frames import emt_frames
 
 
 def cu_frames(n: int, a0: float, seed: int = 0, forces: bool = True) -> list:
@@ -147,30 +148,10 @@ def test_derived_options_are_recorded_and_the_config_repeats_the_run(tmp_path, c
     np.testing.assert_allclose(energies("a"), energies("b"), rtol=0, atol=1e-6)
 
 
-def cu3au_frames(n: int, seed: int = 0) -> list:
-    """Rattled, strained 2x2x2 Cu3Au (L1_2) cells, every fourth with a vacancy, labelled by EMT
-    (energy eV, forces eV/Å, stress)."""
-    rng = np.random.default_rng(seed)
-    frames = []
-    for k in range(n):
-        a = bulk("Cu", "fcc", a=3.75 * (0.96 + 0.08 * rng.random()), cubic=True).repeat((2, 2, 2))
-        a.symbols[[4 * c for c in range(8)]] = "Au"  # the corner site of each conventional cell
-        if k % 4 == 3:
-            del a[int(rng.integers(len(a)))]
-        a.positions += rng.normal(0.0, 0.08, a.positions.shape)
-        a.calc = EMT()
-        e, f, s = a.get_potential_energy(), a.get_forces(), a.get_stress()
-        a.calc = SinglePointCalculator(a, energy=e, forces=f, stress=s)
-        frames.append(a)
-    return frames
-
-
-
 def test_the_element_with_the_fewest_neighbours_sets_the_cutoff():
     """Two elements (the cheap half of an end-to-end defaults run on them): Au, a quarter of the atoms of
-    Cu3Au, needs the larger sphere to hold NEIGHBOUR_COUNT Au atoms, so Au sets the cut-off (clipped), and
-    the descriptors cover both elements' pairs."""
-    frames = cu3au_frames(8)
+    Cu3Au, needs the larger sphere to hold NEIGHBOUR_COUNT Au atoms, so Au sets the cut-off (clipped)."""
+    frames = emt_frames(8, a0=3.75, gold_corners=True)
     summary = summarize_data(frames)
     assert summary.elements == ("Au", "Cu")
     assert summary.radius["Au"] == pytest.approx(3 ** (1 / 3) * summary.radius["Cu"], rel=0.05)  # 3 Cu per Au
